@@ -1,0 +1,51 @@
+"""The one attack interface: (net, X, y) -> proposed perturbations.
+
+An attack only proposes. The harness (``marginbench.bench.measure``) recomputes every norm and every flip
+from the network itself and never trusts the attack's own view of success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
+
+from marginbench.models.two_layer import TwoLayerNet
+
+
+@dataclass(frozen=True)
+class SharedPerturbation:
+    """One perturbation scale meant to flip a whole set of examples at once (a universal perturbation).
+
+    Attributes:
+        rows: (n,) bool, the examples it is meant to flip.
+        delta: (n, d) the perturbation of each of those rows (zeros elsewhere); all rows share one norm.
+    """
+
+    rows: Tensor
+    delta: Tensor
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack proposes for points X: (n, d).
+
+    Attributes:
+        delta: (n, d) proposed perturbation per example; zeros where the attack found none.
+        found: (n,) bool, where the attack proposes delta as a flip.
+        shared: optional universal perturbation of a set of examples (e.g. Theorem 4.1's common scale).
+        extras: scalar facts about the attack's own run (e.g. the size of the margin set it used).
+    """
+
+    delta: Tensor
+    found: Tensor
+    shared: SharedPerturbation | None = None
+    extras: Mapping[str, float] = field(default_factory=dict)
+
+
+class Attack(Protocol):
+    """Propose, for every row of X, a small L2 perturbation that flips sign N(x)."""
+
+    def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult: ...

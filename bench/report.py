@@ -1,0 +1,29 @@
+"""Reports: the tables printed for a result directory (numbers are rounded here, never in the store)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from tabulate import tabulate
+
+RUN_TABLE_COLUMNS = {
+    "model": "model",
+    "attack": "attack",
+    "seed": "seed",
+    "d": "d",
+    "n": "n",
+    "width": "width",
+    "success_rate": "success",
+    "median_norm": "median norm",
+    "median_norm_over_sqrt_d": "median/√d",
+    "common_c_over_sqrt_d": "common c/√d",
+    "construction_radius": "Thm 3.1 radius",
+    "train_stop_reason": "training stop",
+}
+
+
+def run_table(summary: pd.DataFrame, *, tablefmt: str = "github") -> str:
+    """One line per (run, attack): success rate, median verified norm, and the same over sqrt(d)."""
+    columns = [c for c in RUN_TABLE_COLUMNS if c in summary]
+    table = summary.sort_values(["model", "attack", "seed"])[columns].rename(columns=RUN_TABLE_COLUMNS)
+    table = table.astype(object).where(table.notna(), None)  # blank, not "nan", where a column does not apply
+    return tabulate(table, headers="keys", tablefmt=tablefmt, showindex=False, floatfmt=".4g", missingval="")

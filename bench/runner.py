@@ -1,0 +1,201 @@
+"""The runner: spec -> dataset -> model -> attacks -> verified rows -> store, one run at a time.
+
+After each run its files and the updated tables are on disk, so an interruption loses only the run that
+was in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import marginbench
+from marginbench.bench.measure import example_rows, summarize, verify, verify_shared
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, check_names
+from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.store import ResultStore
+from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run adds: per-example rows, run- and attack-level facts, and the arrays of runs/<run_id>/."""
+
+    examples: pd.DataFrame
+    run_row: dict[str, Any]
+    attack_rows: list[dict[str, Any]]
+    manifest_entry: dict[str, Any]
+    state: dict[str, torch.Tensor]  # model.pt
+    data: dict[str, np.ndarray]  # data.npz
+    perturbations: dict[str, np.ndarray]  # perturbations.npz
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for --device; SpecError if CUDA is asked for and absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device cuda: no CUDA device is available to PyTorch on this machine")
+    return torch.device(name)
+
+
+def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *, progress: bool, log: Log) -> RunOutcome:
+    """One run: data, model, every attack (verified), diagnostics; its rows and the arrays to save."""
+    seconds: dict[str, Any] = {}
+    start = time.perf_counter()
+    data = DATASETS.get(run.dataset)(run).to(device)
+    seconds["data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    built = MODELS.get(run.model)(data, run, progress)
+    seconds["model"] = time.perf_counter() - start
+    net = built.net
+    if built.train is not None:
+        t = built.train
+        log(f"  trained {t.iterations} iterations in {t.seconds:.1f} s: log10 loss {t.log10_loss:.2f} ({t.stop_reason})")
+        if t.stop_reason == "nonfinite":
+            log(f"  warning: training hit NaN/inf at iteration {t.nonfinite_iteration}; attacking the last finite parameters")
+
+    X, y = data.attacked
+    margins = y * net(X)
+    on_margin = margin_set(margins)
+    sqrt_d = math.sqrt(data.d)
+
+    start = time.perf_counter()
+    run_row: dict[str, Any] = {
+        "run_id": run.run_id,
+        "d": data.d,
+        "n": data.n,
+        "width": net.width,
+        "ell": math.nan,
+        "sqrt_d": sqrt_d,
+        "train_seconds": built.train.seconds if built.train is not None else seconds["model"],
+    }
+    if run.family == "kkt":
+        q_train = data.y * net(data.X)
+        run_row.update(
+            margin_fraction=float(margin_set(q_train).double().mean()),
+            normalized_margin=normalized_margin(net, q_train),
+            kkt_residual=kkt_residual(net, data.X, data.y),
+        )
+    if built.train is not None:
+        run_row.update(
+            train_iterations=built.train.iterations,
+            train_log10_loss=built.train.log10_loss,
+            train_stop_reason=built.train.stop_reason,
+        )
+    run_row.update(built.facts)
+    seconds["diagnostics"] = time.perf_counter() - start
+
+    keys = {"run_id": run.run_id, "family": run.family, "dataset": run.dataset, "model": run.model, "seed": run.seed}
+    frames, attack_rows, perturbations = [], [], {}
+    seconds["attacks"] = {}
+    for name in attacks:
+        start = time.perf_counter()
+        result = ATTACKS.get(name)(run)(net, X, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        verified = verify(net, X, result)
+        common_c = verify_shared(net, X, result.shared)
+        seconds["attacks"][name] = elapsed
+        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified))
+        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **result.extras})
+        perturbations[name] = verified.delta.cpu().numpy()
+        median = float(np.median(verified.norm.cpu().numpy()))
+        log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
+
+    manifest_entry = {
+        "seconds": seconds,
+        "train": dataclasses.asdict(built.train) if built.train is not None else None,
+        "facts": dict(built.facts),
+    }
+    return RunOutcome(
+        examples=pd.concat(frames, ignore_index=True),
+        run_row=run_row,
+        attack_rows=attack_rows,
+        manifest_entry=manifest_entry,
+        state=net.state_dict(),
+        data=data.arrays(),
+        perturbations=perturbations,
+    )
+
+
+def environment() -> dict[str, Any]:
+    """Provenance: package versions, git commit, device description."""
+    versions = {"marginbench": marginbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(marginbench.__file__).parent, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    devices = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        devices["cuda"] = torch.cuda.get_device_name(0)
+    return {"versions": versions, "git_commit": commit, "machine": devices, "platform": platform.platform()}
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    out: Path | str,
+    *,
+    preset: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Log = lambda line: print(line, file=sys.stderr),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every (model, seed) of ``spec`` with every attack; write DIR; return (examples, summary).
+
+    Everything the user can get wrong (names, sizes, device, output directory) is checked before any work.
+    """
+    check_names(spec)
+    device = resolve_device(spec.device)
+    store = ResultStore.open(out, overwrite=overwrite)
+    runs = spec.runs()
+    manifest: dict[str, Any] = {
+        "status": "running",
+        "preset": preset,
+        "spec": dataclasses.asdict(spec),
+        "seeds": list(spec.seeds),
+        "device": str(device),
+        "command": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
+        "runs": {},
+    }
+    store.write_manifest(manifest)
+    frames: list[pd.DataFrame] = []
+    run_rows: list[dict[str, Any]] = []
+    attack_rows: list[dict[str, Any]] = []
+    summary = pd.DataFrame()
+    for i, run in enumerate(runs, start=1):
+        log(f"[{i}/{len(runs)}] {run.run_id}")
+        start = time.perf_counter()
+        outcome = execute_run(run, spec.attacks, device, progress=progress, log=log)
+        store.write_run(run.run_id, state=outcome.state, data=outcome.data, perturbations=outcome.perturbations)
+        frames.append(outcome.examples)
+        run_rows.append(outcome.run_row)
+        attack_rows.extend(outcome.attack_rows)
+        examples = pd.concat(frames, ignore_index=True)
+        summary = summarize(examples, pd.DataFrame(run_rows), pd.DataFrame(attack_rows))
+        store.write_tables(examples=examples, summary=summary)
+        manifest["runs"][run.run_id] = {**outcome.manifest_entry, "wall_seconds": time.perf_counter() - start}
+        store.write_manifest(manifest)
+    manifest["status"] = "complete"
+    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.write_manifest(manifest)
+    return pd.concat(frames, ignore_index=True), summary

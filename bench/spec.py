@@ -1,0 +1,101 @@
+"""Experiment specs: what to run, as frozen dataclasses checked when they are built.
+
+An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run); ``runs()`` expands it into
+``RunSpec``s, one trained (or constructed) network each. Names of datasets, models and attacks are checked
+against the registries by ``marginbench.bench.registry.check_names`` before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from marginbench.models.train import TrainSpec
+
+FAMILIES: tuple[str, ...] = ("kkt",)
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """A user-facing mistake in a spec; its message is one line that says what to fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One network: a dataset draw, a model recipe and a seed. Every attack of the experiment runs on it."""
+
+    family: str
+    dataset: str
+    d: int
+    n: int  # number of training examples
+    width: int  # hidden neurons (the robust construction uses n instead)
+    model: str
+    seed: int
+    device: str
+    train: TrainSpec
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.family}-{self.dataset}-d{self.d}-n{self.n}-w{self.width}-{self.model}-s{self.seed}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """A grid of runs: every model x seed on one dataset setting, every attack on every run."""
+
+    family: str = "kkt"  # kkt: Vardi et al. 2022 (max-margin implicit bias)
+    dataset: str = "sphere"  # x ~ U(sqrt(d) S^{d-1}), y ~ U{-1, +1}
+    d: int = 64  # input dimension
+    n: int | None = None  # number of training examples; None: round(d ** alpha)
+    alpha: float | None = 1.0  # n = round(d ** alpha) when n is None (the paper's m = d^alpha)
+    width: int = 256  # hidden neurons of trained models
+    models: tuple[str, ...] = ("vanilla", "robust-construction")
+    attacks: tuple[str, ...] = ("universal-z",)
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
+        if self.d < 2:
+            raise SpecError(f"--d must be at least 2, got {self.d}")
+        if (self.n is None) == (self.alpha is None):
+            raise SpecError("give exactly one of --n and --alpha")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
+        if self.n_examples < 2:
+            raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
+        if self.width < 1:
+            raise SpecError(f"--width must be at least 1, got {self.width}")
+        for what, names in (("model", self.models), ("attack", self.attacks), ("seed", self.seeds)):
+            if not names:
+                raise SpecError(f"give at least one {what}")
+            if len(set(names)) != len(names):
+                raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            raise SpecError(f"seeds must be non-negative integers, got {', '.join(map(str, self.seeds))}")
+        if self.device not in DEVICES:
+            raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+
+    @property
+    def n_examples(self) -> int:
+        return self.n if self.n is not None else round(self.d ** float(self.alpha or 0.0))
+
+    def runs(self) -> tuple[RunSpec, ...]:
+        """One RunSpec per (model, seed), models outermost."""
+        return tuple(
+            RunSpec(
+                family=self.family,
+                dataset=self.dataset,
+                d=self.d,
+                n=self.n_examples,
+                width=self.width,
+                model=model,
+                seed=seed,
+                device=self.device,
+                train=self.train,
+            )
+            for model in self.models
+            for seed in self.seeds
+        )

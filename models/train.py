@@ -1,0 +1,176 @@
+"""Full-batch gradient descent on L(theta) = sum_i loss(y_i N(x_i)) (Vardi et al. 2022, eq. (1)).
+
+The paper's schedule (Section 6): learning rate 1e-5, multiplied by 1.1 every 100 iterations, stop once the
+loss is below 1e-30. All of W, b and v are trained.
+
+Why log-domain: at the end of training every term of L is near 1e-30 and the gradient is as small, while
+the learning rate has grown to ~1e25. The step lr * grad L is computed as
+    exp(log lr + log L') * sum_i softmax(s)_i y_i grad N(x_i),   s_i = log(-loss'(q_i)),  L' = sum_i e^{s_i},
+so that no intermediate underflows or overflows, in float64 or float32 alike. The loss itself is tracked as
+log L = logsumexp_i log loss(q_i), which stays exact far below 1e-308.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from marginbench.models.two_layer import TwoLayerNet
+
+LossName = Literal["exp", "logistic"]
+LOSSES: tuple[str, ...] = ("exp", "logistic")
+StopReason = Literal["target_loss", "max_iters", "max_seconds", "nonfinite"]
+_LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """How to train; the defaults are the paper's schedule (Vardi et al. 2022, Section 6)."""
+
+    loss: LossName = "exp"  # exp: e^{-q}; logistic: log(1 + e^{-q})
+    lr: float = 1e-5  # initial learning rate
+    lr_growth: float = 1.1  # the learning rate is multiplied by this ...
+    growth_every: int = 100  # ... every this many iterations
+    target_loss: float = 1e-30  # stop once L(theta) < target_loss
+    max_iters: int = 2_000_000  # cap on iterations; reaching it is reported as stop_reason "max_iters"
+    max_seconds: float | None = None  # optional wall-time cap, reported as stop_reason "max_seconds"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if not (self.lr > 0 and self.lr_growth >= 1 and self.growth_every >= 1):
+            raise ValueError("learning rate must be > 0, its growth factor >= 1 and growth_every >= 1")
+        if not (0 < self.target_loss < math.inf):
+            raise ValueError(f"target loss must be a positive number, got {self.target_loss}")
+        if self.max_iters < 0:
+            raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainReport:
+    """What happened during training; stop_reason says whether the target loss was reached."""
+
+    iterations: int
+    log10_loss: float  # log10 L(theta) at the returned parameters
+    stop_reason: StopReason
+    seconds: float
+    final_lr: float
+    nonfinite_iteration: int | None = None  # the iteration at which NaN/inf appeared, if it did
+
+    @property
+    def reached_target(self) -> bool:
+        return self.stop_reason == "target_loss"
+
+
+def log_loss_terms(q: Tensor, loss: LossName) -> Tensor:
+    """log loss(q_i) for margins q: (n,), exact for q up to ~1e300."""
+    if loss == "exp":
+        return -q
+    # log(log(1 + e^{-q})): for q >= 0 write it as -q + log(log1p(u)/u), u = e^{-q}, where the ratio -> 1.
+    u = torch.exp(-q.clamp_min(0))
+    ratio = torch.where(u > 0, torch.log1p(u) / torch.where(u > 0, u, 1), torch.ones_like(u))
+    return torch.where(q >= 0, -q + torch.log(ratio), torch.log(torch.nn.functional.softplus(-q)))
+
+
+def log_neg_loss_derivative(q: Tensor, loss: LossName) -> Tensor:
+    """log(-loss'(q_i)): -q for exp; log sigmoid(-q) for logistic."""
+    if loss == "exp":
+        return -q
+    return torch.nn.functional.logsigmoid(-q)
+
+
+def margin_gradient_step(Z: Tensor, X: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """sum_i weights_i * grad_theta N(x_i), analytically, as (dW: (width, d), db: (width,), dv: (width,)).
+
+    Z: (n, width) pre-activations w_j . x_i + b_j; X: (n, d); v: (width,); weights: (n,).
+    grad_{w_j} N(x) = v_j 1[w_j.x + b_j > 0] x,  grad_{b_j} N(x) = v_j 1[...],  grad_{v_j} N(x) = relu(w_j.x + b_j).
+    """
+    active_weighted = (Z > 0).to(X.dtype) * weights[:, None] * v[None, :]  # (n, width)
+    return active_weighted.T @ X, active_weighted.sum(0), torch.relu(Z).T @ weights
+
+
+def train(
+    net: TwoLayerNet,
+    X: Tensor,
+    y: Tensor,
+    spec: TrainSpec,
+    *,
+    progress: bool = False,
+    description: str = "train",
+) -> tuple[TwoLayerNet, TrainReport]:
+    """Full-batch gradient descent with the learning-rate schedule of ``spec``; returns the last finite net.
+
+    Args:
+        net: initial parameters (not modified).
+        X: (n, d) training inputs, same device and dtype as the net.
+        y: (n,) labels in {-1, +1}.
+        spec: loss, schedule and stopping rules.
+        progress: show a tqdm bar with the iteration count and log10 of the loss.
+        description: label of the progress bar.
+    """
+    W, b, v = net.W.clone(), net.b.clone(), net.v.clone()
+    log_target = math.log(spec.target_loss)
+    lr = spec.lr
+    start = time.perf_counter()
+    bar = tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False)
+    reason: StopReason = "max_iters"
+    nonfinite_at: int | None = None
+    log_L = math.inf
+    last_finite = (W, b, v, log_L)
+    it = 0
+    try:
+        while True:
+            Z = X @ W.T + b  # (n, width)
+            q = y * (torch.relu(Z) @ v)  # (n,) margins y_i N(x_i)
+            s = log_neg_loss_derivative(q, spec.loss)  # (n,)
+            # One device-to-host transfer per iteration: log L, log sum_i -loss'(q_i), max |q_i|.
+            log_L, log_scale, q_max = torch.stack(
+                [torch.logsumexp(log_loss_terms(q, spec.loss), 0), torch.logsumexp(s, 0), q.abs().max()]
+            ).tolist()
+            if not (math.isfinite(log_L) and math.isfinite(q_max)):
+                reason, nonfinite_at = "nonfinite", it
+                break
+            last_finite = (W, b, v, log_L)
+            if log_L < log_target:
+                reason = "target_loss"
+                break
+            if it >= spec.max_iters:
+                break
+            if spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds:
+                reason = "max_seconds"
+                break
+            log_step = math.log(lr) + log_scale  # log(lr * sum_i -loss'(q_i)), never formed apart
+            if log_step > _LOG_FLOAT_MAX:
+                reason, nonfinite_at = "nonfinite", it
+                break
+            dW, db, dv = margin_gradient_step(Z, X, v, torch.softmax(s, 0) * y)
+            step = math.exp(log_step)
+            W, b, v = W + step * dW, b + step * db, v + step * dv
+            it += 1
+            if it % spec.growth_every == 0:
+                lr *= spec.lr_growth
+            if progress and it % 1000 == 0:
+                bar.update(1000)
+                bar.set_postfix(log10_loss=f"{log_L / math.log(10):.2f}", refresh=False)
+    finally:
+        bar.close()
+    if reason == "nonfinite":
+        # Hand back the last parameters whose loss was finite, so that the failure can be inspected.
+        W, b, v, log_L = last_finite
+    report = TrainReport(
+        iterations=it,
+        log10_loss=log_L / math.log(10),
+        stop_reason=reason,
+        seconds=time.perf_counter() - start,
+        final_lr=lr,
+        nonfinite_iteration=nonfinite_at,
+    )
+    return TwoLayerNet(W=W, b=b, v=v), report

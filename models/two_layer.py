@@ -1,0 +1,103 @@
+"""The depth-2 ReLU network both papers study, as plain tensors.
+
+N(x) = sum_j v_j * relu(w_j . x + b_j)   (Vardi et al. 2022, Section 2; Melamed et al. 2023 write u for v
+and have no bias, which is b = 0 here).
+
+The network is a frozen dataclass of three tensors rather than an ``nn.Module``: training updates it with
+analytic gradients, attacks evaluate it in closed form, and the result store saves exactly these tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TwoLayerNet:
+    """N(x) = sum_j v_j relu(w_j . x + b_j).
+
+    Attributes:
+        W: (width, d) first-layer weights, one row per hidden neuron.
+        b: (width,) first-layer biases (zeros for a bias-free network).
+        v: (width,) second-layer weights.
+    """
+
+    W: Tensor
+    b: Tensor
+    v: Tensor
+
+    def __post_init__(self) -> None:
+        width, _ = self.W.shape
+        if self.b.shape != (width,) or self.v.shape != (width,):
+            raise ValueError(f"shapes disagree: W {tuple(self.W.shape)}, b {tuple(self.b.shape)}, v {tuple(self.v.shape)}")
+
+    @property
+    def d(self) -> int:
+        return int(self.W.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.W.shape[0])
+
+    def preactivations(self, X: Tensor) -> Tensor:
+        """X: (n, d) -> (n, width), the values w_j . x_i + b_j."""
+        return X @ self.W.T + self.b
+
+    def __call__(self, X: Tensor) -> Tensor:
+        """X: (n, d) -> N(X): (n,)."""
+        return torch.relu(self.preactivations(X)) @ self.v
+
+    def sq_norm(self) -> float:
+        """||theta||^2 over all of W, b and v (the norm of problem (2) in Vardi et al.)."""
+        return float(self.W.pow(2).sum() + self.b.pow(2).sum() + self.v.pow(2).sum())
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TwoLayerNet:
+        return TwoLayerNet(
+            W=self.W.to(device=device, dtype=dtype),
+            b=self.b.to(device=device, dtype=dtype),
+            v=self.v.to(device=device, dtype=dtype),
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The tensors saved as ``model.pt``: W (width, d), b (width,), v (width,), on the CPU."""
+        return {"W": self.W.detach().cpu(), "b": self.b.detach().cpu(), "v": self.v.detach().cpu()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> TwoLayerNet:
+        return cls(W=state["W"], b=state["b"], v=state["v"])
+
+
+def pytorch_default_init(
+    d: int,
+    width: int,
+    *,
+    generator: torch.Generator,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+) -> TwoLayerNet:
+    """The initialization of ``nn.Linear(d, width)`` followed by ``nn.Linear(width, 1, bias=False)``.
+
+    nn.Linear draws weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)); Vardi et al. train from
+    PyTorch's default initialization. ``scale`` multiplies every parameter (1 = the default).
+
+    Args:
+        d: input dimension.
+        width: number of hidden neurons.
+        generator: the only source of randomness (a seeded CPU generator).
+        scale: factor applied to all three tensors.
+        dtype: floating dtype of the returned tensors.
+    """
+    bound_in = 1.0 / math.sqrt(d)
+    bound_out = 1.0 / math.sqrt(width)
+
+    def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2.0 - 1.0) * bound * scale
+
+    W = uniform((width, d), bound_in)
+    b = uniform((width,), bound_in)
+    v = uniform((width,), bound_out)
+    return TwoLayerNet(W=W.to(dtype), b=b.to(dtype), v=v.to(dtype))
