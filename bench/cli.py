@@ -136,7 +136,7 @@ def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
     base = PRESETS.get(args.preset)()
     changes: dict[str, Any] = {key: getattr(args, key) for key in _GRID_OPTIONS if getattr(args, key) is not None}
     if args.n is not None:
-        changes.update(n=args.n, alpha=None)
+        changes["n"] = args.n
     if args.alpha is not None:
         changes.update(n=None, alpha=args.alpha)
     train_changes = {key: getattr(args, key) for key in _TRAIN_OPTIONS if getattr(args, key) is not None}

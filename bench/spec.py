@@ -47,7 +47,7 @@ class ExperimentSpec:
     dataset: str = "sphere"  # x ~ U(sqrt(d) S^{d-1}), y ~ U{-1, +1}
     d: int = 64  # input dimension
     n: int | None = None  # number of training examples; None: round(d ** alpha)
-    alpha: float | None = 1.0  # n = round(d ** alpha) when n is None (the paper's m = d^alpha)
+    alpha: float = 1.0  # n = round(d ** alpha) when n is None (the paper's m = d^alpha)
     width: int = 256  # hidden neurons of trained models
     models: tuple[str, ...] = ("vanilla", "robust-construction")
     attacks: tuple[str, ...] = ("universal-z",)
@@ -60,9 +60,7 @@ class ExperimentSpec:
             raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
         if self.d < 2:
             raise SpecError(f"--d must be at least 2, got {self.d}")
-        if (self.n is None) == (self.alpha is None):
-            raise SpecError("give exactly one of --n and --alpha")
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
         if self.n_examples < 2:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
@@ -80,7 +78,7 @@ class ExperimentSpec:
 
     @property
     def n_examples(self) -> int:
-        return self.n if self.n is not None else round(self.d ** float(self.alpha or 0.0))
+        return self.n if self.n is not None else round(self.d**self.alpha)
 
     def runs(self) -> tuple[RunSpec, ...]:
         """One RunSpec per (model, seed), models outermost."""

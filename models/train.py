@@ -74,9 +74,10 @@ def log_loss_terms(q: Tensor, loss: LossName) -> Tensor:
     """log loss(q_i) for margins q: (n,), exact for q up to ~1e300."""
     if loss == "exp":
         return -q
-    # log(log(1 + e^{-q})): for q >= 0 write it as -q + log(log1p(u)/u), u = e^{-q}, where the ratio -> 1.
+    # log(log(1 + e^{-q})): for q >= 0 write it as -q + log(log1p(u)/u), u = e^{-q}, where the ratio -> 1;
+    # for small u use its series, since log1p(u)/u loses precision once u is subnormal.
     u = torch.exp(-q.clamp_min(0))
-    ratio = torch.where(u > 0, torch.log1p(u) / torch.where(u > 0, u, 1), torch.ones_like(u))
+    ratio = torch.where(u > 1e-4, torch.log1p(u) / u.clamp_min(1e-4), 1 - u / 2 + u * u / 3)
     return torch.where(q >= 0, -q + torch.log(ratio), torch.log(torch.nn.functional.softplus(-q)))
 
 

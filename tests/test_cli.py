@@ -1,0 +1,113 @@
+"""The command line: help, bad input as one clean line with exit 2, determinism."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from marginbench.bench.cli import main
+from marginbench.bench.registry import ATTACKS, MODELS
+
+QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--no-progress"]
+
+
+def test_help_names_every_option_and_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--family", "--dataset", "--d", "--n", "--alpha", "--width", "--models", "--attacks", "--seeds", "--device", "--loss", "--target-loss", "--max-iters", "--out"):
+        assert option in text
+    for name in MODELS.names() + ATTACKS.names():
+        assert name in text
+
+
+def test_python_dash_m_works() -> None:
+    done = subprocess.run([sys.executable, "-m", "marginbench", "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "run" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--d", "1"], "--d must be at least 2"),
+        (["--n", "1"], "at least 2"),
+        (["--width", "0"], "--width must be at least 1"),
+        (["--alpha", "-1"], "--alpha must be a positive number"),
+        (["--alpha", "nan"], "finite number"),
+        (["--models", "vanila"], "unknown model 'vanila'; choose from: robust-construction, vanilla"),
+        (["--attacks", "pgdd"], "unknown attack 'pgdd'"),
+        (["--seeds", "0,x"], "seeds must be comma-separated integers"),
+        (["--seeds", "-1"], "non-negative integers"),
+        (["--n", "5", "--alpha", "1"], "not allowed with argument"),
+        (["--preset", "nope"], "invalid choice"),
+        (["--target-loss", "0"], "target loss must be a positive number"),
+        (["--lr", "-1"], "learning rate must be > 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _exit_code(["run", *QUICK, "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_unwritable_or_occupied_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _exit_code(["run", *QUICK, "--out", str(blocker / "sub")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+    assert _exit_code(["run", *QUICK, "--out", str(blocker)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_cuda_without_a_gpu_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["run", *QUICK, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_cpu(tmp_path: Path) -> None:
+    for device in ("cpu", "cuda"):
+        assert _exit_code(["run", *QUICK, "--device", device, "--out", str(tmp_path / device)]) == 0
+    cpu, gpu = (pd.read_csv(tmp_path / dev / "examples.csv") for dev in ("cpu", "cuda"))
+    pd.testing.assert_series_equal(cpu["success"], gpu["success"])
+    pd.testing.assert_series_equal(cpu["norm"], gpu["norm"], rtol=1e-6)
+
+
+def test_same_spec_and_seed_give_identical_results(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert _exit_code(["run", *QUICK, "--seeds", "3,4", "--out", str(tmp_path / name)]) == 0
+    timing = ["train_seconds", "attack_seconds"]
+    first, second = (pd.read_csv(tmp_path / name / "summary.csv").drop(columns=timing) for name in ("a", "b"))
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    assert (tmp_path / "a" / "examples.csv").read_bytes() == (tmp_path / "b" / "examples.csv").read_bytes()
+
+
+def test_run_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["run", *QUICK, "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    for header in ("model", "attack", "n", "success", "median norm", "median/√d", "common c/√d"):
+        assert header in out
+    assert "robust-construction" in out and "vanilla" in out
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)

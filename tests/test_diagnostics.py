@@ -1,0 +1,58 @@
+"""Theory diagnostics: the KKT residual against an explicit non-negative least squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+
+from conftest import Trained, random_net
+from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin
+from marginbench.models.two_layer import TwoLayerNet
+
+
+def _explicit_residual(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> float:
+    columns = []
+    for i in range(X.shape[0]):
+        W, b, v = (t.clone().requires_grad_(True) for t in (net.W, net.b, net.v))
+        (y[i] * TwoLayerNet(W=W, b=b, v=v)(X[i : i + 1])).sum().backward()
+        columns.append(torch.cat([W.grad.flatten(), b.grad, v.grad]).numpy())
+    A = np.stack(columns, axis=1)
+    theta = torch.cat([net.W.flatten(), net.b, net.v]).numpy()
+    _, residual = nnls(A, theta, maxiter=5000)
+    return residual / np.linalg.norm(theta)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kkt_residual_matches_explicit_nnls(seed: int) -> None:
+    net = random_net(6, 10, seed)
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    y = torch.where(net(X) > 0, 1.0, -1.0).to(torch.float64)
+    assert kkt_residual(net, X, y) == pytest.approx(_explicit_residual(net, X, y), abs=1e-6)
+
+
+def test_kkt_residual_is_zero_at_a_kkt_point() -> None:
+    """A KKT point by construction: x_j at the corners of a simplex (x_i . x_j = -3 for i != j, |x_j|^2 = 9),
+    one neuron per example with w_j = beta x_j, b_j = beta, v_j = y_j beta sqrt(|x_j|^2 + 1). Neuron j is
+    active on x_j only, and theta = sum_j lambda grad q_j with lambda = 1/sqrt(|x_j|^2 + 1) > 0."""
+    n, d, beta = 4, 6, 0.7
+    E = torch.eye(d, dtype=torch.float64)[:n]
+    X = 12**0.5 * (E - E.mean(0))
+    y = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    net = TwoLayerNet(W=beta * X, b=torch.full((n,), beta, dtype=torch.float64), v=y * beta * 10**0.5)
+    assert kkt_residual(net, X, y) == pytest.approx(0.0, abs=1e-6)
+    moved = TwoLayerNet(W=net.W, b=net.b, v=1.5 * net.v)  # off the KKT point: the residual must see it
+    assert kkt_residual(moved, X, y) > 1e-2
+
+
+def test_training_moves_towards_kkt_and_raises_the_normalized_margin(trained_vanilla: Trained) -> None:
+    from marginbench.models.two_layer import pytorch_default_init
+
+    data, net = trained_vanilla.data, trained_vanilla.net
+    init = pytorch_default_init(64, 64, generator=torch.Generator().manual_seed(0))
+    assert kkt_residual(net, data.X, data.y) < 0.9 * kkt_residual(init, data.X, data.y)
+    q = data.y * net(data.X)
+    assert normalized_margin(net, q) > 0
+    assert margin_set(q).sum() >= 1

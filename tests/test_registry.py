@@ -1,0 +1,54 @@
+"""Registries: public names, duplicate and unknown names; every attack's claims survive verification."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marginbench.bench.measure import verify
+from marginbench.bench.presets import PRESETS
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.spec import ExperimentSpec, SpecError
+from marginbench.models.datasets import sphere
+from marginbench.models.train import TrainSpec
+
+
+def test_public_names_of_this_slice() -> None:
+    assert {"sphere"} <= set(DATASETS.names())
+    assert {"vanilla", "robust-construction"} <= set(MODELS.names())
+    assert {"universal-z"} <= set(ATTACKS.names())
+    assert PRESETS.names() == sorted(PRESETS.names()) and "default" in PRESETS.names()
+
+
+def test_duplicate_and_unknown_names() -> None:
+    registry: Registry[object] = Registry("widget")
+    registry.register("a")(object)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("a")(object)
+    with pytest.raises(SpecError, match="unknown widget 'b'; choose from: a"):
+        registry.get("b")
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_every_attack_proposal_that_is_kept_really_flips(model: str, attack: str) -> None:
+    spec = ExperimentSpec(d=12, n=10, width=16, models=(model,), attacks=(attack,), train=TrainSpec(max_iters=3000))
+    (run,) = spec.runs()
+    data = DATASETS.get(run.dataset)(run)
+    net = MODELS.get(model)(data, run, False).net
+    X, y = data.attacked
+    checked = verify(net, X, ATTACKS.get(attack)(run)(net, X, y))
+    assert torch.all(net(X[checked.success]) * net(X[checked.success] + checked.delta[checked.success]) < 0)
+    assert torch.all(torch.isinf(checked.norm[~checked.success]))
+
+
+def test_verification_rejects_a_false_claim() -> None:
+    from marginbench.attacks.base import AttackResult
+    from marginbench.models.construction import robust_construction
+
+    data = sphere(d=10, n=6, seed=0)
+    net, _ = robust_construction(data.X, data.y)
+    tiny = 1e-3 * torch.ones_like(data.X)
+    claimed = AttackResult(delta=tiny, found=torch.ones(6, dtype=torch.bool))
+    checked = verify(net, data.X, claimed)
+    assert not checked.success.any() and torch.isinf(checked.norm).all() and (checked.delta == 0).all()
