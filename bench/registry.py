@@ -70,7 +70,7 @@ class BuiltModel:
 
 DatasetFactory = Callable[[RunSpec], Dataset]
 ModelFactory = Callable[[Dataset, RunSpec, bool], BuiltModel]  # (data, run, show progress)
-AttackFactory = Callable[[RunSpec], Attack]
+AttackFactory = Callable[[RunSpec, Dataset], Attack]  # the dataset gives e.g. the subspace basis P
 
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -98,7 +98,7 @@ def _robust_construction(data: Dataset, run: RunSpec, progress: bool) -> BuiltMo
 
 
 @ATTACKS.register("universal-z")
-def _universal_z(run: RunSpec) -> Attack:
+def _universal_z(run: RunSpec, data: Dataset) -> Attack:
     return UniversalZ()
 
 

@@ -105,7 +105,7 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
     seconds["attacks"] = {}
     for name in attacks:
         start = time.perf_counter()
-        result = ATTACKS.get(name)(run)(net, X, y)
+        result = ATTACKS.get(name)(run, data)(net, X, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

@@ -37,7 +37,7 @@ def test_every_attack_proposal_that_is_kept_really_flips(model: str, attack: str
     data = DATASETS.get(run.dataset)(run)
     net = MODELS.get(model)(data, run, False).net
     X, y = data.attacked
-    checked = verify(net, X, ATTACKS.get(attack)(run)(net, X, y))
+    checked = verify(net, X, ATTACKS.get(attack)(run, data)(net, X, y))
     assert torch.all(net(X[checked.success]) * net(X[checked.success] + checked.delta[checked.success]) < 0)
     assert torch.all(torch.isinf(checked.norm[~checked.success]))
 
