@@ -23,6 +23,7 @@ SUMMARY_COLUMNS = [
     "train_seconds", "attack_seconds",
 ]  # fmt: skip
 KKT_COLUMNS = ["common_c", "margin_fraction", "normalized_margin", "kkt_residual"]
+BEST = "best"  # the pseudo-attack whose norm is, per example, the minimum over the attacks run
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ def example_rows(
         frame[key] = run[key]
     frame["attack"] = attack
     return frame[EXAMPLE_COLUMNS]
+
+
+def best_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of attack ``best`` for one run: per example the smallest verified norm over the attacks' rows."""
+    rows = pd.concat(frames, ignore_index=True)
+    best = rows.loc[rows.groupby("index", sort=True)["norm"].idxmin()].copy()
+    best["attack"] = BEST
+    return best.reset_index(drop=True)[EXAMPLE_COLUMNS]
 
 
 def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:

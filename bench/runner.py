@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 import marginbench
-from marginbench.bench.measure import example_rows, summarize, verify, verify_shared
+from marginbench.bench.measure import BEST, best_rows, example_rows, summarize, verify, verify_shared
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, check_names
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.bench.store import ResultStore
@@ -118,6 +118,8 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         median = float(np.median(verified.norm.cpu().numpy()))
         log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
 
+    frames.append(best_rows(frames))
+    attack_rows.append({"run_id": run.run_id, "attack": BEST, "attack_seconds": sum(seconds["attacks"].values())})
     manifest_entry = {
         "seconds": seconds,
         "train": dataclasses.asdict(built.train) if built.train is not None else None,

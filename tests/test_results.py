@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from marginbench.bench.measure import EXAMPLE_COLUMNS, KKT_COLUMNS, SUMMARY_COLUMNS
+from marginbench.bench.measure import BEST, EXAMPLE_COLUMNS, KKT_COLUMNS, SUMMARY_COLUMNS
 
 
 def _forward(state: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
@@ -27,8 +27,9 @@ def test_files_and_columns(smoke_dir: Path) -> None:
     summary = pd.read_csv(smoke_dir / "summary.csv")
     assert list(examples.columns[: len(EXAMPLE_COLUMNS)]) == EXAMPLE_COLUMNS
     assert list(summary.columns[: len(SUMMARY_COLUMNS) + len(KKT_COLUMNS)]) == SUMMARY_COLUMNS + KKT_COLUMNS
-    assert len(summary) == 4 and set(summary["model"]) == {"vanilla", "robust-construction"}
-    assert len(examples) == 4 * 16
+    assert len(summary) == 4 * 2 and set(summary["model"]) == {"vanilla", "robust-construction"}
+    assert set(summary["attack"]) == {"universal-z", BEST}
+    assert len(examples) == 4 * 2 * 16
     for run_id in summary["run_id"]:
         run_dir = smoke_dir / "runs" / run_id
         assert {p.name for p in run_dir.iterdir()} == {"model.pt", "data.npz", "perturbations.npz"}
@@ -48,7 +49,10 @@ def test_every_reported_norm_and_flip_reproduces_from_the_saved_files(smoke_dir:
         X = data["X_eval"] if "X_eval" in data else data["X"]
         y = data["y_eval"] if "y_eval" in data else data["y"]
         assert state["W"].shape[1] == X.shape[1] and state["b"].shape == state["v"].shape
-        for attack, att_rows in rows.groupby("attack"):
+        attacked = rows[rows["attack"] != BEST]
+        best = rows[rows["attack"] == BEST].sort_values("index")
+        np.testing.assert_array_equal(best["norm"].to_numpy(), attacked.groupby("index")["norm"].min().sort_index().to_numpy())
+        for attack, att_rows in attacked.groupby("attack"):
             delta = perturbations[str(attack)]
             assert delta.shape == X.shape
             att_rows = att_rows.sort_values("index")
@@ -79,4 +83,5 @@ def test_construction_runs_respect_theorem_3_1(smoke_dir: Path) -> None:
     for _, row in summary[summary["model"] == "robust-construction"].iterrows():
         norms = examples.loc[examples["run_id"] == row["run_id"], "norm"]
         assert (norms >= row["construction_radius"]).all()
-        assert row["common_c"] >= row["construction_radius"]
+        if row["attack"] == "universal-z":
+            assert row["common_c"] >= row["construction_radius"]
