@@ -7,6 +7,7 @@ counts only if a plain forward pass of the network shows a strict flip, N(x) N(x
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -62,9 +63,19 @@ def verify_shared(net: TwoLayerNet, X: Tensor, shared: SharedPerturbation | None
 
 
 def example_rows(
-    *, run: dict[str, object], attack: str, labels: Tensor, margins: Tensor, on_margin: Tensor, verified: Verified
+    *,
+    run: dict[str, object],
+    attack: str,
+    labels: Tensor,
+    margins: Tensor,
+    on_margin: Tensor,
+    verified: Verified,
+    extra: Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:
-    """One row per attacked example, in EXAMPLE_COLUMNS order. ``run`` holds run_id, family, dataset, model, seed."""
+    """One row per attacked example: EXAMPLE_COLUMNS, then the per-example ``extra`` columns (n,) each.
+
+    ``run`` holds run_id, family, dataset, model, seed.
+    """
     n = labels.shape[0]
     frame = pd.DataFrame(
         {
@@ -79,7 +90,10 @@ def example_rows(
     for key in ("run_id", "family", "dataset", "model", "seed"):
         frame[key] = run[key]
     frame["attack"] = attack
-    return frame[EXAMPLE_COLUMNS]
+    extra = extra or {}
+    for key, values in extra.items():
+        frame[key] = values.cpu().numpy()
+    return frame[EXAMPLE_COLUMNS + list(extra)]
 
 
 def best_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -87,7 +101,7 @@ def best_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
     rows = pd.concat(frames, ignore_index=True)
     best = rows.loc[rows.groupby("index", sort=True)["norm"].idxmin()].copy()
     best["attack"] = BEST
-    return best.reset_index(drop=True)[EXAMPLE_COLUMNS]
+    return best.reset_index(drop=True)
 
 
 def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:

@@ -1,40 +1,109 @@
-"""Named experiment specs: ``marginbench run --preset NAME``."""
+"""Named experiments: ``marginbench run --preset NAME [--scale small|full]``.
+
+A preset is a sweep, a tuple of ExperimentSpecs written into one result directory. The papers' presets come
+in two scales: ``small`` runs on 2 CPU cores in minutes; ``full`` is the paper's grid, meant for a GPU
+(``--device cuda``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from marginbench.bench.registry import Registry
 from marginbench.bench.spec import ExperimentSpec
 
-PRESETS: Registry[Callable[[], ExperimentSpec]] = Registry("preset")
+Scale = Literal["small", "full"]
+SCALES: tuple[str, ...] = ("small", "full")
+Sweep = tuple[ExperimentSpec, ...]
+
+PRESETS: Registry[Callable[[Scale], Sweep]] = Registry("preset")
 
 
 @PRESETS.register("default")
-def default() -> ExperimentSpec:
-    """Every kkt model x attack on d = 64, n = d, width 256, seed 0: about a minute on 2 CPU cores."""
-    return ExperimentSpec(
-        family="kkt",
-        dataset="sphere",
-        d=64,
-        alpha=1.0,
-        width=256,
-        models=("vanilla", "robust-construction"),
-        attacks=("universal-z",),
-        seeds=(0,),
-    )
+def default(scale: Scale) -> Sweep:
+    """The kkt family's default models and attacks on d = 64, n = d, width 256, seed 0: about 30 s on 2 CPU cores."""
+    return (ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, seeds=(0,)),)
 
 
 @PRESETS.register("smoke")
-def smoke() -> ExperimentSpec:
+def smoke(scale: Scale) -> Sweep:
     """A seconds-long check that everything runs: d = 16, n = d, width 32, seeds 0 and 1."""
-    return ExperimentSpec(
-        family="kkt",
-        dataset="sphere",
-        d=16,
-        alpha=1.0,
-        width=32,
-        models=("vanilla", "robust-construction"),
-        attacks=("universal-z",),
-        seeds=(0, 1),
+    return (ExperimentSpec(family="kkt", d=16, alpha=1.0, width=32, seeds=(0, 1)),)
+
+
+def _fig1a(scale: Scale) -> Sweep:
+    if scale == "full":  # Vardi et al. Section 6: d in {100, ..., 1000}, n = d^alpha, width 1000, 5 seeds
+        dims, alphas, width, seeds = tuple(range(100, 1001, 100)), (0.5, 0.8, 1.0, 1.2, 1.5), 1000, (0, 1, 2, 3, 4)
+    else:
+        dims, alphas, width, seeds = (16, 32, 64), (0.5, 1.0, 1.2), 128, (0, 1)
+    return tuple(
+        ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=seeds)
+        for a in alphas
+        for d in dims
     )
+
+
+@PRESETS.register("paper-fig1a")
+def paper_fig1a(scale: Scale) -> Sweep:
+    """Vardi et al. Figure 1a: universal-z's common c vs d for n = d^alpha (width 1000, 5 seeds at full scale)."""
+    return _fig1a(scale)
+
+
+@PRESETS.register("paper-fig2")
+def paper_fig2(scale: Scale) -> Sweep:
+    """Vardi et al. Figure 2: the fraction of examples on the margin, over Figure 1a's grid."""
+    return _fig1a(scale)
+
+
+@PRESETS.register("paper-fig1b")
+def paper_fig1b(scale: Scale) -> Sweep:
+    """Vardi et al. Figure 1b: universal-z's common c vs d for n = d at widths 100 ... 8000."""
+    if scale == "full":
+        dims, widths, seeds = tuple(range(100, 1001, 100)), (100, 500, 1000, 2000, 4000, 8000), (0, 1, 2, 3, 4)
+    else:
+        dims, widths, seeds = (16, 32, 64), (32, 128, 512), (0, 1)
+    return tuple(
+        ExperimentSpec(family="kkt", d=d, alpha=1.0, width=w, models=("vanilla",), attacks=("universal-z",), seeds=seeds)
+        for w in widths
+        for d in dims
+    )
+
+
+@PRESETS.register("melamed-fig4")
+def melamed_fig4(scale: Scale) -> Sweep:
+    """Melamed et al. Figure 4: attack norms on, off and across the data subspace vs the init scale divisor.
+
+    (a) a (d - ell)-dimensional sphere inside R^d (full: 28 inside 784); (b) the digits, projected on their
+    top principal components (full: 32 of 64; the paper: MNIST on 32). The first layer's init is divided by
+    each factor; attacks pgd-on, pgd-off and pgd (no projection).
+    """
+    if scale == "full":
+        d, ell, n, n_eval, width, factors, seeds, digits_ell = 784, 756, 1000, 200, 1000, (1, 2, 4, 8, 16, 32), (0, 1, 2), 32
+    else:
+        d, ell, n, n_eval, width, factors, seeds, digits_ell = 196, 189, 100, 50, 100, (1, 4, 16), (0,), 48
+    attacks = ("pgd-on", "pgd-off", "pgd")
+    sphere_part = tuple(
+        ExperimentSpec(
+            family="subspace", dataset="subspace", d=d, ell=ell, n=n, n_eval=n_eval, width=width,
+            init_scale=1.0 / f, models=("vanilla",), attacks=attacks, seeds=seeds,
+        )  # fmt: skip
+        for f in factors
+    )
+    digits_part = tuple(
+        ExperimentSpec(
+            family="subspace", dataset="digits", d=64, ell=digits_ell, n=n if scale == "full" else 300,
+            n_eval=n_eval if scale == "full" else 100, width=width, init_scale=1.0 / f, models=("vanilla",),
+            attacks=attacks, seeds=seeds,
+        )  # fmt: skip
+        for f in factors
+    )
+    return sphere_part + digits_part
+
+
+@PRESETS.register("melamed-small")
+def melamed_small(scale: Scale) -> Sweep:
+    """The subspace family's three models on one setting (d = 128, ell = 112, width 64): the theorems' checks."""
+    if scale == "full":
+        return (ExperimentSpec(family="subspace", dataset="subspace", d=784, ell=756, n=1000, n_eval=200, width=1000, seeds=(0, 1, 2)),)
+    return (ExperimentSpec(family="subspace", dataset="subspace", d=128, ell=112, n=50, n_eval=50, width=64, seeds=(0,)),)

@@ -6,6 +6,8 @@ the CLI's choices and the tests' parametrization both come from it.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -14,12 +16,12 @@ import torch
 
 from marginbench.attacks.base import Attack
 from marginbench.attacks.closed_form import UniversalZ
-from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, RunSpec, SpecError
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset
-from marginbench.models.train import TrainReport, train
-from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
+from marginbench.models.train import TrainReport, TrainSpec, train
+from marginbench.models.two_layer import TwoLayerNet, gaussian_init, pytorch_default_init
 
 F = TypeVar("F")
 
@@ -60,11 +62,13 @@ class BuiltModel:
     Attributes:
         net: the network, on the run's device.
         train: the training report, or None for a closed-form construction.
-        facts: scalars about the model (e.g. Theorem 3.1's c and its guaranteed radius).
+        init: the parameters training started from (None for a construction).
+        facts: scalars about the model (init scale beta, L2 lambda, Theorem 3.1's c and radius, ...).
     """
 
     net: TwoLayerNet
     train: TrainReport | None = None
+    init: TwoLayerNet | None = None
     facts: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -82,12 +86,57 @@ def _sphere(run: RunSpec) -> Dataset:
     return datasets.sphere(d=run.d, n=run.n, seed=run.seed)
 
 
+@DATASETS.register("subspace")
+def _subspace(run: RunSpec) -> Dataset:
+    return datasets.subspace(d=run.d, ell=run.ell or 0, n=run.n, n_eval=run.n_eval, seed=run.seed, label_rule=run.label_rule)
+
+
+@DATASETS.register("digits")
+def _digits(run: RunSpec) -> Dataset:
+    return datasets.digits(ell=run.ell or 0, n=run.n, n_eval=run.n_eval, seed=run.seed)
+
+
+def _trained(data: Dataset, run: RunSpec, init: TwoLayerNet, spec: TrainSpec, progress: bool, facts: dict[str, float]) -> BuiltModel:
+    init = init.to(data.X.device)
+    net, report = train(init, data.X, data.y, spec, seed=run.seed, progress=progress, description=run.run_id)
+    return BuiltModel(net=net, train=report, init=init, facts=facts)
+
+
+def _init(data: Dataset, run: RunSpec, *, small: bool) -> tuple[TwoLayerNet, dict[str, float]]:
+    """The family's initialization; small-init divides its scale by sqrt(2d) (beta = 1/(d sqrt 2), Cor 6.1)."""
+    generator = torch.Generator().manual_seed(run.seed)
+    factor = run.init_scale / (math.sqrt(2 * data.d) if small else 1.0)
+    if run.family == "kkt":  # Vardi et al.: PyTorch's default init, every tensor scaled by the factor
+        return pytorch_default_init(data.d, run.width, generator=generator, scale=factor), {"init_scale": factor}
+    beta = factor / math.sqrt(data.d)  # Melamed et al.: w_i ~ N(0, beta^2 I), beta^2 = 1/d for vanilla
+    return gaussian_init(data.d, run.width, beta=beta, generator=generator), {"init_beta": beta}
+
+
 @MODELS.register("vanilla")
 def _vanilla(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
-    """PyTorch's default init, then full-batch GD with the paper's schedule (all of W, b, v trained)."""
-    init = pytorch_default_init(data.d, run.width, generator=torch.Generator().manual_seed(run.seed))
-    net, report = train(init.to(data.X.device), data.X, data.y, run.train, progress=progress, description=run.run_id)
-    return BuiltModel(net=net, train=report)
+    """The family's standard init (kkt: PyTorch default; subspace: beta^2 = 1/d), then the family's training."""
+    init, facts = _init(data, run, small=False)
+    return _trained(data, run, init, run.train, progress, facts)
+
+
+@MODELS.register("small-init")
+def _small_init(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+    """As vanilla with the init divided by sqrt(2d): beta = 1/(d sqrt 2) in the subspace family (Cor 6.1)."""
+    init, facts = _init(data, run, small=True)
+    return _trained(data, run, init, run.train, progress, facts)
+
+
+@MODELS.register("l2")
+def _l2(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+    """Vanilla init, then exactly T = max_iters steps of the loss + lambda/2 ||W||^2 (Thm 6.2).
+
+    Unless --l2 gives lambda, it is chosen so that (1 - lr lambda)^T = 1/sqrt(2d) (Corollary 6.2).
+    """
+    init, facts = _init(data, run, small=False)
+    T, lr = run.train.max_iters, run.train.lr
+    lam = run.l2 if run.l2 is not None else (1.0 - (2.0 * data.d) ** (-0.5 / max(T, 1))) / lr
+    spec = dataclasses.replace(run.train, l2=lam, target_loss=None, target_margin=None)
+    return _trained(data, run, init, spec, progress, {**facts, "l2_lambda": lam})
 
 
 @MODELS.register("robust-construction")
@@ -103,9 +152,11 @@ def _universal_z(run: RunSpec, data: Dataset) -> Attack:
 
 
 def check_names(spec: ExperimentSpec) -> None:
-    """Raise SpecError for any dataset, model or attack name that is not registered."""
-    DATASETS.get(spec.dataset)
-    for name in spec.models:
+    """Raise SpecError for any dataset, model or attack name that is not registered or not of the family."""
+    DATASETS.get(spec.dataset_name)
+    for name in spec.model_names:
         MODELS.get(name)
-    for name in spec.attacks:
+        if name not in FAMILY_MODELS[spec.family]:
+            raise SpecError(f"model {name!r} is not part of the {spec.family} family; choose from: {', '.join(FAMILY_MODELS[spec.family])}")
+    for name in spec.attack_names:
         ATTACKS.get(name)

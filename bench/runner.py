@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,13 +21,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 import marginbench
 from marginbench.bench.measure import BEST, best_rows, example_rows, summarize, verify, verify_shared
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, check_names
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, BuiltModel, check_names
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.bench.store import ResultStore
-from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin
+from marginbench.models.datasets import Dataset
+from marginbench.models.diagnostics import (
+    kkt_residual,
+    margin_set,
+    normalized_margin,
+    off_manifold_gradients,
+    off_weight_drift,
+    thm51_assumption,
+)
 
 Log = Callable[[str], None]
 
@@ -50,6 +59,40 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SpecError("--device cuda: no CUDA device is available to PyTorch on this machine")
     return torch.device(name)
+
+
+def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The family's theorem checks: run-level facts for summary.csv and per-example columns for examples.csv.
+
+    kkt (Vardi et al.): fraction of training points on the margin, normalized margin, KKT residual.
+    subspace (Melamed et al.), at the attacked points x0 of P: active neurons k, off-manifold gradient and
+    its Theorem 4.1 / 6.1 (6.2 with L2) bounds and how often they hold, the off-manifold weight drift
+    (Theorem A.2: zero without L2), and whether ell >= 32 (m - 1) log(m^2 d) (Theorem 5.1's assumption).
+    """
+    net = built.net
+    if run.family == "kkt":
+        q_train = data.y * net(data.X)
+        facts = {
+            "margin_fraction": float(margin_set(q_train).double().mean()),
+            "normalized_margin": normalized_margin(net, q_train),
+            "kkt_residual": kkt_residual(net, data.X, data.y),
+        }
+        return facts, {}
+    if data.P_basis is None or built.init is None:
+        return {}, {}
+    X0, _ = data.attacked
+    decay = built.train.weight_decay if built.train is not None else 1.0
+    grads = off_manifold_gradients(net, X0, data.P_basis, beta=built.facts["init_beta"] * decay)
+    per_example = {"k": grads.k, "g_off": grads.g_off, "g_off_lower": grads.lower, "g_off_upper": grads.upper}
+    facts = {f"median_{key}": float(value.median()) for key, value in per_example.items()}
+    facts.update(
+        lower_bound_holds=float((grads.g_off >= grads.lower).double().mean()),
+        upper_bound_holds=float((grads.g_off <= grads.upper).double().mean()),
+        off_weight_drift=off_weight_drift(built.init, net, data.P_basis),
+        weight_decay=decay,
+        thm51_assumption=thm51_assumption(ell=data.d - data.P_basis.shape[1], width=net.width, d=data.d),
+    )
+    return facts, per_example
 
 
 def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *, progress: bool, log: Log) -> RunOutcome:
@@ -80,24 +123,20 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         "d": data.d,
         "n": data.n,
         "width": net.width,
-        "ell": math.nan,
+        "ell": run.ell if run.ell is not None else math.nan,
         "sqrt_d": sqrt_d,
         "train_seconds": built.train.seconds if built.train is not None else seconds["model"],
     }
-    if run.family == "kkt":
-        q_train = data.y * net(data.X)
-        run_row.update(
-            margin_fraction=float(margin_set(q_train).double().mean()),
-            normalized_margin=normalized_margin(net, q_train),
-            kkt_residual=kkt_residual(net, data.X, data.y),
-        )
     if built.train is not None:
         run_row.update(
             train_iterations=built.train.iterations,
             train_log10_loss=built.train.log10_loss,
+            train_min_margin=built.train.min_margin,
             train_stop_reason=built.train.stop_reason,
         )
     run_row.update(built.facts)
+    diagnostics, per_example = theory_diagnostics(run, data, built)
+    run_row.update(diagnostics)
     seconds["diagnostics"] = time.perf_counter() - start
 
     keys = {"run_id": run.run_id, "family": run.family, "dataset": run.dataset, "model": run.model, "seed": run.seed}
@@ -112,7 +151,7 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         verified = verify(net, X, result)
         common_c = verify_shared(net, X, result.shared)
         seconds["attacks"][name] = elapsed
-        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified))
+        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=per_example))
         attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **result.extras})
         perturbations[name] = verified.delta.cpu().numpy()
         median = float(np.median(verified.norm.cpu().numpy()))
@@ -152,7 +191,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_experiment(
-    spec: ExperimentSpec,
+    specs: ExperimentSpec | Sequence[ExperimentSpec],
     out: Path | str,
     *,
     preset: str | None = None,
@@ -160,20 +199,25 @@ def run_experiment(
     progress: bool = False,
     log: Log = lambda line: print(line, file=sys.stderr),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every (model, seed) of ``spec`` with every attack; write DIR; return (examples, summary).
+    """Run every (model, seed) of each spec with its attacks; write DIR; return (examples, summary).
 
     Everything the user can get wrong (names, sizes, device, output directory) is checked before any work.
     """
-    check_names(spec)
-    device = resolve_device(spec.device)
+    sweep = (specs,) if isinstance(specs, ExperimentSpec) else tuple(specs)
+    for spec in sweep:
+        check_names(spec)
+    devices = {resolve_device(spec.device) for spec in sweep}
+    planned = [(run, spec.attack_names) for spec in sweep for run in spec.runs()]
+    run_ids = [run.run_id for run, _ in planned]
+    if len(set(run_ids)) != len(run_ids):
+        raise SpecError("the sweep holds the same run twice; give each setting once")
     store = ResultStore.open(out, overwrite=overwrite)
-    runs = spec.runs()
     manifest: dict[str, Any] = {
         "status": "running",
         "preset": preset,
-        "spec": dataclasses.asdict(spec),
-        "seeds": list(spec.seeds),
-        "device": str(device),
+        "specs": [dataclasses.asdict(spec) for spec in sweep],
+        "seeds": sorted({seed for spec in sweep for seed in spec.seeds}),
+        "device": ", ".join(sorted(str(device) for device in devices)),
         "command": sys.argv,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment(),
@@ -184,10 +228,10 @@ def run_experiment(
     run_rows: list[dict[str, Any]] = []
     attack_rows: list[dict[str, Any]] = []
     summary = pd.DataFrame()
-    for i, run in enumerate(runs, start=1):
-        log(f"[{i}/{len(runs)}] {run.run_id}")
+    for i, (run, attacks) in enumerate(planned, start=1):
+        log(f"[{i}/{len(planned)}] {run.run_id}")
         start = time.perf_counter()
-        outcome = execute_run(run, spec.attacks, device, progress=progress, log=log)
+        outcome = execute_run(run, attacks, torch.device(run.device), progress=progress, log=log)
         store.write_run(run.run_id, state=outcome.state, data=outcome.data, perturbations=outcome.perturbations)
         frames.append(outcome.examples)
         run_rows.append(outcome.run_row)

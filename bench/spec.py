@@ -1,19 +1,34 @@
 """Experiment specs: what to run, as frozen dataclasses checked when they are built.
 
-An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run); ``runs()`` expands it into
-``RunSpec``s, one trained (or constructed) network each. Names of datasets, models and attacks are checked
-against the registries by ``marginbench.bench.registry.check_names`` before any work starts.
+An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run) at one data setting; ``runs()``
+expands it into ``RunSpec``s, one trained (or constructed) network each. A preset may hold several specs
+(a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
+registries by ``marginbench.bench.registry.check_names`` before any work starts.
+
+Families:
+- ``kkt`` (Vardi et al. 2022): sphere data; all layers trained to loss 1e-30; models vanilla, small-init,
+  robust-construction.
+- ``subspace`` (Melamed et al. 2023): data on a linear subspace P of codimension ell (``subspace``,
+  ``digits``); first layer trained only; models vanilla, small-init, l2; attacked at held-out points of P.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from marginbench.models.train import TrainSpec
+from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
+from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
 
-FAMILIES: tuple[str, ...] = ("kkt",)
+FAMILIES: tuple[str, ...] = ("kkt", "subspace")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+FAMILY_DATASETS = {"kkt": ("sphere",), "subspace": ("subspace", "digits")}
+FAMILY_MODELS = {"kkt": ("vanilla", "small-init", "robust-construction"), "subspace": ("vanilla", "small-init", "l2")}
+FAMILY_DEFAULTS = {
+    "kkt": {"models": ("vanilla", "robust-construction"), "attacks": ("universal-z",), "train": TrainSpec()},
+    "subspace": {"models": ("vanilla", "small-init", "l2"), "attacks": ("subspace-z", "pgd", "pgd-off", "pgd-on"), "train": SUBSPACE_TRAIN},
+}
 
 
 class SpecError(ValueError):
@@ -33,67 +48,139 @@ class RunSpec:
     seed: int
     device: str
     train: TrainSpec
+    ell: int | None = None  # codimension of the data subspace P (subspace family)
+    n_eval: int = 0  # held-out points of P that are attacked (subspace family)
+    label_rule: str = "random"
+    init_scale: float = 1.0  # multiplies the initialization's standard deviation
+    l2: float | None = None  # lambda for the l2 model; None: chosen by Corollary 6.2
 
     @property
     def run_id(self) -> str:
-        return f"{self.family}-{self.dataset}-d{self.d}-n{self.n}-w{self.width}-{self.model}-s{self.seed}"
+        parts = [self.family, self.dataset, f"d{self.d}"]
+        if self.ell is not None:
+            parts.append(f"l{self.ell}")
+        parts += [f"n{self.n}", f"w{self.width}", self.model]
+        if self.init_scale != 1.0:
+            parts.append(f"x{self.init_scale:g}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExperimentSpec:
-    """A grid of runs: every model x seed on one dataset setting, every attack on every run."""
+    """A grid of runs: every model x seed at one data setting, every attack on every run.
 
-    family: str = "kkt"  # kkt: Vardi et al. 2022 (max-margin implicit bias)
-    dataset: str = "sphere"  # x ~ U(sqrt(d) S^{d-1}), y ~ U{-1, +1}
-    d: int = 64  # input dimension
+    Fields left at None take the family's defaults (FAMILY_DEFAULTS, FAMILY_DATASETS).
+    """
+
+    family: str = "kkt"  # kkt: Vardi et al. 2022; subspace: Melamed et al. 2023
+    dataset: str | None = None  # None: the family's first dataset (sphere / subspace)
+    d: int = 64  # input dimension (digits: always 64)
     n: int | None = None  # number of training examples; None: round(d ** alpha)
-    alpha: float = 1.0  # n = round(d ** alpha) when n is None (the paper's m = d^alpha)
+    alpha: float = 1.0  # n = round(d ** alpha) when n is None (Vardi et al.'s m = d^alpha)
+    ell: int | None = None  # codimension of P for subspace data; None: d - d // 4 (digits: 54)
+    n_eval: int = 100  # held-out points of P that are attacked (subspace family)
+    label_rule: str = "random"  # subspace data: random labels, or linear (a halfspace within P)
     width: int = 256  # hidden neurons of trained models
-    models: tuple[str, ...] = ("vanilla", "robust-construction")
-    attacks: tuple[str, ...] = ("universal-z",)
+    init_scale: float = 1.0  # multiplies the init's standard deviation (Melamed et al. Fig. 4: 1/factor)
+    l2: float | None = None  # lambda of the l2 model; None: (1 - lr lambda)^T = 1/sqrt(2d) (Cor 6.2)
+    models: tuple[str, ...] | None = None
+    attacks: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     device: str = "cpu"
-    train: TrainSpec = field(default_factory=TrainSpec)
+    train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
+        if self.dataset is not None and self.dataset not in FAMILY_DATASETS[self.family]:
+            allowed = ", ".join(FAMILY_DATASETS[self.family])
+            raise SpecError(f"dataset {self.dataset!r} is not part of the {self.family} family; choose from: {allowed}")
         if self.d < 2:
             raise SpecError(f"--d must be at least 2, got {self.d}")
+        if self.dataset_name == "digits" and self.d != DIGITS_DIM:
+            raise SpecError(f"digits data live in R^64: --d must be 64, got {self.d}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
         if self.n_examples < 2:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
         if self.width < 1:
             raise SpecError(f"--width must be at least 1, got {self.width}")
-        for what, names in (("model", self.models), ("attack", self.attacks), ("seed", self.seeds)):
+        if self.family == "kkt" and self.ell is not None:
+            raise SpecError("--ell applies to subspace data only (the subspace family)")
+        if self.family == "subspace":
+            ell = self.codim
+            if ell is None or not 1 <= ell < self.d:
+                raise SpecError(f"--ell must satisfy 1 <= ell < d = {self.d}, got {ell}")
+            if self.n_eval < 1:
+                raise SpecError(f"--n-eval must be at least 1, got {self.n_eval}")
+        if self.label_rule not in LABEL_RULES:
+            raise SpecError(f"unknown label rule {self.label_rule!r}; choose one of: {', '.join(LABEL_RULES)}")
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise SpecError(f"--init-scale must be a positive number, got {self.init_scale}")
+        if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise SpecError(f"--l2 must be a non-negative number, got {self.l2}")
+        for what, names in (("model", self.model_names), ("attack", self.attack_names), ("seed", self.seeds)):
             if not names:
                 raise SpecError(f"give at least one {what}")
             if len(set(names)) != len(names):
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers, got {', '.join(map(str, self.seeds))}")
+        for model in self.model_names:
+            if model == "l2" and self.family == "kkt":
+                raise SpecError("model l2 belongs to the subspace family: it needs a constant step and T steps (Melamed et al. Cor 6.2), while kkt training grows the step until the loss is 1e-30")
         if self.device not in DEVICES:
             raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
 
     @property
+    def dataset_name(self) -> str:
+        return self.dataset if self.dataset is not None else FAMILY_DATASETS[self.family][0]
+
+    @property
+    def codim(self) -> int | None:
+        """ell for subspace data (the default where it was not given), None for the kkt family."""
+        if self.family != "subspace":
+            return None
+        if self.ell is not None:
+            return self.ell
+        return DIGITS_DIM - 10 if self.dataset_name == "digits" else self.d - self.d // 4
+
+    @property
     def n_examples(self) -> int:
         return self.n if self.n is not None else round(self.d**self.alpha)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return self.models if self.models is not None else FAMILY_DEFAULTS[self.family]["models"]  # type: ignore[return-value]
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        return self.attacks if self.attacks is not None else FAMILY_DEFAULTS[self.family]["attacks"]  # type: ignore[return-value]
+
+    @property
+    def train_spec(self) -> TrainSpec:
+        return self.train if self.train is not None else FAMILY_DEFAULTS[self.family]["train"]  # type: ignore[return-value]
 
     def runs(self) -> tuple[RunSpec, ...]:
         """One RunSpec per (model, seed), models outermost."""
         return tuple(
             RunSpec(
                 family=self.family,
-                dataset=self.dataset,
+                dataset=self.dataset_name,
                 d=self.d,
                 n=self.n_examples,
                 width=self.width,
                 model=model,
                 seed=seed,
                 device=self.device,
-                train=self.train,
+                train=self.train_spec,
+                ell=self.codim,
+                n_eval=self.n_eval if self.family == "subspace" else 0,
+                label_rule=self.label_rule,
+                init_scale=self.init_scale,
+                l2=self.l2,
             )
-            for model in self.models
+            for model in self.model_names
             for seed in self.seeds
         )

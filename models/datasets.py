@@ -1,8 +1,14 @@
 """Datasets: the points a network is trained on and the points it is attacked at.
 
-``sphere`` is the data of Vardi et al. 2022, Section 6: x ~ Uniform(sqrt(d) * S^{d-1}) and y uniform on
-{-1, +1}. Data are drawn with numpy from an explicit seed, in float64, so that the same seed gives the same
-points on every device.
+- ``sphere`` (Vardi et al. 2022, Section 6): x ~ Uniform(sqrt(d) S^{d-1}), y uniform on {-1, +1}.
+- ``subspace`` (Melamed et al. 2023, Section 3.2): points on a random (d - ell)-dimensional linear subspace P,
+  uniform on the sphere of radius sqrt(d) inside P, labels by a rule on P; held-out points of P to attack.
+- ``digits``: scikit-learn's bundled 8x8 digits (no download), odd (+1) vs even (-1), centred and projected
+  on their top 64 - ell principal components, so they lie exactly on a linear subspace of R^64 (the analogue
+  of Melamed et al.'s PCA-projected MNIST, Figure 4b).
+
+Data are drawn with numpy from an explicit seed, in float64, so the same seed gives the same points on every
+device.
 """
 
 from __future__ import annotations
@@ -107,3 +113,85 @@ def sphere(*, d: int, n: int, seed: int) -> Dataset:
     X = math.sqrt(d) * G / np.linalg.norm(G, axis=1, keepdims=True)
     y = rng.choice(np.array([-1.0, 1.0]), size=n)
     return Dataset(name="sphere", X=torch.from_numpy(X), y=torch.from_numpy(y))
+
+
+LABEL_RULES: tuple[str, ...] = ("random", "linear")
+
+
+def _labels(coords: np.ndarray, rule: str, rng: np.random.Generator, normal: np.ndarray) -> np.ndarray:
+    """Labels of points given by their coordinates in P: (n, k) -> (n,) in {-1., +1.}.
+
+    random: uniform on {-1, +1}, independent of the point; linear: sign <a, coords> for one random unit a in P.
+    """
+    if rule == "random":
+        return rng.choice(np.array([-1.0, 1.0]), size=coords.shape[0])
+    if rule == "linear":
+        return np.where(coords @ normal >= 0, 1.0, -1.0)
+    raise ValueError(f"unknown label rule {rule!r}; choose one of: {', '.join(LABEL_RULES)}")
+
+
+def subspace(*, d: int, ell: int, n: int, n_eval: int, seed: int, label_rule: str = "random") -> Dataset:
+    """Points on a random linear subspace P of dimension d - ell, at radius sqrt(d), labelled by a rule on P.
+
+    Args:
+        d: ambient dimension (>= 2).
+        ell: codimension of P (1 <= ell < d): P-perp, the off-manifold space, has dimension ell.
+        n: number of training examples (>= 2).
+        n_eval: number of held-out points of P, drawn the same way: the points x0 that are attacked and at
+            which the Theorem 4.1 / 6.1 diagnostics are taken.
+        seed: seed of the numpy generator that draws P, the points and the labels.
+        label_rule: "random" (uniform labels) or "linear" (a random halfspace through 0 within P).
+    """
+    if d < 2:
+        raise ValueError(f"subspace data needs d >= 2, got d={d}")
+    if not 1 <= ell < d:
+        raise ValueError(f"subspace data needs 1 <= ell < d, got ell={ell}, d={d}")
+    if n < 2 or n_eval < 1:
+        raise ValueError(f"subspace data needs n >= 2 and n_eval >= 1, got n={n}, n_eval={n_eval}")
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d - ell)))  # (d, d - ell), orthonormal columns
+    normal = rng.standard_normal(d - ell)
+    normal /= np.linalg.norm(normal)
+    G = rng.standard_normal((n + n_eval, d - ell))
+    coords = math.sqrt(d) * G / np.linalg.norm(G, axis=1, keepdims=True)
+    y = _labels(coords, label_rule, rng, normal)
+    X = coords @ basis.T
+    t = torch.from_numpy
+    return Dataset(name="subspace", X=t(X[:n]), y=t(y[:n]), X_eval=t(X[n:]), y_eval=t(y[n:]), P_basis=t(basis))
+
+
+DIGITS_DIM = 64
+
+
+def digits(*, ell: int, n: int, n_eval: int, seed: int) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, bundled), odd digits +1 and even digits -1.
+
+    All images are centred (the mean image subtracted) and projected on their top 64 - ell principal
+    components, then scaled so the mean norm is sqrt(64) = 8; so every point lies exactly on the linear
+    subspace P spanned by those components. A seeded draw without replacement gives n training and n_eval
+    held-out points.
+
+    Args:
+        ell: codimension of P in R^64 (1 <= ell < 64); 64 - ell principal components are kept.
+        n: number of training examples (>= 2).
+        n_eval: number of held-out points (>= 1); n + n_eval <= 1797.
+        seed: seed of the draw.
+    """
+    from sklearn.datasets import load_digits
+
+    if not 1 <= ell < DIGITS_DIM:
+        raise ValueError(f"digits data needs 1 <= ell < 64, got ell={ell}")
+    bunch = load_digits()
+    images, target = bunch.data.astype(np.float64), bunch.target
+    if n < 2 or n_eval < 1 or n + n_eval > images.shape[0]:
+        raise ValueError(f"digits data needs n >= 2, n_eval >= 1 and n + n_eval <= {images.shape[0]}, got n={n}, n_eval={n_eval}")
+    centred = images - images.mean(axis=0)
+    _, _, Vt = np.linalg.svd(centred, full_matrices=False)
+    basis = Vt[: DIGITS_DIM - ell].T  # (64, 64 - ell)
+    projected = centred @ basis @ basis.T
+    projected *= math.sqrt(DIGITS_DIM) / np.linalg.norm(projected, axis=1).mean()
+    labels = np.where(target % 2 == 1, 1.0, -1.0)
+    pick = np.random.default_rng(seed).permutation(images.shape[0])[: n + n_eval]
+    X, y = projected[pick], labels[pick]
+    t = torch.from_numpy
+    return Dataset(name="digits", X=t(X[:n]), y=t(y[:n]), X_eval=t(X[n:]), y_eval=t(y[n:]), P_basis=t(np.ascontiguousarray(basis)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,3 +64,59 @@ def kkt_residual(net: TwoLayerNet, X: Tensor, y: Tensor) -> float:
     _, rnorm = nnls(R, b, maxiter=50 * R.shape[1])
     residual_sq = max(theta_sq - float(b @ b) + rnorm**2, 0.0)
     return math.sqrt(residual_sq / theta_sq)
+
+
+def project_off(P_basis: Tensor, V: Tensor) -> Tensor:
+    """Pi_{P-perp} of the rows of V: (r, d), for P spanned by the orthonormal columns of P_basis: (d, d - ell)."""
+    return V - (V @ P_basis) @ P_basis.T
+
+
+@dataclass(frozen=True)
+class OffManifoldGradients:
+    """Melamed et al. 2023, Theorems 4.1 and 6.1/6.2, at points x0 of P, per point.
+
+    Attributes:
+        k: (n,) active neurons #{i : w_i . x0 >= 0}.
+        g_off: (n,) ||Pi_{P-perp} grad_x N(x0)||.
+        lower: (n,) Theorem 4.1's lower bound beta sqrt(k ell / (2 m)) (= sqrt(k ell / (2 m d)) at the paper's
+            beta = 1/sqrt(d); the paper notes it extends to N(0, beta^2 I) initializations).
+        upper: (n,) Theorem 6.1's upper bound beta sqrt(2 k ell / m); with L2, beta = (1 - eta lambda)^T / sqrt(d)
+            gives Theorem 6.2's (1 - eta lambda)^T sqrt(2 k ell / (m d)).
+    """
+
+    k: Tensor
+    g_off: Tensor
+    lower: Tensor
+    upper: Tensor
+
+
+def off_manifold_gradients(net: TwoLayerNet, X0: Tensor, P_basis: Tensor, *, beta: float) -> OffManifoldGradients:
+    """The off-manifold gradient and its bounds at points X0: (n, d) of P.
+
+    Args:
+        net: a bias-free net N(x) = sum_i u_i relu(w_i . x).
+        X0: (n, d) points of P.
+        P_basis: (d, d - ell) orthonormal basis of P.
+        beta: the effective initialization scale of the off-manifold weights (init std times the L2 decay).
+    """
+    m, d = net.W.shape
+    ell = d - P_basis.shape[1]
+    active = (net.preactivations(X0) >= 0).to(X0.dtype)  # (n, m): the paper's S uses >= 0
+    grad = (active * net.v) @ net.W  # (n, d): grad_x N(x0) = sum_{i in S} u_i w_i
+    k = active.sum(1)
+    return OffManifoldGradients(
+        k=k,
+        g_off=project_off(P_basis, grad).norm(dim=1),
+        lower=beta * torch.sqrt(k * ell / (2.0 * m)),
+        upper=beta * torch.sqrt(2.0 * k * ell / m),
+    )
+
+
+def off_weight_drift(init: TwoLayerNet, net: TwoLayerNet, P_basis: Tensor) -> float:
+    """max_i ||Pi_{P-perp}(w_i - w_i(0))||: zero without L2 when the data lie on P (Theorem A.2)."""
+    return float(project_off(P_basis, net.W - init.W).norm(dim=1).max())
+
+
+def thm51_assumption(*, ell: int, width: int, d: int) -> bool:
+    """Whether ell >= 32 (m - 1) log(m^2 d), the assumption of Melamed et al. Theorem 5.1."""
+    return ell >= 32 * (width - 1) * math.log(width * width * d)

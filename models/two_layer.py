@@ -101,3 +101,20 @@ def pytorch_default_init(
     b = uniform((width,), bound_in)
     v = uniform((width,), bound_out)
     return TwoLayerNet(W=W.to(dtype), b=b.to(dtype), v=v.to(dtype))
+
+
+def gaussian_init(d: int, width: int, *, beta: float, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> TwoLayerNet:
+    """The initialization of Melamed et al. 2023, Section 3.1: w_i ~ N(0, beta^2 I_d), no bias,
+    u_i ~ U{-1/sqrt(width), +1/sqrt(width)} (fixed during training).
+
+    Args:
+        d: input dimension.
+        width: number of hidden neurons (the paper's m).
+        beta: standard deviation of each weight (1/sqrt(d) is Kaiming's, the paper's standard choice).
+        generator: the only source of randomness (a seeded CPU generator).
+        dtype: floating dtype of the returned tensors.
+    """
+    W = beta * torch.randn((width, d), generator=generator, dtype=torch.float64)
+    signs = torch.randint(0, 2, (width,), generator=generator).to(torch.float64) * 2.0 - 1.0
+    v = signs / math.sqrt(width)
+    return TwoLayerNet(W=W.to(dtype), b=torch.zeros(width, dtype=dtype), v=v.to(dtype))
