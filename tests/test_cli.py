@@ -21,9 +21,10 @@ def test_help_names_every_option_and_registered_name(capsys: pytest.CaptureFixtu
         main(["run", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--family", "--dataset", "--d", "--n", "--alpha", "--width", "--models", "--attacks", "--seeds", "--device", "--loss", "--target-loss", "--max-iters", "--out"):
+    for option in ("--family", "--dataset", "--d", "--n", "--alpha", "--width", "--models", "--attacks", "--seeds", "--device", "--loss", "--target-loss", "--max-iters", "--out",
+                   "--ell", "--n-eval", "--label-rule", "--init-scale", "--l2", "--batch-size", "--target-margin", "--scale"):
         assert option in text
-    for name in MODELS.names() + ATTACKS.names():
+    for name in MODELS.names() + ATTACKS.names() + ["sphere", "subspace", "digits"]:
         assert name in text
 
 
@@ -40,7 +41,7 @@ def test_python_dash_m_works() -> None:
         (["--width", "0"], "--width must be at least 1"),
         (["--alpha", "-1"], "--alpha must be a positive number"),
         (["--alpha", "nan"], "finite number"),
-        (["--models", "vanila"], "unknown model 'vanila'; choose from: robust-construction, vanilla"),
+        (["--models", "vanila"], "unknown model 'vanila'; choose from: l2, robust-construction, small-init, vanilla"),
         (["--attacks", "pgdd"], "unknown attack 'pgdd'"),
         (["--seeds", "0,x"], "seeds must be comma-separated integers"),
         (["--seeds", "-1"], "non-negative integers"),
@@ -48,6 +49,10 @@ def test_python_dash_m_works() -> None:
         (["--preset", "nope"], "invalid choice"),
         (["--target-loss", "0"], "target loss must be a positive number"),
         (["--lr", "-1"], "learning rate must be > 0"),
+        (["--ell", "3"], "--ell applies to subspace data only"),
+        (["--family", "subspace", "--ell", "8"], "1 <= ell < d"),
+        (["--family", "subspace", "--models", "robust-construction"], "not part of the subspace family"),
+        (["--models", "l2"], "model l2 belongs to the subspace family"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,6 +109,19 @@ def test_run_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for header in ("model", "attack", "n", "success", "median norm", "median/√d", "common c/√d"):
         assert header in out
     assert "robust-construction" in out and "vanilla" in out
+
+
+def test_subspace_family_runs_from_the_command_line(tmp_path: Path) -> None:
+    args = ["run", "--family", "subspace", "--d", "24", "--ell", "16", "--n", "12", "--n-eval", "6", "--width", "16",
+            "--max-iters", "200", "--attacks", "universal-z", "--no-progress", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert _exit_code(args) == 0
+    summary = pd.read_csv(tmp_path / "o" / "summary.csv")
+    assert set(summary["model"]) == {"vanilla", "small-init", "l2"}
+    for column in ("median_k", "median_g_off", "median_g_off_lower", "median_g_off_upper", "off_weight_drift", "thm51_assumption"):
+        assert column in summary
+    examples = pd.read_csv(tmp_path / "o" / "examples.csv")
+    assert len(examples) == 3 * 2 * 6 and {"k", "g_off", "g_off_lower", "g_off_upper"} <= set(examples.columns)
+    assert (summary["ell"] == 16).all()
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ import torch
 from marginbench.bench.measure import verify
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import ExperimentSpec, SpecError
+from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, SpecError
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec
 
@@ -29,10 +29,19 @@ def test_duplicate_and_unknown_names() -> None:
         registry.get("b")
 
 
-@pytest.mark.parametrize("model", MODELS.names())
+FAMILY_MODEL_PAIRS = [(family, model) for family, models in FAMILY_MODELS.items() for model in models]
+
+
+def test_every_registered_model_belongs_to_a_family() -> None:
+    assert sorted({model for _, model in FAMILY_MODEL_PAIRS}) == MODELS.names()
+
+
+@pytest.mark.parametrize(("family", "model"), FAMILY_MODEL_PAIRS)
 @pytest.mark.parametrize("attack", ATTACKS.names())
-def test_every_attack_proposal_that_is_kept_really_flips(model: str, attack: str) -> None:
-    spec = ExperimentSpec(d=12, n=10, width=16, models=(model,), attacks=(attack,), train=TrainSpec(max_iters=3000))
+def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str, attack: str) -> None:
+    sizes = {"d": 12, "n": 10} if family == "kkt" else {"d": 16, "ell": 10, "n": 10, "n_eval": 8}
+    train = TrainSpec(max_iters=3000) if family == "kkt" else None
+    spec = ExperimentSpec(family=family, width=16, models=(model,), attacks=(attack,), train=train, **sizes)
     (run,) = spec.runs()
     data = DATASETS.get(run.dataset)(run)
     net = MODELS.get(model)(data, run, False).net
