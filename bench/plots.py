@@ -112,25 +112,23 @@ def _margin_runs(summary: pd.DataFrame) -> pd.DataFrame | str:
     return rows.assign(series=rows["alpha"].map(_alpha_label), not_on_margin=(1 - rows["margin_fraction"]) * rows["n"])
 
 
-def _fig2a(summary: pd.DataFrame) -> Figure | str:
+def _margin_figure(summary: pd.DataFrame, *, y: str, title: str, ylabel: str) -> Figure | str:
     rows = _margin_runs(summary)
     if isinstance(rows, str):
         return rows
-    fig, ax = _new("Vardi et al. Fig. 2a: fraction of examples on the margin", "input dimension d", "fraction on the margin")
-    _series(ax, rows, by="series", x="d", y="margin_fraction", label="{}")
-    ax.set_ylim(0, 1.05)
+    fig, ax = _new(title, "input dimension d", ylabel)
+    _series(ax, rows, by="series", x="d", y=y, label="{}")
+    ax.set_ylim(bottom=0)
     ax.legend()
     return fig
+
+
+def _fig2a(summary: pd.DataFrame) -> Figure | str:
+    return _margin_figure(summary, y="margin_fraction", title="Vardi et al. Fig. 2a: fraction of examples on the margin", ylabel="fraction on the margin")
 
 
 def _fig2b(summary: pd.DataFrame) -> Figure | str:
-    rows = _margin_runs(summary)
-    if isinstance(rows, str):
-        return rows
-    fig, ax = _new("Vardi et al. Fig. 2b: examples not on the margin", "input dimension d", "number not on the margin")
-    _series(ax, rows, by="series", x="d", y="not_on_margin", label="{}")
-    ax.legend()
-    return fig
+    return _margin_figure(summary, y="not_on_margin", title="Vardi et al. Fig. 2b: examples not on the margin", ylabel="number not on the margin")
 
 
 def _fig4(summary: pd.DataFrame) -> Figure | str:
