@@ -148,6 +148,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
     listing.set_defaults(handler=_list)
+    _add_report_commands(sub)
     return parser
 
 
@@ -197,6 +198,138 @@ def _list(args: argparse.Namespace) -> int:
     for name in PRESETS.names():
         doc = (PRESETS.get(name).__doc__ or "").strip().splitlines()[0]
         print(f"preset {name}: {doc}")
+    return 0
+
+
+LEADERBOARD_EPILOG = """\
+examples:
+  marginbench leaderboard runs/default
+  marginbench leaderboard runs/d16 runs/d32 runs/d64 --format plain
+      several result directories merged (their runs stay distinct, even with equal run_ids)
+
+Models are ranked by the median over runs (seeds) of each run's median best norm / sqrt(d), where an
+example's best norm is the smallest over every attack run on it; equal scores share a rank. Attacks are
+ranked by AttackBench's optimality: the area under the per-example best's robust-accuracy-vs-eps curve
+over the area under the attack's (1 = as good as the best on every example; failures count as the largest
+norm found on the run). Also shown: how often the attack is the best, its median ratio to the best, its
+success rate, milliseconds and (where recorded) forward/backward passes per example.
+"""
+
+BASELINE_EPILOG = """\
+examples:
+  marginbench run --preset baseline --out runs/baseline
+  marginbench baseline runs/baseline -o results/baseline.json
+
+The baseline holds every numeric summary.csv value of the run (not the timings) and a tolerance band per
+metric, {"rel": r, "abs": a}: a number passes when |value - baseline| <= a + r * |baseline|. Edit the bands
+in the file to tighten or loosen one metric; "*" applies to metrics without their own band.
+"""
+
+CHECK_EPILOG = """\
+examples:
+  marginbench check runs/baseline --baseline results/baseline.json
+
+Exit status: 0 when every number of the baseline is within its band in DIR, 1 when some drifted or are
+missing (a table names each one: run, attack, metric, baseline, value, difference, allowed), 2 on bad input.
+"""
+
+PLOT_EPILOG = """\
+examples:
+  marginbench plot runs/grid -o figures/
+  marginbench plot runs/d16 runs/d32 runs/d64 -o figures/
+
+Figures (each drawn only when the data supports it; the others are listed with the reason):
+  fig1a_common_c_vs_d       Vardi et al. Fig. 1a: universal-z's common c vs d per alpha, sqrt(d) line
+  fig1b_common_c_vs_width   Vardi et al. Fig. 1b: the same for n = d, one line per width
+  fig2a_margin_fraction     Vardi et al. Fig. 2a: fraction of the training set on the margin vs d
+  fig2b_not_on_margin       Vardi et al. Fig. 2b: number of examples not on the margin vs d
+  fig4_norm_vs_init_scale   Melamed et al. Fig. 4: pgd-on / pgd-off / pgd norms vs the init-scale factor
+Error bars are standard deviations over seeds.
+"""
+
+
+def _add_report_commands(sub: Any) -> None:
+    """The subcommands that read finished result directories: leaderboard, baseline, check, plot."""
+    raw = argparse.RawDescriptionHelpFormatter
+    board = sub.add_parser("leaderboard", help="rank models and attacks of one or more result directories", description="Ranked tables of models and of attacks.", epilog=LEADERBOARD_EPILOG, formatter_class=raw)
+    board.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
+    board.add_argument("--format", default="github", metavar="FMT", help="a tabulate table format: github (default), plain, simple, grid, latex, ...")
+    board.set_defaults(handler=_leaderboard)
+
+    base = sub.add_parser("baseline", help="write a regression baseline of a result directory", description="Write DIR's numbers and their tolerance bands to a JSON baseline.", epilog=BASELINE_EPILOG, formatter_class=raw)
+    base.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    base.add_argument("-o", "--output", required=True, metavar="PATH", help="the baseline file to write (JSON)")
+    base.set_defaults(handler=_baseline)
+
+    check = sub.add_parser("check", help="compare a result directory with a baseline", description="Check that every number of a baseline is within its band in DIR.", epilog=CHECK_EPILOG, formatter_class=raw)
+    check.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    check.add_argument("--baseline", required=True, metavar="PATH", help="a file written by `marginbench baseline`")
+    check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
+    check.set_defaults(handler=_check)
+
+    plot = sub.add_parser("plot", help="draw the papers' figures that the data supports (PNG)", description="Draw the papers' figures from one or more result directories.", epilog=PLOT_EPILOG, formatter_class=raw)
+    plot.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
+    plot.add_argument("-o", "--out", metavar="OUTDIR", help="folder for the PNG files (default: DIR/figures for one DIR; required for several)")
+    plot.set_defaults(handler=_plot)
+
+
+def _table_format(name: str) -> str:
+    from tabulate import tabulate_formats
+
+    if name not in tabulate_formats:
+        raise SpecError(f"--format {name!r} is not a tabulate format; choose from: {', '.join(sorted(tabulate_formats))}")
+    return name
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from marginbench.bench.leaderboard import leaderboard_text
+    from marginbench.bench.merge import read_results
+
+    tablefmt = _table_format(args.format)
+    print(leaderboard_text(read_results(args.dirs, need_examples=True), tablefmt=tablefmt))
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from marginbench.bench.check import make_baseline, write_baseline
+
+    baseline = make_baseline(args.dir)
+    write_baseline(baseline, args.output)
+    print(f"wrote {args.output}: {len(baseline['values'])} numbers of {args.dir} with their tolerance bands")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from marginbench.bench.check import compare, drift_text, read_baseline
+
+    tablefmt = _table_format(args.format)
+    baseline = read_baseline(args.baseline)
+    drifted = compare(args.dir, baseline)
+    print(drift_text(drifted, checked=len(baseline["values"]), tablefmt=tablefmt))
+    return 0 if drifted.empty else 1
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from marginbench.bench.merge import read_results
+    from marginbench.bench.plots import build_figures, save_figures
+
+    if args.out is None and len(args.dirs) > 1:
+        raise SpecError("give -o OUTDIR when plotting several result directories")
+    results = read_results(args.dirs)
+    out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"-o {out} exists and is not a directory")
+    figures = build_figures(results.summary)
+    try:
+        written = save_figures(figures, out)
+    except OSError as err:
+        raise SpecError(f"cannot write figures to {out}: {err.strerror or err}") from None
+    for path in written:
+        print(f"wrote {path}")
+    for name, reason in figures.skipped.items():
+        print(f"skipped {name}: {reason}")
     return 0
 
 

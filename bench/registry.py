@@ -107,7 +107,7 @@ def _init(data: Dataset, run: RunSpec, *, small: bool) -> tuple[TwoLayerNet, dic
     generator = torch.Generator().manual_seed(run.seed)
     factor = run.init_scale / (math.sqrt(2 * data.d) if small else 1.0)
     if run.family == "kkt":  # Vardi et al.: PyTorch's default init, every tensor scaled by the factor
-        return pytorch_default_init(data.d, run.width, generator=generator, scale=factor), {"init_scale": factor}
+        return pytorch_default_init(data.d, run.width, generator=generator, scale=factor), {"init_factor": factor}
     beta = factor / math.sqrt(data.d)  # Melamed et al.: w_i ~ N(0, beta^2 I), beta^2 = 1/d for vanilla
     return gaussian_init(data.d, run.width, beta=beta, generator=generator), {"init_beta": beta}
 

@@ -125,6 +125,8 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         "width": net.width,
         "ell": run.ell if run.ell is not None else math.nan,
         "sqrt_d": sqrt_d,
+        "alpha": run.alpha if run.alpha is not None else math.nan,
+        "init_scale": run.init_scale,
         "train_seconds": built.train.seconds if built.train is not None else seconds["model"],
     }
     if built.train is not None:

@@ -48,6 +48,7 @@ class RunSpec:
     seed: int
     device: str
     train: TrainSpec
+    alpha: float | None = None  # n = round(d ** alpha), where the spec gave alpha rather than n
     ell: int | None = None  # codimension of the data subspace P (subspace family)
     n_eval: int = 0  # held-out points of P that are attacked (subspace family)
     label_rule: str = "random"
@@ -175,6 +176,7 @@ class ExperimentSpec:
                 seed=seed,
                 device=self.device,
                 train=self.train_spec,
+                alpha=self.alpha if self.n is None else None,
                 ell=self.codim,
                 n_eval=self.n_eval if self.family == "subspace" else 0,
                 label_rule=self.label_rule,

@@ -1,0 +1,184 @@
+"""Regression baselines: the numbers of a run, with per-metric tolerance bands, and the check against them.
+
+A baseline is one JSON file (``marginbench baseline DIR -o PATH``)::
+
+    {"format": "marginbench-baseline/1",
+     "made_from": {...the run's preset, spec, git commit, versions, machine...},
+     "bands": {"median_norm": {"rel": 1e-6, "abs": 1e-9, "why": "..."}, ..., "*": {...}},
+     "values": [{"run_id": ..., "attack": ..., "metric": ..., "value": ...}, ...]}
+
+A number passes when |value - baseline| <= abs + rel * |baseline| (both +inf, or both NaN, also pass). The
+bands live in the file, so a reviewer can tighten or loosen one metric by editing it; ``"*"`` is the band of
+any numeric summary column that has no band of its own (columns added later are checked too). Columns in
+UNCHECKED (wall times, and the run's own identity) are never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from marginbench.bench.merge import read_results
+from marginbench.bench.spec import SpecError
+from marginbench.bench.store import atomic_write
+
+FORMAT = "marginbench-baseline/1"
+KEY = ("run_id", "attack")
+# Never compared: timings vary from call to call and machine to machine; the rest are keys or inputs.
+UNCHECKED = frozenset({"train_seconds", "attack_seconds", "seed", "source", "alpha", "init_scale"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Band:
+    """|value - baseline| <= abs + rel * |baseline|."""
+
+    rel: float
+    abs: float
+    why: str
+
+
+# Why these widths: on one machine every number is reproducible to the last bit (seeded data and init,
+# float64 training, deterministic kernels). Across machines, BLAS kernels may sum in another order (SIMD
+# width, threads), changing results in the 16th digit; a few thousand gradient steps amplify that to
+# roughly 1e-12 relative, far below a band of 1e-6, while any change of the method moves these numbers by
+# more than 1e-3. Counts and set memberships are exact: they change only when an example crosses a
+# threshold, which is a real change to investigate (or, once in a long while, a rounding tie; then widen
+# the band in the baseline file and say so in the commit).
+ROUNDING = "float64 results of seeded training: bit-identical on one machine, ~1e-12 apart across CPUs' summation orders"
+BANDS: dict[str, Band] = {
+    **{name: Band(rel=0.0, abs=0.0, why="sizes of the run: exact") for name in ("d", "n", "width", "ell", "n_attacked", "sqrt_d")},
+    "success_rate": Band(rel=0.0, abs=1e-12, why="a fraction of counted flips: exact"),
+    "margin_fraction": Band(rel=0.0, abs=1e-12, why="a fraction of the margin set (10% slack): exact unless an example sits on the threshold"),
+    "margin_set_size": Band(rel=0.0, abs=0.0, why="a count: exact"),
+    "train_iterations": Band(rel=0.0, abs=1.0, why="the iteration where the loss crosses the target may move by one if the loss sits on it"),
+    "kkt_residual": Band(rel=1e-4, abs=1e-8, why="a non-negative least-squares solve (scipy nnls), accurate to its own tolerance, not to the last digit"),
+    "construction_c": Band(rel=1e-9, abs=1e-12, why="closed form from the data: a max of inner products"),
+    "construction_radius": Band(rel=1e-9, abs=1e-12, why="closed form from the data"),
+    "*": Band(rel=1e-6, abs=1e-9, why=ROUNDING),
+}
+
+
+def _numbers(summary: pd.DataFrame) -> pd.DataFrame:
+    """Long form (run_id, attack, metric, value) of every checked numeric summary column."""
+    numeric = [c for c in summary.columns if c not in UNCHECKED and c not in KEY and pd.api.types.is_numeric_dtype(summary[c]) and not pd.api.types.is_bool_dtype(summary[c])]
+    long = summary[[*KEY, *numeric]].melt(id_vars=list(KEY), var_name="metric", value_name="value")
+    return long.dropna(subset=["value"]).reset_index(drop=True)
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("preset", "specs", "git_commit", "versions", "machine", "platform")
+    return {k: manifest[k] for k in keys if isinstance(manifest, dict) and k in manifest}
+
+
+def make_baseline(result_dir: str | Path) -> dict[str, Any]:
+    """The baseline of one result directory: its numbers and the bands (see the module docstring)."""
+    summary = read_results([result_dir]).summary
+    if summary.duplicated(list(KEY)).any():
+        raise SpecError(f"{result_dir}/summary.csv has two rows for one (run_id, attack)")
+    values = [
+        {"run_id": r.run_id, "attack": r.attack, "metric": r.metric, "value": float(r.value)}
+        for r in _numbers(summary).itertuples(index=False)
+    ]
+    return {
+        "format": FORMAT,
+        "rule": "pass when |value - baseline| <= abs + rel * |baseline|; '*' is the band of metrics not listed",
+        "made_from": {"dir": str(result_dir), **_manifest(Path(result_dir))},
+        "bands": {name: {"rel": b.rel, "abs": b.abs, "why": b.why} for name, b in BANDS.items()},
+        "unchecked": sorted(UNCHECKED),
+        "values": values,
+    }
+
+
+def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
+    """Write ``baseline`` as JSON (+inf as Infinity, which Python's json reads back)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
+    head = json.dumps({k: v for k, v in baseline.items() if k != "values"}, indent=1, allow_nan=True)
+    rows = ",\n  ".join(json.dumps(row, allow_nan=True) for row in baseline["values"])
+    text = head[:-2] + f',\n "values": [\n  {rows}\n ]\n}}\n'  # one number per line: readable diffs
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_baseline(path: str | Path) -> dict[str, Any]:
+    """A baseline file, checked for shape; SpecError (one line) if it is missing or malformed."""
+    try:
+        baseline = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise SpecError(f"cannot read baseline {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise SpecError(f"baseline {path} is not valid JSON: {err}") from None
+    if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
+        raise SpecError(f"baseline {path} is not a marginbench baseline (no \"format\": \"{FORMAT}\")")
+    try:
+        bands = {name: Band(rel=float(b["rel"]), abs=float(b["abs"]), why=str(b.get("why", ""))) for name, b in baseline["bands"].items()}
+        values = pd.DataFrame(baseline["values"], columns=["run_id", "attack", "metric", "value"]).astype({"value": float})
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SpecError(f"baseline {path} is malformed: {type(err).__name__} {err}") from None
+    if "*" not in bands:
+        raise SpecError(f"baseline {path} has no default band \"*\"")
+    return {**baseline, "bands": bands, "values": values}
+
+
+def _within(value: float, base: float, band: Band) -> bool:
+    if math.isnan(base) or math.isnan(value):
+        return math.isnan(base) and math.isnan(value)
+    if math.isinf(base) or math.isinf(value):
+        return value == base
+    return abs(value - base) <= band.abs + band.rel * abs(base)
+
+
+def compare(result_dir: str | Path, baseline: dict[str, Any]) -> pd.DataFrame:
+    """One row per baseline number that is out of its band or missing from the run (empty when all hold).
+
+    Columns: run_id, attack, metric, baseline, value, diff, rel_diff, allowed (abs + rel * |baseline|).
+    """
+    bands: dict[str, Band] = baseline["bands"]
+    current = _numbers(read_results([result_dir]).summary)
+    merged = baseline["values"].merge(current, on=["run_id", "attack", "metric"], how="left", suffixes=("_base", ""), indicator="found")
+    drifted = []
+    for row in merged.itertuples(index=False):
+        band = bands.get(row.metric, bands["*"])
+        base, value = float(row.value_base), float(row.value)
+        if row.found == "both" and _within(value, base, band):
+            continue
+        diff = value - base if np.isfinite(value) and np.isfinite(base) else math.nan
+        drifted.append(
+            {
+                "run_id": row.run_id,
+                "attack": row.attack,
+                "metric": row.metric,
+                "baseline": base,
+                "value": value,
+                "diff": diff,
+                "rel_diff": diff / abs(base) if base != 0 else math.nan,
+                "allowed": band.abs + band.rel * abs(base),
+            }
+        )
+    return pd.DataFrame(drifted, columns=["run_id", "attack", "metric", "baseline", "value", "diff", "rel_diff", "allowed"])
+
+
+def drift_text(drifted: pd.DataFrame, *, checked: int, tablefmt: str = "github") -> str:
+    """The table ``marginbench check`` prints: every number out of its band, or one line saying all hold."""
+    if drifted.empty:
+        return f"ok: all {checked} numbers are within their bands"
+    # A run-level number (margin_fraction, train_iterations, ...) sits on every attack's row: show it once.
+    keys = ["run_id", "metric", "baseline", "value"]
+    collapsed = drifted.groupby(keys, sort=False, dropna=False).agg(
+        attack=("attack", ", ".join), diff=("diff", "first"), rel_diff=("rel_diff", "first"), allowed=("allowed", "first")
+    ).reset_index()[["run_id", "attack", "metric", "baseline", "value", "diff", "rel_diff", "allowed"]]
+    shown = collapsed.astype(object).where(collapsed.notna(), None)
+    shown.loc[collapsed["value"].isna(), "value"] = "missing"
+    table = tabulate(shown, headers="keys", tablefmt=tablefmt, showindex=False, floatfmt=".6g", missingval="")
+    return f"DRIFT: {len(drifted)} of {checked} numbers are outside their bands\n\n{table}"

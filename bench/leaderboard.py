@@ -1,0 +1,150 @@
+"""Leaderboards: models ranked by the per-example best norm over sqrt(d), attacks ranked against that best.
+
+Definitions (per run = one trained or constructed network; runs from different directories are distinct):
+
+- best_i: example i's smallest verified norm over every attack run on it (+inf if none flipped it); it is
+  recomputed from the attacks' rows, so it is the minimum over exactly the attacks shown.
+- Model score: per run, the median over examples of best_i / sqrt(d); per model setting (model, dataset, d,
+  n, width), the median of that over runs (seeds), with the min..max spread over runs. Higher is more robust;
+  equal scores share a rank.
+- Attack "best on": the fraction of examples (with a finite best) where the attack's norm equals best_i,
+  ties counted for every attack that attains it.
+- Attack "ratio to best": the median over examples (with a finite best) of norm_i / best_i (+inf where the
+  attack failed); 1 means it matches the best on at least half the examples.
+- Attack optimality (AttackBench's local optimality, Cinà et al. 2024): on one run, the robust accuracy of an
+  attack at radius eps is ra(eps) = #{i : norm_i > eps} / n, a non-increasing curve; with eps_max the largest
+  finite norm any attack found on that run, its area is A = integral_0^eps_max ra = mean_i min(norm_i,
+  eps_max), so a failure (+inf) counts as eps_max. The best's curve lies below every attack's, and the
+  optimality is A_best / A_attack in (0, 1]: 1 when the attack matches the best everywhere, smaller the more
+  robustness it overstates. The table shows its mean over runs (AttackBench's global optimality); runs where
+  nothing was flipped (no eps_max) are left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from marginbench.bench.measure import BEST
+from marginbench.bench.merge import RUN_KEY, Results
+from marginbench.bench.spec import SpecError
+
+MODEL_KEY = ["model", "dataset", "d", "n", "width"]
+# Optional columns of summary.csv that the attack table shows when a directory has them: per-example pass
+# counts, or totals per (run, attack) that are divided by n_attacked.
+PASS_COLUMNS = {
+    "forward": ("forward_per_example", "forward_passes", "forwards"),
+    "backward": ("backward_per_example", "backward_passes", "backwards"),
+}
+
+
+def _with_best(examples: pd.DataFrame) -> pd.DataFrame:
+    """Attack rows (the stored ``best`` rows dropped) with column ``best``: the per-example minimum."""
+    rows = examples[examples["attack"] != BEST].copy()
+    if rows.empty:
+        raise SpecError("the result directories hold no attack rows")
+    rows["norm"] = rows["norm"].astype(float)
+    rows["best"] = rows.groupby([*RUN_KEY, "index"])["norm"].transform("min")
+    return rows
+
+
+def _ranks(score: pd.Series, *, ascending: bool) -> pd.Series:
+    """1, 2, 2, 4, ...: equal scores share the better rank; NaN last."""
+    return score.rank(method="min", ascending=ascending, na_option="bottom").astype(int)
+
+
+def model_table(results: Results) -> pd.DataFrame:
+    """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d)."""
+    if results.examples is None:
+        raise SpecError("the model leaderboard needs examples.csv in every result directory")
+    rows = _with_best(results.examples).drop_duplicates([*RUN_KEY, "index"])
+    sizes = results.summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, "dataset", "d", "n", "width"]]
+    rows = rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
+    rows["score"] = rows["best"] / np.sqrt(rows["d"].astype(float))
+    per_run = rows.groupby([*RUN_KEY, *MODEL_KEY, "seed"], as_index=False).agg(
+        score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean()))
+    )
+    table = per_run.groupby(MODEL_KEY, as_index=False).agg(
+        median=("score", "median"),
+        low=("score", "min"),
+        high=("score", "max"),
+        runs=("score", "size"),
+        seeds=("seed", lambda s: ",".join(str(v) for v in sorted(set(s)))),
+        flipped=("flipped", "mean"),
+    )
+    table.insert(0, "rank", _ranks(table["median"], ascending=False))
+    return table.sort_values(["rank", "model", "d"], kind="stable").reset_index(drop=True)
+
+
+def _optimality(run: pd.DataFrame) -> pd.Series:
+    """A_best / A_attack per attack on one run's rows (see the module docstring)."""
+    finite = run["norm"][np.isfinite(run["norm"])]
+    if finite.empty:
+        return pd.Series(np.nan, index=run["attack"].unique())
+    eps_max = float(finite.max())
+    area_best = np.minimum(run.drop_duplicates("index")["best"], eps_max).mean()
+    area = run.assign(clipped=np.minimum(run["norm"], eps_max)).groupby("attack")["clipped"].mean()
+    return area_best / area
+
+
+def attack_table(results: Results) -> pd.DataFrame:
+    """One row per attack: how often it is the best, its median ratio to the best, optimality, cost."""
+    if results.examples is None:
+        raise SpecError("the attack leaderboard needs examples.csv in every result directory")
+    rows = _with_best(results.examples)
+    finite = rows[np.isfinite(rows["best"])]
+    ratio = finite["norm"] / finite["best"]
+    table = pd.DataFrame(
+        {
+            "best_on": (finite["norm"] == finite["best"]).groupby(finite["attack"]).mean(),
+            "median_ratio": ratio.groupby(finite["attack"]).median(),
+            "success": rows.groupby("attack")["norm"].apply(lambda s: float(np.isfinite(s).mean())),
+            "runs": rows.drop_duplicates([*RUN_KEY, "attack"]).groupby("attack").size(),
+        }
+    )
+    table["optimality"] = pd.concat([_optimality(run) for _, run in rows.groupby(RUN_KEY)]).groupby(level=0).mean()
+    summary = results.summary[results.summary["attack"] != BEST].copy()
+    n = summary["n_attacked"].astype(float) if "n_attacked" in summary else summary["n"].astype(float)
+    if "attack_seconds" in summary:
+        table["ms_per_example"] = (1e3 * summary["attack_seconds"] / n).groupby(summary["attack"]).median()
+    for kind, names in PASS_COLUMNS.items():
+        column = next((c for c in names if c in summary), None)
+        if column is not None:
+            per_example = summary[column].astype(float) / (1.0 if column.endswith("_per_example") else n)
+            table[f"{kind}_per_example"] = per_example.groupby(summary["attack"]).median()
+    table = table.rename_axis("attack").reset_index()
+    table.insert(0, "rank", _ranks(table["optimality"], ascending=False))
+    return table.sort_values(["rank", "best_on", "attack"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
+
+
+MODEL_HEADERS = {
+    "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width",
+    "median": "best/√d (median)", "low": "min", "high": "max", "runs": "runs", "seeds": "seeds", "flipped": "flipped",
+}  # fmt: skip
+ATTACK_HEADERS = {
+    "rank": "rank", "attack": "attack", "optimality": "optimality", "best_on": "best on", "median_ratio": "ratio to best (median)",
+    "success": "success", "runs": "runs", "ms_per_example": "ms/example", "forward_per_example": "forward/example",
+    "backward_per_example": "backward/example",
+}  # fmt: skip
+
+
+def _render(table: pd.DataFrame, headers: dict[str, str], tablefmt: str) -> str:
+    shown = table[[c for c in headers if c in table]].rename(columns=headers)
+    shown = shown.astype(object).where(shown.notna(), None)
+    return tabulate(shown, headers="keys", tablefmt=tablefmt, showindex=False, floatfmt=".4g", missingval="")
+
+
+def leaderboard_text(results: Results, *, tablefmt: str = "github") -> str:
+    """Both tables with their headings, as ``marginbench leaderboard`` prints them."""
+    return "\n".join(
+        [
+            "Models, most robust first (per run: median over examples of the best norm / sqrt(d); then median over runs)",
+            "",
+            _render(model_table(results), MODEL_HEADERS, tablefmt),
+            "",
+            "Attacks, most optimal first (optimality = area under the best's robust-accuracy curve / the attack's)",
+            "",
+            _render(attack_table(results), ATTACK_HEADERS, tablefmt),
+        ]
+    )

@@ -1,0 +1,213 @@
+"""leaderboard, baseline/check and plot: known orderings, drift detection, figures, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marginbench.bench.check import compare, make_baseline, read_baseline, write_baseline
+from marginbench.bench.cli import main
+from marginbench.bench.leaderboard import attack_table, model_table
+from marginbench.bench.merge import read_results
+from marginbench.bench.plots import FIGURES, build_figures, save_figures
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    examples.to_csv(root / "examples.csv", index=False)
+    summary.to_csv(root / "summary.csv", index=False)
+    return root
+
+
+def _known_case(root: Path) -> Path:
+    """Two models (two seeds each) and attacks a (always best), b (2x a), c (fails on half the examples)."""
+    ex, su = [], []
+    for model, scale in (("weak", 1.0), ("strong", 3.0)):
+        for seed in (0, 1):
+            run_id = f"kkt-sphere-d4-n4-w8-{model}-s{seed}"
+            base = scale * (1.0 + 0.1 * seed) * np.arange(1, 5)
+            norms = {"a": base, "b": 2 * base, "c": np.where(np.arange(4) < 2, base, np.inf)}
+            for attack, norm in norms.items():
+                for i, value in enumerate(norm):
+                    ex.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "index": i, "label": 1, "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))})
+                su.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8, "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004, "forward_passes": 40 if attack == "b" else 8})
+    return _write_dir(root, pd.DataFrame(ex), pd.DataFrame(su))
+
+
+def test_leaderboard_orders_a_known_case(tmp_path: Path) -> None:
+    results = read_results([_known_case(tmp_path / "r")])
+    models = model_table(results)
+    assert list(models["model"]) == ["strong", "weak"] and list(models["rank"]) == [1, 2]
+    # weak: per-run medians of best/sqrt(4) are 2.5/2 = 1.25 and 2.75/2 = 1.375; the model's score is their median
+    weak = models.set_index("model").loc["weak"]
+    assert weak["median"] == pytest.approx((1.25 + 1.375) / 2) and weak["low"] == pytest.approx(1.25) and weak["seeds"] == "0,1"
+    attacks = attack_table(results).set_index("attack")
+    assert list(attack_table(results)["attack"]) == ["a", "c", "b"]
+    assert attacks.loc["a", "optimality"] == pytest.approx(1.0) and attacks.loc["a", "best_on"] == 1.0
+    assert attacks.loc["b", "median_ratio"] == pytest.approx(2.0)
+    # b: every norm doubled; eps_max = b's largest norm, so nothing is clipped and the areas are 1 : 2
+    assert attacks.loc["b", "optimality"] == pytest.approx(0.5)
+    # c: ties with a on examples 0, 1 (both count as best there) and fails on 2, 3 (counted at eps_max = 2 * 4 * scale)
+    assert attacks.loc["c", "best_on"] == pytest.approx(0.5) and attacks.loc["c", "success"] == pytest.approx(0.5)
+    assert attacks.loc["c", "optimality"] == pytest.approx(10 / (1 + 2 + 8 + 8))
+    assert attacks.loc["b", "forward_per_example"] == pytest.approx(10.0)
+
+
+def test_equal_scores_share_a_rank(tmp_path: Path) -> None:
+    root = _known_case(tmp_path / "r")
+    examples = pd.read_csv(root / "examples.csv")
+    examples.loc[examples["model"] == "strong", "norm"] /= 3.0  # now both models score the same
+    examples.to_csv(root / "examples.csv", index=False)
+    assert list(model_table(read_results([root]))["rank"]) == [1, 1]
+
+
+def test_leaderboard_cli_merges_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one, two = _known_case(tmp_path / "one"), _known_case(tmp_path / "two")
+    assert main(["leaderboard", str(one), str(two), "--format", "plain"]) == 0
+    out = capsys.readouterr().out
+    assert "optimality" in out and "forward/example" in out and "strong" in out
+    assert set(model_table(read_results([one, two]))["runs"]) == {4}  # 2 seeds x 2 directories, kept distinct
+
+
+def test_committed_baseline_holds_for_a_fresh_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`marginbench run --preset baseline` (a few seconds) reproduces results/baseline.json within its bands."""
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "baseline", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(RESULTS / "baseline.json")]) == 0
+    assert "ok: all" in capsys.readouterr().out
+
+
+def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "r"
+    _known_case(root)
+    baseline_path = tmp_path / "base.json"
+    assert main(["baseline", str(root), "-o", str(baseline_path)]) == 0
+    assert main(["check", str(root), "--baseline", str(baseline_path)]) == 0
+    summary = pd.read_csv(root / "summary.csv")
+    band = read_baseline(baseline_path)["bands"]["*"]
+    row = (summary["model"] == "weak") & (summary["attack"] == "b") & (summary["seed"] == 1)
+    old = float(summary.loc[row, "median_norm"].iloc[0])
+    summary.loc[row, "median_norm"] = old * (1 + 0.5 * band.rel)  # inside the band: still passes
+    summary.loc[row, "attack_seconds"] = 99.0  # timings are never checked
+    summary.to_csv(root / "summary.csv", index=False)
+    capsys.readouterr()
+    assert main(["check", str(root), "--baseline", str(baseline_path)]) == 0
+    summary.loc[row, "median_norm"] = old * (1 + 10 * band.rel) + 10 * band.abs
+    summary.to_csv(root / "summary.csv", index=False)
+    capsys.readouterr()
+    assert main(["check", str(root), "--baseline", str(baseline_path)]) == 1
+    out = capsys.readouterr().out
+    assert "DRIFT: 1 of" in out and "median_norm" in out and "kkt-sphere-d4-n4-w8-weak-s1" in out
+
+
+def test_check_reports_missing_rows_and_infinite_values(tmp_path: Path) -> None:
+    root = _known_case(tmp_path / "r")
+    baseline = make_baseline(root)
+    baseline["values"].append({"run_id": "gone", "attack": "a", "metric": "median_norm", "value": math.inf})
+    write_baseline(baseline, tmp_path / "b.json")
+    assert "Infinity" in (tmp_path / "b.json").read_text()
+    drifted = compare(root, read_baseline(tmp_path / "b.json"))
+    assert list(drifted["run_id"]) == ["gone"] and math.isnan(drifted["value"].iloc[0])
+
+
+def _figure_summary() -> pd.DataFrame:
+    """A hand-made merged summary: kkt runs over d, alpha, width and seeds, and subspace runs over init scales."""
+    rows = []
+    for d in (16, 32, 64):
+        for alpha in (0.5, 1.0):
+            for width in (32, 128):
+                for seed in (0, 1):
+                    n = round(d**alpha)
+                    for model in ("vanilla", "robust-construction"):
+                        rows.append({"source": "x", "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}", "family": "kkt", "model": model, "attack": "universal-z", "seed": seed, "d": d, "n": n, "width": width, "alpha": alpha, "init_scale": np.nan, "common_c": 0.2 * np.sqrt(d) + 0.01 * seed, "margin_fraction": 0.9 + 0.05 * seed, "median_norm": 1.0})
+    for scale in (1.0, 4.0, 16.0):
+        for attack, norm in (("pgd-on", 2.0), ("pgd-off", 0.3 * scale), ("pgd", 0.25 * scale)):
+            for seed in (0, 1):
+                rows.append({"source": "y", "run_id": f"sub-{scale}-s{seed}", "family": "subspace", "model": "vanilla", "attack": attack, "seed": seed, "d": 64, "n": 32, "width": 100, "alpha": np.nan, "init_scale": scale, "common_c": np.nan, "margin_fraction": np.nan, "median_norm": norm + 0.1 * seed})
+    return pd.DataFrame(rows)
+
+
+EXPECTED_LABELS = {
+    "fig1a_common_c_vs_d": {"n = d^0.5", "n = d^1", "√d"},
+    "fig1b_common_c_vs_width": {"width 32", "width 128", "√d"},
+    "fig2a_margin_fraction": {"n = d^0.5", "n = d^1"},
+    "fig2b_not_on_margin": {"n = d^0.5", "n = d^1"},
+    "fig4_norm_vs_init_scale": {"pgd-on (PGD projected on P)", "pgd-off (PGD projected on P⊥)", "pgd (PGD, no projection)"},
+}
+
+
+def test_every_figure_is_drawn_with_its_series_and_saved_as_png(tmp_path: Path) -> None:
+    figures = build_figures(_figure_summary())
+    assert figures.skipped == {} and set(figures.drawn) == set(FIGURES)
+    for name, fig in figures.drawn.items():
+        ax = fig.axes[0]
+        labels = set(ax.get_legend_handles_labels()[1])
+        assert labels == EXPECTED_LABELS[name], name
+        assert "√d" not in labels or max(ax.lines[-1].get_ydata()) == pytest.approx(8.0)  # sqrt(64)
+    for path in save_figures(figures, tmp_path / "figs"):
+        assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
+
+
+def test_fig1a_averages_seeds_with_error_bars() -> None:
+    fig = build_figures(_figure_summary()).drawn["fig1a_common_c_vs_d"]
+    container = fig.axes[0].containers[0]  # the first errorbar series: n = d^0.5
+    y = container.lines[0].get_ydata()
+    assert list(y) == pytest.approx([0.2 * np.sqrt(d) + 0.005 for d in (16, 32, 64)])
+
+
+def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = _figure_summary()
+    kkt_one_d = summary[(summary["family"] == "kkt") & (summary["d"] == 16)]
+    root = _write_dir(tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"]))
+    (root / "manifest.json").write_text(json.dumps({"spec": {"n": None, "alpha": 1.0}}))
+    assert main(["plot", str(root), "-o", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "fig1b_common_c_vs_width.png" in out  # two widths at one d
+    assert "skipped fig1a_common_c_vs_d: needs universal-z on trained kkt nets at two or more d" in out
+    assert "skipped fig4_norm_vs_init_scale" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["leaderboard", "{tmp}/nope"], "no such result directory"),
+        (["leaderboard", "{tmp}"], "has no summary.csv"),
+        (["leaderboard", "{tmp}/r", "--format", "fancy"], "is not a tabulate format"),
+        (["baseline", "{tmp}/nope", "-o", "{tmp}/b.json"], "no such result directory"),
+        (["baseline", "{tmp}/r", "-o", "{tmp}/no/such/b.json"], "does not exist"),
+        (["check", "{tmp}/r", "--baseline", "{tmp}/missing.json"], "cannot read baseline"),
+        (["check", "{tmp}/r", "--baseline", "{tmp}/r/summary.csv"], "is not valid JSON"),
+        (["check", "{tmp}/r", "--baseline", "{tmp}/other.json"], "is not a marginbench baseline"),
+        (["check", "{tmp}"], "the following arguments are required: --baseline"),
+        (["plot", "{tmp}/nope"], "no such result directory"),
+        (["plot", "{tmp}/r", "{tmp}/r"], "give -o OUTDIR"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _known_case(tmp_path / "r")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    try:
+        code = main([a.format(tmp=tmp_path) for a in args])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "baseline", "check", "plot"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"examples:\n  marginbench" in capsys.readouterr().out
