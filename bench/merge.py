@@ -55,7 +55,9 @@ def _alpha(summary: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
         return summary["alpha"].astype(float)
     if spec.get("n") is None and isinstance(spec.get("alpha"), (int, float)):
         return pd.Series(float(spec["alpha"]), index=summary.index)
-    fitted = [round(math.log(n) / math.log(d), 2) if n > 0 and d > 1 else math.nan for n, d in zip(summary["n"], summary["d"])]
+    # n = round(d ** alpha) is coarse at small d (d = 32, alpha = 0.5 gives n = 6, log 6 / log 32 = 0.517):
+    # one decimal recovers the papers' grid (0.5, 0.8, 1, 1.2, 1.5).
+    fitted = [round(math.log(n) / math.log(d), 1) if n > 0 and d > 1 else math.nan for n, d in zip(summary["n"], summary["d"])]
     return pd.Series(fitted, index=summary.index, dtype=float)
 
 
