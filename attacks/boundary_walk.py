@@ -12,14 +12,15 @@ change is read off exactly (``rays.flip_intervals``; confirmed by a forward pass
 Shrinking: at the best crossing point p = x_i + t u found so far, N coincides with one affine piece
 N_p(z) = g . z + c (g = grad N(p), the neurons active at p); the nearest point to x_i of {N_p = 0} gives a
 new direction u' = -sign(N_p(x_i)) g, searched exactly from x_i; repeated ``refinements`` times or until no
-ray improves. Every answer is a verified strict flip; the norm is exact along its ray up to a relative
+ray improves. Last, a random search over directions near the best one, each searched exactly (a
+Boundary-attack-like walk on the sphere of directions, with exact radial steps). Every answer is a verified strict flip; the norm is exact along its ray up to a relative
 1e-9 nudge into the flip region.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -37,10 +38,18 @@ class BoundaryWalk:
         targets: per example, segments toward this many nearest attacked points of the other sign.
         refinements: at most this many rounds of re-aiming at the local affine piece's zero set.
         max_norm_factor: rays are searched for t in (0, max_norm_factor * sqrt(d)].
+        search_rounds: rounds of random search over directions around the best one (0: none).
+        search_rays: directions per example and round.
+        search_sigma: initial spread of those directions; halved for an example after a round without gain.
+        seed: seed of the random search.
     """
 
     targets: int = 32  # nearest other-side points per example
     refinements: int = 20  # shrinking rounds (stops early when no example improves)
+    search_rounds: int = 30  # random-search rounds over directions after the refinements
+    search_rays: int = 16  # directions tried per example and round
+    search_sigma: float = 0.5  # initial angular spread of the tried directions (radians, roughly)
+    seed: int = 0  # random search
     max_norm_factor: float = 10.0  # search range of every ray, in units of sqrt(d)
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
@@ -63,8 +72,30 @@ class BoundaryWalk:
                 break
             t = torch.where(better, t_new, t)
             u = torch.where(better[:, None], u_new, u)
+        t, u = self._random_search(net, X, t, u, t_max)
         found = t.isfinite()
         return AttackResult(delta=torch.where(found, t, 0.0)[:, None] * u, found=found)
+
+    def _random_search(self, net: TwoLayerNet, X: Tensor, t: Tensor, u: Tensor, t_max: float) -> tuple[Tensor, Tensor]:
+        """Shrink by random search over directions: each round tries ``search_rays`` directions u + sigma xi
+        (xi Gaussian) around each example's best u, with the exact first crossing along each; sigma halves
+        for an example whenever a round does not improve it, and an example stops once sigma has shrunk by
+        1000. Shapes: t (n,), u (n, d)."""
+        n, d = X.shape
+        generator = torch.Generator(device=X.device).manual_seed(self.seed)
+        sigma = X.new_full((n,), self.search_sigma)
+        for _ in range(self.search_rounds):
+            rows = (t.isfinite() & (sigma >= 1e-3 * self.search_sigma)).nonzero(as_tuple=True)[0]  # still moving
+            if rows.numel() == 0:
+                break
+            noise = torch.randn((rows.numel(), self.search_rays, d), generator=generator, dtype=X.dtype, device=X.device)
+            candidates = _unit(u[rows, None, :] + sigma[rows, None, None] * noise / math.sqrt(d))
+            t_new, u_new = self._shortest(net, X[rows], candidates, t_max)
+            better = t_new < t[rows]
+            t[rows[better]] = t_new[better]
+            u[rows[better]] = u_new[better]
+            sigma[rows[~better]] *= 0.5
+        return t, u
 
     def _segments(self, X: Tensor, s: Tensor) -> Tensor:
         """(n, targets, d) unit directions toward the nearest points of the other sign (zero rows if fewer)."""
@@ -82,7 +113,10 @@ class BoundaryWalk:
         n, R, d = U.shape
         X_rays = X[:, None, :].expand(n, R, d).reshape(n * R, d)
         U_rays = U.reshape(n * R, d)
-        t = smallest_verified(net, X_rays, U_rays, flip_intervals(net, X_rays, U_rays, t_max=t_max)).reshape(n, R)
+        intervals = flip_intervals(net, X_rays, U_rays, t_max=t_max)
+        first = intervals.left == intervals.first_flip()[intervals.row]  # only each ray's first flip interval
+        intervals = replace(intervals, row=intervals.row[first], left=intervals.left[first], right=intervals.right[first])
+        t = smallest_verified(net, X_rays, U_rays, intervals).reshape(n, R)
         t = torch.where(U.norm(dim=2) > 0, t, math.inf)
         t_best, r_best = t.min(dim=1)
         return t_best, U[torch.arange(n, device=X.device), r_best]
