@@ -113,6 +113,7 @@ class SubspaceZ:
         extras = {
             "thm51_assumption": float(ell >= thm51_required_ell(m, d)),
             "thm51_required_ell": thm51_required_ell(m, d),
-            "thm51_z_flip_fraction": float(z_flips.double().mean()),
+            "thm51_z_flip_fraction": float(z_flips.double().mean()),  # over all examples
+            "thm51_z_defined_fraction": float(defined.double().mean()),  # k_{y0} > 0
         }
         return AttackResult(delta=torch.where(found, t, 0.0)[:, None] * U, found=found, extras=extras, example_facts=facts)
