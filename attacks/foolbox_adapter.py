@@ -71,9 +71,12 @@ class FoolboxL2:
 
     Args:
         bound_factor: R in units of sqrt(d); the box is [min X - R, max X + R] (see the module docstring).
+        seed: Foolbox draws from torch's global generator (Boundary's random steps); the attack runs inside
+            ``torch.random.fork_rng`` seeded with this, so results repeat and the caller's state is untouched.
     """
 
     bound_factor: float = 10.0  # box margin R = 10 sqrt(d): no answer of norm <= R is clipped
+    seed: int = 0  # torch's global generator, forked and seeded for the attack
     needs_start = False  # class attribute: start from an adversarial point (Boundary, Brendel-Bethge)
 
     def make(self, fb: ModuleType) -> MinimizationAttack:
@@ -91,18 +94,20 @@ class FoolboxL2:
         R = self.bound_factor * math.sqrt(d)
         bounds = (float(X.min()) - R, float(X.max()) + R)
         attack = self.make(fb)
-        for own in (1.0, -1.0):
-            rows = ((s == own) & has_start).nonzero(as_tuple=True)[0]
-            if rows.numel() == 0:
-                continue
-            model = fb.PyTorchModel(TwoLogits(net, own).eval(), bounds=bounds, device=X.device)
-            labels = torch.zeros(rows.numel(), dtype=torch.long, device=X.device)  # class 0: the own sign
-            if self.needs_start:
-                _, clipped, success = attack(model, X[rows], labels, epsilons=None, starting_points=start[rows])
-            else:
-                _, clipped, success = attack(model, X[rows], labels, epsilons=None)
-            delta[rows] = clipped - X[rows]
-            found[rows] = success
+        with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            for own in (1.0, -1.0):  # each batch with its own class's logit first: a tie is no flip
+                rows = ((s == own) & has_start).nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue
+                model = fb.PyTorchModel(TwoLogits(net, own).eval(), bounds=bounds, device=X.device)
+                labels = torch.zeros(rows.numel(), dtype=torch.long, device=X.device)  # class 0: the own sign
+                if self.needs_start:
+                    _, clipped, success = attack(model, X[rows], labels, epsilons=None, starting_points=start[rows])
+                else:
+                    _, clipped, success = attack(model, X[rows], labels, epsilons=None)
+                delta[rows] = clipped - X[rows]
+                found[rows] = success
         return AttackResult(delta=delta, found=found)
 
 

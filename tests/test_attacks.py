@@ -218,3 +218,15 @@ def test_a_failing_or_inapplicable_attack_is_recorded_and_the_run_goes_on(tmp_pa
     on_disk = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("attack")
     assert on_disk.loc["pgd", "forward_passes_per_example"] > on_disk.loc["pgd", "backward_passes_per_example"] > 0
     assert on_disk.loc["boundary-walk", "forward_passes_per_example"] > 0
+
+
+def test_foolbox_randomness_is_seeded_and_leaves_the_global_generator_alone() -> None:
+    from marginbench.attacks.foolbox_adapter import FbBoundary
+
+    net, data = _subspace_case(d=16, ell=8, width=16, n=12, seed=1)
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    first = FbBoundary(steps=100)(net, data.X, data.y).delta
+    assert torch.equal(torch.rand(1), expected)
+    assert torch.equal(FbBoundary(steps=100)(net, data.X, data.y).delta, first)
