@@ -37,12 +37,20 @@ class AttackResult:
         found: (n,) bool, where the attack proposes delta as a flip.
         shared: optional universal perturbation of a set of examples (e.g. Theorem 4.1's common scale).
         extras: scalar facts about the attack's own run (e.g. the size of the margin set it used).
+        example_facts: per-example facts, each (n,), written as extra columns of examples.csv (e.g. whether
+            Theorem 5.1's own z flips the example).
     """
 
     delta: Tensor
     found: Tensor
     shared: SharedPerturbation | None = None
     extras: Mapping[str, float] = field(default_factory=dict)
+    example_facts: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class AttackUnavailable(Exception):
+    """An attack that cannot run here: it does not apply to the data (no subspace P) or an optional package
+    is missing. Its message is one line; the runner records it and goes on with the other attacks."""
 
 
 class Attack(Protocol):

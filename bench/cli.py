@@ -47,6 +47,29 @@ families, datasets and models (which combinations mean what):
 attacks:
   universal-z          Thm 4.1's direction z = sum_{i in I} y_i x_i over the margin set I (10% slack);
                        exact minimal scale per example and the common scale that flips all of I
+  subspace-z           Melamed et al. Thm 5.1's off-manifold z (needs data on a subspace P): per example
+                       whether the theorem's own z flips and its norm against the bound (examples.csv
+                       thm51_* columns), and the exact minimal scale along its universal direction
+  pgd                  L2 PGD (50 normalized steps of 0.1 eps, 1 restart), minimal norm by doubling and
+                       bisecting eps per example to 1% relative precision
+  pgd-off, pgd-on      the same with every step projected onto P-perp / onto P (subspace data only;
+                       elsewhere recorded as "unavailable: does not apply")
+  fmn                  native fast minimum-norm L2 (Pintor et al. 2021, Alg. 1, with its eps-ball projection)
+  boundary-walk        exact first sign change along segments to the nearest other-side points and the
+                       local normals, then shrinking; finds flips where gradients vanish (robust-construction)
+  fb-fmn               Foolbox 3.3.4 L2FMNAttack as shipped: it never projects onto its eps-ball, so its
+                       norms are not minimal (kept for comparison; use fmn)
+  fb-ddn, fb-deepfool  Foolbox DDN (100 steps) and L2 DeepFool (2 candidates)
+  fb-cw                Foolbox Carlini-Wagner L2 with initial_const 1, stepsize 1e-3, 500 steps, 9 binary
+                       searches (Foolbox's defaults, made for [0,1] images, give norms ~100x DDN's here);
+                       the slowest gradient attack: a reference point, not a fast leaderboard entry
+  fb-boundary          Foolbox Boundary attack (2000 steps), decision-based, started at the nearest
+                       other-side point
+  fb-brendel-bethge    Foolbox L2 Brendel-Bethge (200 steps) from the nearest other-side point; needs numba
+                       (pip install 'marginbench[foolbox]'; its first call compiles for ~1 min); without it
+                       it is recorded as unavailable and the run goes on
+  Foolbox attacks use the box [min X - 10 sqrt(d), max X + 10 sqrt(d)], so no answer of norm <= 10 sqrt(d)
+  is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.
 
 Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}.
 Every reported norm is re-verified by a forward pass; failures are +inf.

@@ -31,12 +31,8 @@ from marginbench.bench.merge import RUN_KEY, Results
 from marginbench.bench.spec import SpecError
 
 MODEL_KEY = ["model", "dataset", "d", "n", "width"]
-# Optional columns of summary.csv that the attack table shows when a directory has them: per-example pass
-# counts, or totals per (run, attack) that are divided by n_attacked.
-PASS_COLUMNS = {
-    "forward": ("forward_per_example", "forward_passes", "forwards"),
-    "backward": ("backward_per_example", "backward_passes", "backwards"),
-}
+# Columns of summary.csv with the forward/backward passes per example that the runner counts (AttackBench).
+PASS_COLUMNS = {"forward": "forward_passes_per_example", "backward": "backward_passes_per_example"}
 
 
 def _with_best(examples: pd.DataFrame) -> pd.DataFrame:
@@ -108,11 +104,9 @@ def attack_table(results: Results) -> pd.DataFrame:
     n = summary["n_attacked"].astype(float) if "n_attacked" in summary else summary["n"].astype(float)
     if "attack_seconds" in summary:
         table["ms_per_example"] = (1e3 * summary["attack_seconds"] / n).groupby(summary["attack"]).median()
-    for kind, names in PASS_COLUMNS.items():
-        column = next((c for c in names if c in summary), None)
-        if column is not None:
-            per_example = summary[column].astype(float) / (1.0 if column.endswith("_per_example") else n)
-            table[f"{kind}_per_example"] = per_example.groupby(summary["attack"]).median()
+    for kind, column in PASS_COLUMNS.items():
+        if column in summary:
+            table[f"{kind}_per_example"] = summary[column].astype(float).groupby(summary["attack"]).median()
     table = table.rename_axis("attack").reset_index()
     table.insert(0, "rank", _ranks(table["optimality"], ascending=False))
     return table.sort_values(["rank", "best_on", "attack"], ascending=[True, False, True], kind="stable").reset_index(drop=True)

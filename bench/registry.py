@@ -14,8 +14,13 @@ from typing import Generic, TypeVar
 
 import torch
 
-from marginbench.attacks.base import Attack
-from marginbench.attacks.closed_form import UniversalZ
+from marginbench.attacks.base import Attack, AttackUnavailable
+from marginbench.attacks.boundary_walk import BoundaryWalk
+from marginbench.attacks.closed_form import SubspaceZ, UniversalZ
+from marginbench.attacks.fmn import FMN
+from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbCW, FbDDN, FbDeepFool, FbFMN
+from marginbench.attacks.pgd import MinimalPGD
+from marginbench.attacks.subspace import SubspaceProjection
 from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, RunSpec, SpecError
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
@@ -149,6 +154,74 @@ def _robust_construction(data: Dataset, run: RunSpec, progress: bool) -> BuiltMo
 @ATTACKS.register("universal-z")
 def _universal_z(run: RunSpec, data: Dataset) -> Attack:
     return UniversalZ()
+
+
+# Issue 4: the attack suite (Thm 5.1's z, minimal-norm PGD on/off P, FMN, boundary walk, Foolbox L2).
+def _subspace_basis(data: Dataset, attack: str) -> torch.Tensor:
+    """The dataset's P_basis, or AttackUnavailable (recorded as such by the runner) where it has none."""
+    if data.P_basis is None:
+        raise AttackUnavailable(f"does not apply to dataset {data.name!r}: its points do not lie on a subspace P ({attack} needs one)")
+    return data.P_basis
+
+
+@ATTACKS.register("subspace-z")
+def _subspace_z(run: RunSpec, data: Dataset) -> Attack:
+    return SubspaceZ(basis=_subspace_basis(data, "subspace-z"))
+
+
+@ATTACKS.register("pgd")
+def _pgd(run: RunSpec, data: Dataset) -> Attack:
+    return MinimalPGD(seed=run.seed)
+
+
+@ATTACKS.register("pgd-off")
+def _pgd_off(run: RunSpec, data: Dataset) -> Attack:
+    return MinimalPGD(projection=SubspaceProjection(_subspace_basis(data, "pgd-off"), "P-perp"), seed=run.seed)
+
+
+@ATTACKS.register("pgd-on")
+def _pgd_on(run: RunSpec, data: Dataset) -> Attack:
+    return MinimalPGD(projection=SubspaceProjection(_subspace_basis(data, "pgd-on"), "P"), seed=run.seed)
+
+
+@ATTACKS.register("fmn")
+def _fmn(run: RunSpec, data: Dataset) -> Attack:
+    return FMN()
+
+
+@ATTACKS.register("boundary-walk")
+def _boundary_walk(run: RunSpec, data: Dataset) -> Attack:
+    return BoundaryWalk()
+
+
+@ATTACKS.register("fb-fmn")
+def _fb_fmn(run: RunSpec, data: Dataset) -> Attack:
+    return FbFMN()
+
+
+@ATTACKS.register("fb-ddn")
+def _fb_ddn(run: RunSpec, data: Dataset) -> Attack:
+    return FbDDN()
+
+
+@ATTACKS.register("fb-deepfool")
+def _fb_deepfool(run: RunSpec, data: Dataset) -> Attack:
+    return FbDeepFool()
+
+
+@ATTACKS.register("fb-cw")
+def _fb_cw(run: RunSpec, data: Dataset) -> Attack:
+    return FbCW()
+
+
+@ATTACKS.register("fb-boundary")
+def _fb_boundary(run: RunSpec, data: Dataset) -> Attack:
+    return FbBoundary()
+
+
+@ATTACKS.register("fb-brendel-bethge")
+def _fb_brendel_bethge(run: RunSpec, data: Dataset) -> Attack:
+    return FbBrendelBethge()
 
 
 def check_names(spec: ExperimentSpec) -> None:

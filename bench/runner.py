@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 import marginbench
+from marginbench.attacks.base import AttackResult, AttackUnavailable
+from marginbench.bench.counting import CountingNet
 from marginbench.bench.measure import BEST, best_rows, example_rows, summarize, verify, verify_shared
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, BuiltModel, check_names
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
@@ -145,22 +147,44 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
     frames, attack_rows, perturbations = [], [], {}
     seconds["attacks"] = {}
     for name in attacks:
+        counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
         start = time.perf_counter()
-        result = ATTACKS.get(name)(run, data)(net, X, y)
+        status = "ok"
+        try:
+            result = ATTACKS.get(name)(run, data)(counted, X, y)
+        except AttackUnavailable as err:
+            status = f"unavailable: {err}"
+        except Exception as err:  # noqa: BLE001 - one attack's failure is recorded; the run goes on
+            status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if status != "ok":
+            result = AttackResult(delta=torch.zeros_like(X), found=torch.zeros(len(y), dtype=torch.bool, device=X.device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         verified = verify(net, X, result)
         common_c = verify_shared(net, X, result.shared)
         seconds["attacks"][name] = elapsed
-        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=per_example))
-        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **result.extras})
+        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
+        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
+        passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
+        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, "status": status, **passes, **result.extras})
         perturbations[name] = verified.delta.cpu().numpy()
+        if status != "ok":
+            log(f"  {name}: {status}")
+            continue
         median = float(np.median(verified.norm.cpu().numpy()))
         log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
 
     frames.append(best_rows(frames))
-    attack_rows.append({"run_id": run.run_id, "attack": BEST, "attack_seconds": sum(seconds["attacks"].values())})
+    attack_rows.append(
+        {
+            "run_id": run.run_id,
+            "attack": BEST,
+            "attack_seconds": sum(seconds["attacks"].values()),
+            "status": "ok",
+            **{key: sum(row[key] for row in attack_rows) for key in ("forward_passes_per_example", "backward_passes_per_example")},
+        }
+    )
     manifest_entry = {
         "seconds": seconds,
         "train": dataclasses.asdict(built.train) if built.train is not None else None,

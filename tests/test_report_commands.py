@@ -38,7 +38,7 @@ def _known_case(root: Path) -> Path:
             for attack, norm in norms.items():
                 for i, value in enumerate(norm):
                     ex.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "index": i, "label": 1, "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))})
-                su.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8, "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004, "forward_passes": 40 if attack == "b" else 8})
+                su.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8, "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004, "forward_passes_per_example": 10 if attack == "b" else 2})
     return _write_dir(root, pd.DataFrame(ex), pd.DataFrame(su))
 
 
