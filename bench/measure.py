@@ -52,8 +52,11 @@ def verify(net: TwoLayerNet, X: Tensor, result: AttackResult) -> Verified:
 
 
 def verify_shared(net: TwoLayerNet, X: Tensor, shared: SharedPerturbation | None) -> float:
-    """The common norm of a universal perturbation if it flips every one of its rows, else +inf."""
-    if shared is None or not bool(shared.rows.any()):
+    """The common norm of a universal perturbation if it flips every one of its rows, else +inf; NaN for an
+    attack that proposes none."""
+    if shared is None:
+        return math.nan
+    if not bool(shared.rows.any()):
         return math.inf
     rows = shared.rows
     delta = shared.delta[rows]
