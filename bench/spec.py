@@ -26,7 +26,12 @@ DEVICES: tuple[str, ...] = ("cpu", "cuda")
 FAMILY_DATASETS = {"kkt": ("sphere",), "subspace": ("subspace", "digits")}
 FAMILY_MODELS = {"kkt": ("vanilla", "small-init", "robust-construction"), "subspace": ("vanilla", "small-init", "l2")}
 FAMILY_DEFAULTS = {
-    "kkt": {"models": ("vanilla", "robust-construction"), "attacks": ("universal-z",), "train": TrainSpec()},
+    "kkt": {
+        "models": ("vanilla", "robust-construction"),
+        # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
+        "attacks": ("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
+        "train": TrainSpec(),
+    },
     "subspace": {"models": ("vanilla", "small-init", "l2"), "attacks": ("subspace-z", "pgd", "pgd-off", "pgd-on"), "train": SUBSPACE_TRAIN},
 }
 
