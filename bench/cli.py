@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from marginbench.bench.executor import EXECUTORS
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES, FAMILIES, ExperimentSpec, SpecError
-from marginbench.models.train import LOSSES, TrainSpec
+from marginbench.bench.spec import DEVICES, FAMILIES, ExperimentSpec, SpecError, spec_from_dict
+from marginbench.models.train import LOSSES
 
 PROG = "marginbench"
 
@@ -22,6 +23,12 @@ examples:
       the default preset: d=64, n=d, width 256; vanilla and robust-construction; universal-z (~1 min on CPU)
   marginbench run --preset smoke --out runs/smoke
   marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
+  marginbench run --resume runs/d100
+      finish an interrupted sweep: finished runs are kept, the others run (the spec comes from its manifest)
+  marginbench run --preset smoke --seeds 0,1,2,3 --workers 4 --out runs/pool
+      four runs at a time on a local process pool
+  marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
+      one Ray task per run on the running Ray cluster (pip install 'marginbench[ray]')
 
 models (kkt family):
   vanilla              PyTorch default init, all of W, b, v trained with the paper's schedule
@@ -32,8 +39,10 @@ attacks:
   universal-z          Thm 4.1's direction z = sum_{i in I} y_i x_i over the margin set I (10% slack);
                        exact minimal scale per example and the common scale that flips all of I
 
-Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}.
-Every reported norm is re-verified by a forward pass; failures are +inf.
+Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}
+and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}.
+Every reported norm is re-verified by a forward pass; failures are +inf. A run whose training hits NaN/inf,
+or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
 """
 
 
@@ -94,9 +103,13 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--out", required=True, metavar="DIR", help="result directory to write (created if missing)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="result directory to write (created if missing)")
+    where.add_argument(
+        "--resume", metavar="DIR", help="finish the sweep in DIR: keep its finished runs, redo the others; the spec comes from DIR/manifest.json"
+    )
     run.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
-    run.add_argument("--preset", default="default", choices=PRESETS.names(), help="named experiment to start from (default: %(default)s)")
+    run.add_argument("--preset", choices=PRESETS.names(), help="named experiment to start from (default: default)")
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family; kkt = Vardi et al. 2022")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
@@ -120,6 +133,10 @@ def make_parser() -> argparse.ArgumentParser:
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars (default: when stderr is a terminal)")
     shown.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    scale = run.add_argument_group("execution (does not change the results)")
+    scale.add_argument("--workers", type=_finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
+    scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
+    scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
     run.set_defaults(handler=_run)
 
     listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
@@ -131,9 +148,10 @@ _GRID_OPTIONS = ("family", "dataset", "d", "width", "models", "attacks", "seeds"
 _TRAIN_OPTIONS = ("loss", "target_loss", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
 
 
-def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
-    """The preset's spec with every explicitly given option replacing its value."""
-    base = PRESETS.get(args.preset)()
+def spec_from_args(args: argparse.Namespace, base: ExperimentSpec | None = None) -> ExperimentSpec:
+    """``base`` (default: the preset's spec) with every explicitly given option replacing its value."""
+    if base is None:
+        base = PRESETS.get(args.preset or "default")()
     changes: dict[str, Any] = {key: getattr(args, key) for key in _GRID_OPTIONS if getattr(args, key) is not None}
     if args.n is not None:
         changes["n"] = args.n
@@ -148,20 +166,63 @@ def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
     return dataclasses.replace(base, **changes)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from marginbench.bench.report import run_table
-    from marginbench.bench.runner import run_experiment
+def resumed_spec(args: argparse.Namespace) -> tuple[ExperimentSpec, str | None]:
+    """(spec, preset) from DIR/manifest.json for --resume DIR; SpecError if an explicit option contradicts it."""
+    from marginbench.bench.store import ResultStore
 
-    spec = spec_from_args(args)
+    manifest = ResultStore.reopen(args.resume).read_manifest()
+    spec, preset = spec_from_dict(manifest["spec"]), manifest.get("preset")
+    if args.preset is not None and args.preset != preset:
+        raise SpecError(f"--resume {args.resume}: --preset {args.preset} contradicts its manifest (preset {preset}); leave it out")
+    asked = spec_from_args(args, base=spec)
+    for name in (f.name for f in dataclasses.fields(ExperimentSpec)):
+        mine, theirs = getattr(asked, name), getattr(spec, name)
+        if mine == theirs:
+            continue
+        if name == "train":
+            name, mine, theirs = next((f.name, getattr(mine, f.name), getattr(theirs, f.name)) for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name))
+        option = "--n/--alpha" if name in ("n", "alpha") else "--" + name.replace("_", "-")
+        raise SpecError(f"--resume {args.resume}: {option} {_shown(mine)} contradicts its manifest ({name} = {_shown(theirs)}); leave it out")
+    return spec, preset
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from marginbench.bench.executor import ExecutorSpec, SweepAborted, run_sweep
+    from marginbench.bench.report import run_table
+
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address)
+    if args.resume is not None:
+        spec, preset = resumed_spec(args)
+        out = args.resume
+    else:
+        spec, preset, out = spec_from_args(args), args.preset or "default", args.out
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        _, summary = run_experiment(spec, args.out, preset=args.preset, overwrite=args.overwrite, progress=progress)
+        _, summary = run_sweep(
+            spec, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, executor=executor, progress=progress
+        )
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the runs that finished are in {args.out}", file=sys.stderr)
+        print(f"{PROG}: interrupted; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
         return 130
+    except SweepAborted as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     print(run_table(summary))
-    print(f"\nresults: {args.out}/summary.csv, {args.out}/examples.csv, {args.out}/runs/")
+    print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
     return 0
+
+
+def run_conflict(args: argparse.Namespace) -> str | None:
+    """The message for options of ``run`` that cannot go together, or None."""
+    if args.resume is not None and args.overwrite:
+        return "--overwrite cannot be combined with --resume (resume keeps the finished runs)"
+    if args.ray_address is not None and args.executor != "ray":
+        return "--ray-address needs --executor ray"
+    return None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -174,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marginbench`` console script and of ``python -m marginbench``."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    conflict = run_conflict(args) if args.command == "run" else None
+    if conflict is not None:
+        parser.error(conflict)
     try:
         return int(args.handler(args))
     except SpecError as err:

@@ -1,7 +1,8 @@
-"""The runner: spec -> dataset -> model -> attacks -> verified rows -> store, one run at a time.
+"""The runner: one run, dataset -> model -> attacks -> verified rows (``execute_run``).
 
-After each run its files and the updated tables are on disk, so an interruption loses only the run that
-was in progress.
+``marginbench.bench.executor`` runs the runs of a spec (in this process, on a process pool or on Ray) and
+writes them to the store: after each run its files and the updated tables are on disk, so an interruption
+loses only the runs that were in progress.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ import pandas as pd
 import torch
 
 import marginbench
-from marginbench.bench.measure import BEST, best_rows, example_rows, summarize, verify, verify_shared
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, check_names
+from marginbench.attacks.base import AttackResult
+from marginbench.bench.measure import BEST, best_rows, example_rows, verify, verify_shared
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
-from marginbench.bench.store import ResultStore
+from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin
+from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
 
@@ -105,7 +107,9 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
     seconds["attacks"] = {}
     for name in attacks:
         start = time.perf_counter()
-        result = ATTACKS.get(name)(run, data)(net, X, y)
+        result, error = attempt_attack(name, run, data, net)
+        if error:
+            log(f"  {name}: failed: {error}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -113,13 +117,14 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         common_c = verify_shared(net, X, result.shared)
         seconds["attacks"][name] = elapsed
         frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified))
-        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **result.extras})
+        status = {"attack_status": "failed" if error else "ok", "attack_error": error}
+        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **result.extras, **status})
         perturbations[name] = verified.delta.cpu().numpy()
         median = float(np.median(verified.norm.cpu().numpy()))
         log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
 
     frames.append(best_rows(frames))
-    attack_rows.append({"run_id": run.run_id, "attack": BEST, "attack_seconds": sum(seconds["attacks"].values())})
+    attack_rows.append({"run_id": run.run_id, "attack": BEST, "attack_seconds": sum(seconds["attacks"].values()), "attack_status": "ok", "attack_error": ""})
     manifest_entry = {
         "seconds": seconds,
         "train": dataclasses.asdict(built.train) if built.train is not None else None,
@@ -134,6 +139,29 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         data=data.arrays(),
         perturbations=perturbations,
     )
+
+
+def attempt_attack(name: str, run: RunSpec, data: Dataset, net: TwoLayerNet) -> tuple[AttackResult, str]:
+    """(result, "") from attack ``name`` on the run's attacked points, or (no proposal, one-line error) if it raises.
+
+    An attack that fails on one model must not end the sweep: its rows say it failed (every norm +inf) and
+    the other attacks and runs go on.
+    """
+    X, y = data.attacked
+    try:
+        result = ATTACKS.get(name)(run, data)(net, X, y)
+        if result.delta.shape != X.shape or result.found.shape != y.shape:
+            raise ValueError(f"proposed delta {tuple(result.delta.shape)} and found {tuple(result.found.shape)} for points {tuple(X.shape)}")
+        return result, ""
+    except Exception as err:  # noqa: BLE001 - any failure of third-party attack code is recorded, not raised
+        nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
+        return nothing, one_line(err)
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` on one line, for a status column and a log line."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def environment() -> dict[str, Any]:
@@ -160,44 +188,11 @@ def run_experiment(
     progress: bool = False,
     log: Log = lambda line: print(line, file=sys.stderr),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every (model, seed) of ``spec`` with every attack; write DIR; return (examples, summary).
+    """Run every (model, seed) of ``spec`` with every attack, in this process; write DIR; return (examples, summary).
 
-    Everything the user can get wrong (names, sizes, device, output directory) is checked before any work.
+    Kept for callers of the sequential runner: ``marginbench.bench.executor.run_sweep`` is the sweep (resume,
+    process pool, Ray), and this is it with the sequential executor.
     """
-    check_names(spec)
-    device = resolve_device(spec.device)
-    store = ResultStore.open(out, overwrite=overwrite)
-    runs = spec.runs()
-    manifest: dict[str, Any] = {
-        "status": "running",
-        "preset": preset,
-        "spec": dataclasses.asdict(spec),
-        "seeds": list(spec.seeds),
-        "device": str(device),
-        "command": sys.argv,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment(),
-        "runs": {},
-    }
-    store.write_manifest(manifest)
-    frames: list[pd.DataFrame] = []
-    run_rows: list[dict[str, Any]] = []
-    attack_rows: list[dict[str, Any]] = []
-    summary = pd.DataFrame()
-    for i, run in enumerate(runs, start=1):
-        log(f"[{i}/{len(runs)}] {run.run_id}")
-        start = time.perf_counter()
-        outcome = execute_run(run, spec.attacks, device, progress=progress, log=log)
-        store.write_run(run.run_id, state=outcome.state, data=outcome.data, perturbations=outcome.perturbations)
-        frames.append(outcome.examples)
-        run_rows.append(outcome.run_row)
-        attack_rows.extend(outcome.attack_rows)
-        examples = pd.concat(frames, ignore_index=True)
-        summary = summarize(examples, pd.DataFrame(run_rows), pd.DataFrame(attack_rows))
-        store.write_tables(examples=examples, summary=summary)
-        manifest["runs"][run.run_id] = {**outcome.manifest_entry, "wall_seconds": time.perf_counter() - start}
-        store.write_manifest(manifest)
-    manifest["status"] = "complete"
-    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    store.write_manifest(manifest)
-    return pd.concat(frames, ignore_index=True), summary
+    from marginbench.bench.executor import run_sweep  # the executor module builds on execute_run above
+
+    return run_sweep(spec, out, preset=preset, overwrite=overwrite, progress=progress, log=log)

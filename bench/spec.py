@@ -8,11 +8,14 @@ against the registries by ``marginbench.bench.registry.check_names`` before any 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from marginbench.models.train import TrainSpec
 
 FAMILIES: tuple[str, ...] = ("kkt",)
+MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
@@ -56,12 +59,18 @@ class ExperimentSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
 
     def __post_init__(self) -> None:
+        # One check per line, in the order a user reads the options; each names the option and what is wrong.
         if self.family not in FAMILIES:
             raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
+        for option, value in (("--d", self.d), ("--n", self.n), ("--width", self.width)):
+            if value is not None and not _is_int(value):
+                raise SpecError(f"{option} must be an integer, got {value!r}")
         if self.d < 2:
             raise SpecError(f"--d must be at least 2, got {self.d}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
+        if self.n is None and self.alpha * math.log(self.d) > math.log(MAX_EXAMPLES):
+            raise SpecError(f"--alpha {self.alpha} gives n = d^alpha above {MAX_EXAMPLES:.0e} examples for d = {self.d}")
         if self.n_examples < 2:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
         if self.width < 1:
@@ -71,7 +80,7 @@ class ExperimentSpec:
                 raise SpecError(f"give at least one {what}")
             if len(set(names)) != len(names):
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+        if not all(_is_int(s) and s >= 0 for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers, got {', '.join(map(str, self.seeds))}")
         if self.device not in DEVICES:
             raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
@@ -97,3 +106,25 @@ class ExperimentSpec:
             for model in self.models
             for seed in self.seeds
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> ExperimentSpec:
+    """The ExperimentSpec that ``dataclasses.asdict`` turned into ``data`` (e.g. read back from manifest.json).
+
+    Lists become tuples again and ``train`` a TrainSpec; an unknown key or a bad value is a SpecError.
+    """
+    known = {f.name for f in fields(ExperimentSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"the spec holds unknown fields ({', '.join(unknown)}); was it written by another version?")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    try:
+        if "train" in values:
+            values["train"] = TrainSpec(**values["train"])
+        return ExperimentSpec(**values)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"the spec is not valid: {err}") from None
