@@ -310,7 +310,7 @@ def _save(store: ResultStore, record: RunRecord) -> RunRecord:
     """Write a record's files (arrays, rows, marker last) and return it as read back from them."""
     store.forget_run(record.run_id)
     if record.arrays:
-        state = {key: torch.from_numpy(value) for key, value in record.arrays["model.pt"].items()}
+        state = {key: torch.from_numpy(value.copy()) for key, value in record.arrays["model.pt"].items()}  # Ray's are read-only
         store.write_run(record.run_id, state=state, data=record.arrays["data.npz"], perturbations=record.arrays["perturbations.npz"])
     store.write_rows(record.run_id, examples=record.examples, record=record.record)
     return _read_back(store, record.index, record.run_id)
