@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from marginbench.bench.executor import EXECUTORS
+from marginbench.bench.executor import EXECUTORS, ExecutorSpec
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, FAMILIES, ExperimentSpec, SpecError, spec_from_dict
@@ -190,16 +190,20 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from marginbench.bench.executor import ExecutorSpec, SweepAborted, run_sweep
-    from marginbench.bench.report import run_table
-
+def prepare_run(args: argparse.Namespace) -> tuple[ExperimentSpec, str | None, str, ExecutorSpec]:
+    """(spec, preset, result directory, executor) for ``run``'s options; SpecError for any mistake in them."""
     executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address)
     if args.resume is not None:
         spec, preset = resumed_spec(args)
-        out = args.resume
-    else:
-        spec, preset, out = spec_from_args(args), args.preset or "default", args.out
+        return spec, preset, args.resume, executor
+    return spec_from_args(args), args.preset or "default", args.out, executor
+
+
+def _run(args: argparse.Namespace) -> int:
+    from marginbench.bench.executor import SweepAborted, run_sweep
+    from marginbench.bench.report import run_table
+
+    spec, preset, out, executor = prepare_run(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         _, summary = run_sweep(

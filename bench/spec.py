@@ -15,6 +15,7 @@ from typing import Any
 from marginbench.models.train import TrainSpec
 
 FAMILIES: tuple[str, ...] = ("kkt",)
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
@@ -80,8 +81,8 @@ class ExperimentSpec:
                 raise SpecError(f"give at least one {what}")
             if len(set(names)) != len(names):
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
-        if not all(_is_int(s) and s >= 0 for s in self.seeds):
-            raise SpecError(f"seeds must be non-negative integers, got {', '.join(map(str, self.seeds))}")
+        if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
+            raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
         if self.device not in DEVICES:
             raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
 
