@@ -122,7 +122,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> ExperimentSpec:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SpecError(f"the spec holds unknown fields ({', '.join(unknown)}); was it written by another version?")
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
     try:
         if "train" in values:
             values["train"] = TrainSpec(**values["train"])
