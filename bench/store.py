@@ -170,8 +170,9 @@ class ResultStore:
         return examples, record
 
     def forget_run(self, run_id: str) -> None:
-        """Remove a run's marker, so that it counts as unfinished (its files are rewritten when it is redone)."""
-        (self.run_dir(run_id) / MARKER).unlink(missing_ok=True)
+        """Remove a run's files, its marker first: before a run is (re)written, nothing stale can be vouched for."""
+        for name in (MARKER, *ROW_FILES, *ARRAY_FILES):
+            (self.run_dir(run_id) / name).unlink(missing_ok=True)
 
 
 def _check_writable(root: Path, option: str, *, create: bool) -> None:
