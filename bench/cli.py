@@ -215,6 +215,9 @@ def _run(args: argparse.Namespace) -> int:
     except SweepAborted as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
+        print(f"{PROG}: error: {err}; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
+        return 1
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
     return 0

@@ -84,7 +84,6 @@ class RunTask:
     attacks: tuple[str, ...]
     device: str
     progress: bool  # tqdm bars (in this process only)
-    live_log: bool  # print log lines as they come (in this process only); else they travel in the record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,14 +105,17 @@ class RunRecord:
         return self.record["run_row"]["run_status"] != "ok"
 
 
-def compute_run(task: RunTask) -> RunRecord:
-    """Compute one run; any exception, and NaN/inf in training, make a failed record instead of raising."""
+def compute_run(task: RunTask, echo: Log | None = None) -> RunRecord:
+    """Compute one run; any exception, and NaN/inf in training, make a failed record instead of raising.
+
+    Log lines travel in the record; ``echo`` (in this process only) also receives them as they come.
+    """
     lines: list[str] = []
 
     def log(line: str) -> None:
         lines.append(line)
-        if task.live_log:
-            print(line, file=sys.stderr, flush=True)
+        if echo is not None:
+            echo(line)
 
     run = task.run
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
@@ -152,6 +154,9 @@ class SequentialExecutor:
 
     live = True
 
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
     def __enter__(self) -> SequentialExecutor:
         return self
 
@@ -160,7 +165,7 @@ class SequentialExecutor:
 
     def run(self, tasks: Sequence[RunTask]) -> Iterator[RunRecord]:
         for task in tasks:
-            yield compute_run(task)
+            yield compute_run(task, echo=self.log)
 
 
 def _limit_threads(threads: int) -> None:
@@ -249,12 +254,13 @@ def import_ray() -> Any:
     return ray
 
 
-def make_executor(spec: ExecutorSpec) -> SequentialExecutor | PoolExecutor | RayExecutor:
+def make_executor(spec: ExecutorSpec, log: Log) -> SequentialExecutor | PoolExecutor | RayExecutor:
+    """The executor for ``spec``; ``log`` receives the log lines of runs computed in this process as they come."""
     if spec.kind == "ray":
         return RayExecutor(spec.ray_address, spec.workers)
     if (spec.workers or 1) > 1:
         return PoolExecutor(spec.workers or 1)
-    return SequentialExecutor()
+    return SequentialExecutor(log)
 
 
 def check_spec(spec: ExperimentSpec) -> torch.device:
@@ -346,14 +352,16 @@ def run_sweep(
     store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
     runs = spec.runs()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
     if resume:
+        # The first session's provenance stays on top; each resume adds its own (code may have changed since).
         manifest = store.read_manifest()
         if spec_from_dict(manifest["spec"]) != spec:
             raise SpecError(f"--resume {out}: the spec differs from the one in its manifest.json")
-        manifest["resumed"] = [*manifest.get("resumed", []), now]
+        manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
     else:
-        manifest = {"preset": preset, "spec": dataclasses.asdict(spec), "seeds": list(spec.seeds), "device": str(device), "started": now}
-    manifest.update(status="running", command=sys.argv, execution=dataclasses.asdict(executor), **environment())
+        manifest = {"preset": preset, "spec": dataclasses.asdict(spec), "seeds": list(spec.seeds), "device": str(device), "started": now, **session}
+    manifest["status"] = "running"
 
     finished: dict[int, RunRecord] = {}
     if resume:
@@ -362,7 +370,7 @@ def run_sweep(
                 finished[index] = _read_back(store, index, run.run_id)
         log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
     tasks = [
-        RunTask(index=i, total=len(runs), run=run, attacks=spec.attacks, device=spec.device, progress=progress, live_log=False)
+        RunTask(index=i, total=len(runs), run=run, attacks=spec.attacks, device=spec.device, progress=progress)
         for i, run in enumerate(runs)
         if i not in finished
     ]
@@ -374,9 +382,7 @@ def run_sweep(
         store.write_manifest(manifest)
         return examples, summary
 
-    with make_executor(executor) as pool:
-        if pool.live:
-            tasks = [dataclasses.replace(task, live_log=True) for task in tasks]
+    with make_executor(executor, log) as pool:
         write_tables()
         try:
             for record in pool.run(tasks):

@@ -113,7 +113,7 @@ def test_ray_tasks_resume_a_sweep_to_the_same_results(tmp_path: Path, reference_
         (run_dir / "COMPLETE").unlink()
     assert run_cli(["run", "--resume", str(out), "--executor", "ray", "--workers", "2", "--no-progress"]) == 0
     assert_same_tables(reference_sweep, out)
-    assert read_json(out / "manifest.json")["execution"]["kind"] == "ray"
+    assert read_json(out / "manifest.json")["resumed"][-1]["execution"]["kind"] == "ray"
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(
