@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,52 @@ def test_a_process_pool_writes_the_same_results(tmp_path: Path, reference_sweep:
     manifest = read_json(out / "manifest.json")
     assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None}
     assert list(manifest["runs"]) == list(read_json(reference_sweep / "manifest.json")["runs"])  # spec order, not finish order
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The process-pool workers of ``parent`` (its children started by multiprocessing's spawn)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's workers through /proc")
+def test_a_killed_pool_worker_ends_the_sweep_in_one_line_and_resume_finishes_it(tmp_path: Path, reference_sweep: Path) -> None:
+    out = tmp_path / "pool"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "marginbench", "run", *SWEEP, "--workers", "2", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("runs/*/COMPLETE")):  # the constructions are queued last: work is pending
+            assert sweep.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        workers = _worker_pids(sweep.pid)
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)  # what the OOM killer does
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+        sweep.wait()
+    assert sweep.returncode == 1, err
+    # (after it, multiprocessing's resource tracker may warn about the semaphores the killed workers held)
+    (line,) = [line for line in err.splitlines() if line.startswith("marginbench: error:")]
+    assert line.startswith("marginbench: error: a worker process died") and "marginbench run --resume" in line, err
+    assert "Traceback" not in err
+    assert 1 <= len(list(out.glob("runs/*/COMPLETE"))) < N_RUNS
+    assert run_cli(["run", "--resume", str(out), "--workers", "2", "--no-progress"]) == 0
+    assert_same_tables(reference_sweep, out)
 
 
 @pytest.mark.ray
