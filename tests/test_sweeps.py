@@ -153,7 +153,7 @@ def test_a_killed_pool_worker_ends_the_sweep_in_one_line_and_resume_finishes_it(
 
 @pytest.mark.ray
 def test_ray_tasks_resume_a_sweep_to_the_same_results(tmp_path: Path, reference_sweep: Path) -> None:
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="ray is optional: pip install -c constraints.txt -e '.[test,ray]'")
     out = tmp_path / "ray"
     shutil.copytree(reference_sweep, out)
     for run_dir in sorted((out / "runs").iterdir())[::2]:
