@@ -9,9 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from marginbench.bench.executor import EXECUTORS, ExecutorSpec
 from marginbench.bench.presets import PRESETS, SCALES, Sweep
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES, FAMILIES, LABEL_RULES, SpecError
+from marginbench.bench.spec import DEVICES, FAMILIES, LABEL_RULES, ExperimentSpec, SpecError, spec_from_dict
 from marginbench.models.train import LOSSES
 
 PROG = "marginbench"
@@ -22,6 +23,12 @@ examples:
       the default preset: d=64, n=d, width 256; vanilla and robust-construction; universal-z (~1 min on CPU)
   marginbench run --preset smoke --out runs/smoke
   marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
+  marginbench run --resume runs/d100
+      finish an interrupted sweep: finished runs are kept, the others run (the spec comes from its manifest)
+  marginbench run --preset smoke --seeds 0,1,2,3 --workers 4 --out runs/pool
+      four runs at a time on a local process pool
+  marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
+      one Ray task per run on the running Ray cluster (pip install 'marginbench[ray]')
 
   marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
   marginbench run --preset paper-fig1a --scale small --out runs/fig1a
@@ -71,8 +78,10 @@ attacks:
   Foolbox attacks use the box [min X - 10 sqrt(d), max X + 10 sqrt(d)], so no answer of norm <= 10 sqrt(d)
   is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.
 
-Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}.
-Every reported norm is re-verified by a forward pass; failures are +inf.
+Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}
+and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}.
+Every reported norm is re-verified by a forward pass; failures are +inf. A run whose training hits NaN/inf,
+or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
 """
 
 
@@ -133,10 +142,14 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--out", required=True, metavar="DIR", help="result directory to write (created if missing)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="result directory to write (created if missing)")
+    where.add_argument(
+        "--resume", metavar="DIR", help="finish the sweep in DIR: keep its finished runs, redo the others; the spec comes from DIR/manifest.json"
+    )
     run.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
-    run.add_argument("--preset", default="default", choices=PRESETS.names(), help="named experiment to start from (default: %(default)s)")
-    run.add_argument("--scale", default="small", choices=SCALES, help="papers' presets: small runs on a CPU in minutes, full is the paper's grid (default: %(default)s)")
+    run.add_argument("--preset", choices=PRESETS.names(), help="named experiment to start from (default: default)")
+    run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes, full is the paper's grid (default: small)")
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
@@ -167,6 +180,10 @@ def make_parser() -> argparse.ArgumentParser:
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars (default: when stderr is a terminal)")
     shown.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    scale = run.add_argument_group("execution (does not change the results)")
+    scale.add_argument("--workers", type=_finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
+    scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
+    scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
     run.set_defaults(handler=_run)
 
     listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
@@ -179,8 +196,10 @@ _GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width
 _TRAIN_OPTIONS = ("loss", "target_loss", "target_margin", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
 
 
-def specs_from_args(args: argparse.Namespace) -> Sweep:
-    """The preset's sweep with every explicitly given option replacing its value in each spec."""
+def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Sweep:
+    """``bases`` (default: the preset's sweep) with every explicitly given option replacing its value in each spec."""
+    if bases is None:
+        bases = PRESETS.get(args.preset or "default")(args.scale or "small")
     changes: dict[str, Any] = {key: getattr(args, key) for key in _GRID_OPTIONS if getattr(args, key) is not None}
     if args.n is not None:
         changes["n"] = args.n
@@ -188,7 +207,7 @@ def specs_from_args(args: argparse.Namespace) -> Sweep:
         changes.update(n=None, alpha=args.alpha)
     train_changes = {key: getattr(args, key) for key in _TRAIN_OPTIONS if getattr(args, key) is not None}
     sweep = []
-    for base in PRESETS.get(args.preset)(args.scale):
+    for base in bases:
         spec = dataclasses.replace(base, **changes)
         if train_changes:
             try:
@@ -199,20 +218,71 @@ def specs_from_args(args: argparse.Namespace) -> Sweep:
     return tuple(sweep)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from marginbench.bench.report import run_table
-    from marginbench.bench.runner import run_experiment
+def resumed_specs(args: argparse.Namespace) -> tuple[Sweep, str | None]:
+    """(sweep, preset) from DIR/manifest.json for --resume DIR; SpecError if an explicit option contradicts it."""
+    from marginbench.bench.store import ResultStore
 
-    specs = specs_from_args(args)
+    manifest = ResultStore.reopen(args.resume).read_manifest()
+    sweep, preset = tuple(spec_from_dict(stored) for stored in manifest["specs"]), manifest.get("preset")
+    if args.preset is not None and args.preset != preset:
+        raise SpecError(f"--resume {args.resume}: --preset {args.preset} contradicts its manifest (preset {preset}); leave it out")
+    for asked, spec in zip(specs_from_args(args, bases=sweep), sweep):
+        for name in (f.name for f in dataclasses.fields(ExperimentSpec)):
+            mine, theirs = getattr(asked, name), getattr(spec, name)
+            if mine == theirs:
+                continue
+            if name == "train":
+                mine, theirs = asked.train_spec, spec.train_spec
+                name, mine, theirs = next((f.name, getattr(mine, f.name), getattr(theirs, f.name)) for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name))
+            option = "--n/--alpha" if name in ("n", "alpha") else "--" + name.replace("_", "-")
+            raise SpecError(f"--resume {args.resume}: {option} {_shown(mine)} contradicts its manifest ({name} = {_shown(theirs)}); leave it out")
+    return sweep, preset
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, ExecutorSpec]:
+    """(sweep, preset, result directory, executor) for ``run``'s options; SpecError for any mistake in them."""
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address)
+    if args.resume is not None:
+        sweep, preset = resumed_specs(args)
+        return sweep, preset, args.resume, executor
+    return specs_from_args(args), args.preset or "default", args.out, executor
+
+
+def _run(args: argparse.Namespace) -> int:
+    from marginbench.bench.executor import SweepAborted, run_sweep
+    from marginbench.bench.report import run_table
+
+    specs, preset, out, executor = prepare_run(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        _, summary = run_experiment(specs, args.out, preset=args.preset, overwrite=args.overwrite, progress=progress)
+        _, summary = run_sweep(
+            specs, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, executor=executor, progress=progress
+        )
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the runs that finished are in {args.out}", file=sys.stderr)
+        print(f"{PROG}: interrupted; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
         return 130
+    except SweepAborted as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
+        print(f"{PROG}: error: {err}; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
+        return 1
     print(run_table(summary))
-    print(f"\nresults: {args.out}/summary.csv, {args.out}/examples.csv, {args.out}/runs/")
+    print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
     return 0
+
+
+def run_conflict(args: argparse.Namespace) -> str | None:
+    """The message for options of ``run`` that cannot go together, or None."""
+    if args.resume is not None and args.overwrite:
+        return "--overwrite cannot be combined with --resume (resume keeps the finished runs)"
+    if args.ray_address is not None and args.executor != "ray":
+        return "--ray-address needs --executor ray"
+    return None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -360,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marginbench`` console script and of ``python -m marginbench``."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    conflict = run_conflict(args) if args.command == "run" else None
+    if conflict is not None:
+        parser.error(conflict)
     try:
         return int(args.handler(args))
     except SpecError as err:

@@ -229,7 +229,7 @@ def check_names(spec: ExperimentSpec) -> None:
     DATASETS.get(spec.dataset_name)
     for name in spec.model_names:
         MODELS.get(name)
-        if name not in FAMILY_MODELS[spec.family]:
+        if name not in FAMILY_MODELS[spec.family] and any(name in names for names in FAMILY_MODELS.values()):
             raise SpecError(f"model {name!r} is not part of the {spec.family} family; choose from: {', '.join(FAMILY_MODELS[spec.family])}")
     for name in spec.attack_names:
         ATTACKS.get(name)

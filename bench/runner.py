@@ -1,7 +1,8 @@
-"""The runner: spec -> dataset -> model -> attacks -> verified rows -> store, one run at a time.
+"""The runner: one run, dataset -> model -> attacks -> verified rows (``execute_run``).
 
-After each run its files and the updated tables are on disk, so an interruption loses only the run that
-was in progress.
+``marginbench.bench.executor`` runs the runs of a spec (in this process, on a process pool or on Ray) and
+writes them to the store: after each run its files and the updated tables are on disk, so an interruption
+loses only the runs that were in progress.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ from torch import Tensor
 import marginbench
 from marginbench.attacks.base import AttackResult, AttackUnavailable
 from marginbench.bench.counting import CountingNet
-from marginbench.bench.measure import BEST, best_rows, example_rows, summarize, verify, verify_shared
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, BuiltModel, check_names
+from marginbench.bench.measure import BEST, best_rows, example_rows, verify, verify_shared
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, BuiltModel
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
-from marginbench.bench.store import ResultStore
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import (
     kkt_residual,
@@ -39,6 +38,7 @@ from marginbench.models.diagnostics import (
     off_weight_drift,
     thm51_assumption,
 )
+from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
 
@@ -149,15 +149,9 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
     for name in attacks:
         counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
         start = time.perf_counter()
-        status = "ok"
-        try:
-            result = ATTACKS.get(name)(run, data)(counted, X, y)
-        except AttackUnavailable as err:
-            status = f"unavailable: {err}"
-        except Exception as err:  # noqa: BLE001 - one attack's failure is recorded; the run goes on
-            status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        result, status, error = attempt_attack(name, run, data, counted)
         if status != "ok":
-            result = AttackResult(delta=torch.zeros_like(X), found=torch.zeros(len(y), dtype=torch.bool, device=X.device))
+            log(f"  {name}: {status}: {error}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -167,10 +161,10 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
         frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
         passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
-        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, "status": status, **passes, **result.extras})
+        outcome = {"attack_status": status, "attack_error": error}
+        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **passes, **result.extras, **outcome})
         perturbations[name] = verified.delta.cpu().numpy()
         if status != "ok":
-            log(f"  {name}: {status}")
             continue
         median = float(np.median(verified.norm.cpu().numpy()))
         log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
@@ -181,8 +175,9 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
             "run_id": run.run_id,
             "attack": BEST,
             "attack_seconds": sum(seconds["attacks"].values()),
-            "status": "ok",
             **{key: sum(row[key] for row in attack_rows) for key in ("forward_passes_per_example", "backward_passes_per_example")},
+            "attack_status": "ok",
+            "attack_error": "",
         }
     )
     manifest_entry = {
@@ -199,6 +194,33 @@ def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *,
         data=data.arrays(),
         perturbations=perturbations,
     )
+
+
+def attempt_attack(name: str, run: RunSpec, data: Dataset, net: TwoLayerNet | CountingNet) -> tuple[AttackResult, str, str]:
+    """(result, status, error) of attack ``name`` on the run's attacked points.
+
+    status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
+    missing (AttackUnavailable); or "failed" where it raised or proposed arrays of the wrong shape. An attack
+    that fails on one model must not end the sweep: its rows carry no proposal (every norm +inf), the error
+    is one line, and the other attacks and runs go on.
+    """
+    X, y = data.attacked
+    nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
+    try:
+        result = ATTACKS.get(name)(run, data)(net, X, y)
+        if result.delta.shape != X.shape or result.found.shape != y.shape:
+            raise ValueError(f"proposed delta {tuple(result.delta.shape)} and found {tuple(result.found.shape)} for points {tuple(X.shape)}")
+        return result, "ok", ""
+    except AttackUnavailable as err:
+        return nothing, "unavailable", one_line(err)
+    except Exception as err:  # noqa: BLE001 - any failure of third-party attack code is recorded, not raised
+        return nothing, "failed", one_line(err)
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` on one line, for a status column and a log line."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def environment() -> dict[str, Any]:
@@ -225,49 +247,11 @@ def run_experiment(
     progress: bool = False,
     log: Log = lambda line: print(line, file=sys.stderr),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every (model, seed) of each spec with its attacks; write DIR; return (examples, summary).
+    """Run every (model, seed) of each spec with its attacks, in this process; write DIR; return (examples, summary).
 
-    Everything the user can get wrong (names, sizes, device, output directory) is checked before any work.
+    Kept for callers of the sequential runner: ``marginbench.bench.executor.run_sweep`` is the sweep (resume,
+    process pool, Ray), and this is it with the sequential executor.
     """
-    sweep = (specs,) if isinstance(specs, ExperimentSpec) else tuple(specs)
-    for spec in sweep:
-        check_names(spec)
-    devices = {resolve_device(spec.device) for spec in sweep}
-    planned = [(run, spec.attack_names) for spec in sweep for run in spec.runs()]
-    run_ids = [run.run_id for run, _ in planned]
-    if len(set(run_ids)) != len(run_ids):
-        raise SpecError("the sweep holds the same run twice; give each setting once")
-    store = ResultStore.open(out, overwrite=overwrite)
-    manifest: dict[str, Any] = {
-        "status": "running",
-        "preset": preset,
-        "specs": [dataclasses.asdict(spec) for spec in sweep],
-        "seeds": sorted({seed for spec in sweep for seed in spec.seeds}),
-        "device": ", ".join(sorted(str(device) for device in devices)),
-        "command": sys.argv,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment(),
-        "runs": {},
-    }
-    store.write_manifest(manifest)
-    frames: list[pd.DataFrame] = []
-    run_rows: list[dict[str, Any]] = []
-    attack_rows: list[dict[str, Any]] = []
-    summary = pd.DataFrame()
-    for i, (run, attacks) in enumerate(planned, start=1):
-        log(f"[{i}/{len(planned)}] {run.run_id}")
-        start = time.perf_counter()
-        outcome = execute_run(run, attacks, torch.device(run.device), progress=progress, log=log)
-        store.write_run(run.run_id, state=outcome.state, data=outcome.data, perturbations=outcome.perturbations)
-        frames.append(outcome.examples)
-        run_rows.append(outcome.run_row)
-        attack_rows.extend(outcome.attack_rows)
-        examples = pd.concat(frames, ignore_index=True)
-        summary = summarize(examples, pd.DataFrame(run_rows), pd.DataFrame(attack_rows))
-        store.write_tables(examples=examples, summary=summary)
-        manifest["runs"][run.run_id] = {**outcome.manifest_entry, "wall_seconds": time.perf_counter() - start}
-        store.write_manifest(manifest)
-    manifest["status"] = "complete"
-    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    store.write_manifest(manifest)
-    return pd.concat(frames, ignore_index=True), summary
+    from marginbench.bench.executor import run_sweep  # the executor module builds on execute_run above
+
+    return run_sweep(specs, out, preset=preset, overwrite=overwrite, progress=progress, log=log)

@@ -15,12 +15,16 @@ Families:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
 
 FAMILIES: tuple[str, ...] = ("kkt", "subspace")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
+MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 FAMILY_DATASETS = {"kkt": ("sphere",), "subspace": ("subspace", "digits")}
@@ -97,17 +101,23 @@ class ExperimentSpec:
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
 
     def __post_init__(self) -> None:
+        # One check per line, in the order a user reads the options; each names the option and what is wrong.
         if self.family not in FAMILIES:
             raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
-        if self.dataset is not None and self.dataset not in FAMILY_DATASETS[self.family]:
+        if self.dataset is not None and _of_other_family(self.dataset, self.family, FAMILY_DATASETS):
             allowed = ", ".join(FAMILY_DATASETS[self.family])
             raise SpecError(f"dataset {self.dataset!r} is not part of the {self.family} family; choose from: {allowed}")
+        for option, value in (("--d", self.d), ("--n", self.n), ("--width", self.width)):
+            if value is not None and not _is_int(value):
+                raise SpecError(f"{option} must be an integer, got {value!r}")
         if self.d < 2:
             raise SpecError(f"--d must be at least 2, got {self.d}")
         if self.dataset_name == "digits" and self.d != DIGITS_DIM:
             raise SpecError(f"digits data live in R^64: --d must be 64, got {self.d}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
+        if self.n is None and self.alpha * math.log(self.d) > math.log(MAX_EXAMPLES):
+            raise SpecError(f"--alpha {self.alpha} gives n = d^alpha above {MAX_EXAMPLES:.0e} examples for d = {self.d}")
         if self.n_examples < 2:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
         if self.width < 1:
@@ -131,8 +141,8 @@ class ExperimentSpec:
                 raise SpecError(f"give at least one {what}")
             if len(set(names)) != len(names):
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise SpecError(f"seeds must be non-negative integers, got {', '.join(map(str, self.seeds))}")
+        if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
+            raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
         for model in self.model_names:
             if model == "l2" and self.family == "kkt":
                 raise SpecError("model l2 belongs to the subspace family: it needs a constant step and T steps (Melamed et al. Cor 6.2), while kkt training grows the step until the loss is 1e-30")
@@ -191,3 +201,30 @@ class ExperimentSpec:
             for model in self.model_names
             for seed in self.seeds
         )
+
+
+def _of_other_family(name: str, family: str, members: Mapping[str, tuple[str, ...]]) -> bool:
+    """Whether ``name`` is a built-in of another family only (names registered by users belong to every family)."""
+    return name not in members[family] and any(name in names for names in members.values())
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> ExperimentSpec:
+    """The ExperimentSpec that ``dataclasses.asdict`` turned into ``data`` (e.g. read back from manifest.json).
+
+    Lists become tuples again and ``train`` a TrainSpec; an unknown key or a bad value is a SpecError.
+    """
+    known = {f.name for f in fields(ExperimentSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"the spec holds unknown fields ({', '.join(unknown)}); was it written by another version?")
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    try:
+        if values.get("train") is not None:
+            values["train"] = TrainSpec(**values["train"])
+        return ExperimentSpec(**values)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"the spec is not valid: {err}") from None

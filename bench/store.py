@@ -2,13 +2,18 @@
 
     DIR/manifest.json, DIR/summary.csv, DIR/examples.csv,
     DIR/runs/<run_id>/{model.pt, data.npz, perturbations.npz}
+    DIR/runs/<run_id>/{examples.csv, run.json, COMPLETE}   the run's own rows, then its completion marker
 
 Every file is written to a temporary name in the same folder and renamed into place (atomic on POSIX);
-the tables are rewritten after each run, so everything finished so far is on disk.
+the tables are rewritten after each run, so everything finished so far is on disk. A run is finished when
+its ``COMPLETE`` marker exists: the marker is written last and holds the SHA-256 of every file of the run,
+so ``marginbench run --resume DIR`` can trust the run's rows, rebuild the tables from them, and redo every
+run that has no marker (or whose files do not match it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -25,9 +30,12 @@ import torch
 from marginbench.bench.spec import SpecError
 
 RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
+ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")
+ROW_FILES = ("examples.csv", "run.json")
+MARKER = "COMPLETE"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -55,18 +63,29 @@ class ResultStore:
             raise SpecError(f"--out {root} exists and is not a directory")
         existing = [name for name in RESULT_FILES if (root / name).exists()]
         if existing and not overwrite:
-            raise SpecError(f"--out {root} already holds results ({existing[0]}); pass --overwrite or choose another directory")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / ".marginbench-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise SpecError(f"cannot write to --out {root}: {err.strerror or err}") from None
+            raise SpecError(
+                f"--out {root} already holds results ({existing[0]}); pass --resume {root} to finish it, "
+                "--overwrite to replace it, or choose another directory"
+            )
+        _check_writable(root, "--out", create=True)
         store = cls(root)
         if overwrite:
             store._clear()
         return store
+
+    @classmethod
+    def reopen(cls, root: Path | str) -> ResultStore:
+        """An existing result directory to resume; SpecError if it has no manifest or cannot be written.
+
+        Temporary files left by a process that was killed mid-write are removed.
+        """
+        root = Path(root)
+        if not (root / "manifest.json").is_file():
+            raise SpecError(f"--resume {root}: no manifest.json there, so nothing to resume")
+        _check_writable(root, "--resume", create=False)
+        for tmp in root.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return cls(root)
 
     def _clear(self) -> None:
         for name in RESULT_FILES:
@@ -74,10 +93,22 @@ class ResultStore:
         runs = self.root / "runs"
         if runs.is_dir():
             for run_dir in runs.iterdir():
-                for name in ("model.pt", "data.npz", "perturbations.npz"):
+                for name in (MARKER, *ROW_FILES, *ARRAY_FILES):  # the marker first: a half-cleared run is unfinished
                     (run_dir / name).unlink(missing_ok=True)
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()
+
+    def read_manifest(self) -> dict[str, Any]:
+        """manifest.json as a dict; SpecError if it is not a JSON object."""
+        path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SpecError(f"cannot read {path}: {err}") from None
+        specs = manifest.get("specs") if isinstance(manifest, dict) else None
+        if not (isinstance(specs, list) and specs and all(isinstance(spec, dict) for spec in specs)):
+            raise SpecError(f"{path} holds no experiment spec")
+        return manifest
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -104,10 +135,75 @@ class ResultStore:
     def write_tables(self, *, examples: pd.DataFrame, summary: pd.DataFrame) -> None:
         """examples.csv then summary.csv, floats at full precision (repr round-trips)."""
         for name, frame in (("examples.csv", examples), ("summary.csv", summary)):
-            buffer = io.StringIO()
-            frame.to_csv(buffer, index=False, float_format="%.17g")
-            data = buffer.getvalue().encode()
+            data = _csv_bytes(frame)
             atomic_write(self.root / name, lambda f, data=data: f.write(data))
+
+    def write_rows(self, run_id: str, *, examples: pd.DataFrame, record: Mapping[str, Any]) -> None:
+        """The run's example rows and its record (run-level facts, attack rows, status), then the marker.
+
+        Call after ``write_run`` (where the run has arrays): the marker vouches, by checksum, for every
+        file of the run that exists when it is written.
+        """
+        run_dir = self.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = _csv_bytes(examples)
+        atomic_write(run_dir / "examples.csv", lambda f: f.write(data))
+        text = json.dumps(record, indent=2, default=_plain, allow_nan=True) + "\n"
+        atomic_write(run_dir / "run.json", lambda f: f.write(text.encode()))
+        files = {name: _sha256(run_dir / name) for name in (*ARRAY_FILES, *ROW_FILES) if (run_dir / name).exists()}
+        marker = json.dumps({"run_id": run_id, "sha256": files}, indent=2) + "\n"
+        atomic_write(run_dir / MARKER, lambda f: f.write(marker.encode()))
+
+    def finished_rows(self, run_id: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """(examples, record) of a finished run, or None if it has no marker or a file does not match it."""
+        run_dir = self.run_dir(run_id)
+        try:
+            marker = json.loads((run_dir / MARKER).read_text())
+            files = marker["sha256"]
+            if any(name not in files for name in ROW_FILES):
+                return None
+            if any(_sha256(run_dir / name) != digest for name, digest in files.items()):
+                return None
+            record = json.loads((run_dir / "run.json").read_text())
+            examples = pd.read_csv(run_dir / "examples.csv")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return examples, record
+
+    def forget_run(self, run_id: str) -> None:
+        """Remove a run's files, its marker first: before a run is (re)written, nothing stale can be vouched for."""
+        for name in (MARKER, *ROW_FILES, *ARRAY_FILES):
+            (self.run_dir(run_id) / name).unlink(missing_ok=True)
+
+
+def _check_writable(root: Path, option: str, *, create: bool) -> None:
+    try:
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".marginbench-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SpecError(f"cannot write to {option} {root}: {err.strerror or err}") from None
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.17g")
+    return buffer.getvalue().encode()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _plain(value: object) -> object:
+    """JSON for numpy and torch scalars (json.dumps' ``default``); anything else becomes its str."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
 
 
 def read_tables(root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -209,10 +209,11 @@ def test_a_failing_or_inapplicable_attack_is_recorded_and_the_run_goes_on(tmp_pa
         d=12, n=10, width=16, models=("robust-construction",), attacks=("boundary-walk", "pgd", "pgd-off", "fb-deepfool")
     )
     examples, summary = run_experiment(spec, tmp_path / "out", log=lambda line: None)
-    status = summary.set_index("attack")["status"]
+    status = summary.set_index("attack")["attack_status"]
+    error = summary.set_index("attack")["error"]
     assert status["boundary-walk"] == status["pgd"] == "ok"
-    assert status["pgd-off"].startswith("unavailable: does not apply")
-    assert status["fb-deepfool"] == "failed: RuntimeError: simulated crash"
+    assert status["pgd-off"] == "unavailable" and error["pgd-off"].startswith("AttackUnavailable: does not apply")
+    assert status["fb-deepfool"] == "failed" and error["fb-deepfool"].startswith("RuntimeError: simulated crash")
     best = examples[examples["attack"] == BEST]
     assert len(best) == 10 and best["norm"].map(math.isfinite).all()
     on_disk = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("attack")

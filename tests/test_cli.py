@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import assert_same_tables, read_json, without_timing
 from marginbench.bench.cli import main
 from marginbench.bench.registry import ATTACKS, MODELS
 
-QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--no-progress"]
+QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 
 def test_help_names_every_option_and_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,6 +46,7 @@ def test_python_dash_m_works() -> None:
         (["--attacks", "pgdd"], "unknown attack 'pgdd'"),
         (["--seeds", "0,x"], "seeds must be comma-separated integers"),
         (["--seeds", "-1"], "non-negative integers"),
+        (["--resume", "somewhere", "--out", "elsewhere"], "not allowed with argument"),
         (["--n", "5", "--alpha", "1"], "not allowed with argument"),
         (["--preset", "nope"], "invalid choice"),
         (["--target-loss", "0"], "target loss must be a positive number"),
@@ -95,12 +97,19 @@ def test_cuda_run_matches_cpu(tmp_path: Path) -> None:
 
 
 def test_same_spec_and_seed_give_identical_results(tmp_path: Path) -> None:
-    for name in ("a", "b"):
-        assert _exit_code(["run", *QUICK, "--seeds", "3,4", "--out", str(tmp_path / name)]) == 0
-    timing = ["train_seconds", "attack_seconds"]
-    first, second = (pd.read_csv(tmp_path / name / "summary.csv").drop(columns=timing) for name in ("a", "b"))
-    pd.testing.assert_frame_equal(first, second, check_exact=True)
-    assert (tmp_path / "a" / "examples.csv").read_bytes() == (tmp_path / "b" / "examples.csv").read_bytes()
+    """Every result file is identical apart from timings: tables, manifest, and each run's files byte for byte."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert _exit_code(["run", *QUICK, "--seeds", "3,4", "--out", str(out)]) == 0
+    assert_same_tables(a, b)
+    assert without_timing(read_json(a / "manifest.json")) == without_timing(read_json(b / "manifest.json"))
+    run_dirs = sorted(p.name for p in (a / "runs").iterdir())
+    assert run_dirs == sorted(p.name for p in (b / "runs").iterdir()) and len(run_dirs) == 4
+    for run_id in run_dirs:
+        for name in ("model.pt", "data.npz", "perturbations.npz", "examples.csv"):
+            assert (a / "runs" / run_id / name).read_bytes() == (b / "runs" / run_id / name).read_bytes(), (run_id, name)
+        first, second = (read_json(out / "runs" / run_id / "run.json") for out in (a, b))
+        assert without_timing(first) == without_timing(second)
 
 
 def test_run_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,8 +32,10 @@ def test_files_and_columns(smoke_dir: Path) -> None:
     assert len(examples) == 4 * 2 * 16
     for run_id in summary["run_id"]:
         run_dir = smoke_dir / "runs" / run_id
-        assert {p.name for p in run_dir.iterdir()} == {"model.pt", "data.npz", "perturbations.npz"}
+        assert {p.name for p in run_dir.iterdir()} == {"model.pt", "data.npz", "perturbations.npz", "examples.csv", "run.json", "COMPLETE"}
         assert run_id in manifest["runs"]
+    assert (summary["run_status"] == "ok").all() and (summary["attack_status"] == "ok").all() and summary["error"].isna().all()
+    assert list(summary.columns[-3:]) == ["run_status", "attack_status", "error"]
     assert not list(smoke_dir.rglob("*.tmp"))
 
 
