@@ -94,7 +94,7 @@ def _fig1b(summary: pd.DataFrame) -> Figure | str:
     rows = rows[(rows["attack"] == UNIVERSAL) & (rows["n"] == rows["d"]) & np.isfinite(rows["common_c"].astype(float))]
     if rows["width"].nunique() < 2:
         return f"needs universal-z on trained kkt nets with n = d at two or more widths; found widths {sorted(rows['width'].unique().tolist())}"
-    fig, ax = _new("Vardi et al. Fig. 1b: common perturbation vs d per width (n = d)", "input dimension d", "minimal common c (flips all of I)")
+    fig, ax = _new("Vardi et al. Fig. 1b: common perturbation, n = d, per width", "input dimension d", "minimal common c (flips all of I)")
     _series(ax, rows, by="width", x="d", y="common_c", label="width {}")
     ds = np.linspace(rows["d"].min(), rows["d"].max(), 100)
     ax.plot(ds, np.sqrt(ds), "k--", label="√d")
