@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from marginbench.bench.executor import EXECUTORS, ExecutorSpec
-from marginbench.bench.presets import PRESETS, SCALES, Sweep
+from marginbench.bench.presets import FIGURE_PRESETS, PRESETS, SCALES, Sweep
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, FAMILIES, LABEL_RULES, ExperimentSpec, SpecError, spec_from_dict
 from marginbench.models.train import LOSSES
@@ -273,6 +273,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
+    if preset in FIGURE_PRESETS:
+        from pathlib import Path
+
+        from marginbench.bench.merge import read_results
+
+        draw_figures(read_results([str(out)]).summary, Path(out) / "figures")
     return 0
 
 
@@ -406,7 +412,6 @@ def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from marginbench.bench.merge import read_results
-    from marginbench.bench.plots import build_figures, save_figures
 
     if args.out is None and len(args.dirs) > 1:
         raise SpecError("give -o OUTDIR when plotting several result directories")
@@ -414,7 +419,15 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
     if out.exists() and not out.is_dir():
         raise SpecError(f"-o {out} exists and is not a directory")
-    figures = build_figures(results.summary)
+    draw_figures(results.summary, out)
+    return 0
+
+
+def draw_figures(summary: Any, out: Any) -> None:
+    """Write the papers' figures that ``summary`` supports into ``out``; say what was written and skipped."""
+    from marginbench.bench.plots import build_figures, save_figures
+
+    figures = build_figures(summary)
     try:
         written = save_figures(figures, out)
     except OSError as err:
@@ -423,7 +436,6 @@ def _plot(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     for name, reason in figures.skipped.items():
         print(f"skipped {name}: {reason}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ SCALES: tuple[str, ...] = ("small", "full")
 Sweep = tuple[ExperimentSpec, ...]
 
 PRESETS: Registry[Callable[[Scale], Sweep]] = Registry("preset")
+# Presets that reproduce a paper's figure: `marginbench run` draws it into DIR/figures when the sweep ends.
+FIGURE_PRESETS = frozenset({"paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"})
 
 
 @PRESETS.register("default")

@@ -211,3 +211,18 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"examples:\n  marginbench" in capsys.readouterr().out
+
+
+def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paper-fig1a's sweep, shrunk to two tiny settings: `run` writes DIR/figures/fig1a_*.png itself."""
+    from marginbench.bench.presets import PRESETS
+    from marginbench.bench.spec import ExperimentSpec
+    from marginbench.models.train import TrainSpec
+
+    fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)
+    tiny = tuple(ExperimentSpec(d=d, alpha=1.0, width=8, models=("vanilla",), attacks=("universal-z",), train=fast) for d in (6, 8))
+    monkeypatch.setitem(PRESETS._factories, "paper-fig1a", lambda scale: tiny)
+    out = tmp_path / "fig1a"
+    assert main(["run", "--preset", "paper-fig1a", "--out", str(out), "--no-progress"]) == 0
+    png = out / "figures" / "fig1a_common_c_vs_d.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
