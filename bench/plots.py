@@ -10,7 +10,9 @@ Each figure is drawn only when the merged summary supports it; otherwise the rea
   examples on the margin (``margin_fraction``) and their number not on it ((1 - margin_fraction) n), against
   d per alpha.
 - ``fig4_norm_vs_init_scale``: Melamed et al. Figure 4. The median verified norm of ``pgd-on``, ``pgd-off``
-  and ``pgd`` against the init-scale factor (``init_scale``), mean and standard deviation over seeds.
+  and ``pgd`` against the factor the first layer's init is divided by (1 / ``init_scale``), one panel per
+  dataset, mean and standard deviation over seeds; settings where over half the points were not flipped
+  (median +inf) are named in the legend instead of plotted.
 """
 
 from __future__ import annotations
@@ -132,19 +134,30 @@ def _fig2b(summary: pd.DataFrame) -> Figure | str:
 
 
 def _fig4(summary: pd.DataFrame) -> Figure | str:
-    rows = summary[summary["attack"].isin(PROJECTED) & summary["init_scale"].notna()]
+    rows = summary[summary["attack"].isin(PROJECTED) & summary["init_scale"].notna()].copy()
     missing = [a for a in PROJECTED if a not in set(rows["attack"])]
     if missing:
         return f"needs the attacks {', '.join(PROJECTED)} on runs with a known init_scale; missing {', '.join(missing)}"
     if rows["init_scale"].nunique() < 2:
         return f"needs two or more init scales; found {sorted(rows['init_scale'].unique().tolist())}"
-    fig, ax = _new("Melamed et al. Fig. 4: norm vs init scale", "init-scale factor (init_scale)", "median verified L2 norm")
-    names = {"pgd-on": "PGD projected on P", "pgd-off": "PGD projected on P⊥", "pgd": "PGD, no projection"}
-    for attack in PROJECTED:
-        stats = _mean_std(rows[rows["attack"] == attack], "init_scale", "median_norm")
-        ax.errorbar(stats["init_scale"], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{attack} ({names[attack]})")
-    ax.set_xscale("log")
-    ax.legend()
+    rows["divisor"] = 1.0 / rows["init_scale"]  # the paper's x-axis: the factor the init is divided by
+    datasets = sorted(rows["dataset"].unique())  # one panel per dataset, as the paper's 4a (sphere) and 4b (MNIST)
+    fig = Figure(figsize=(5.0 * len(datasets), 4.0), layout="constrained")
+    fig.suptitle("Melamed et al. Fig. 4: distance to the boundary vs init divisor")
+    names = {"pgd-on": "projected on P", "pgd-off": "projected on P⊥", "pgd": "no projection"}
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(1, len(datasets), i + 1)
+        ax.set(title=f"{dataset} (mean ± std over seeds)", xlabel="first-layer init divided by", ylabel="median verified L2 norm")
+        ax.grid(alpha=0.3)
+        for attack in PROJECTED:
+            part = rows[(rows["dataset"] == dataset) & (rows["attack"] == attack)]
+            finite = part[np.isfinite(part["median_norm"])]
+            stats = _mean_std(finite, "divisor", "median_norm")
+            dropped = sorted(set(part["divisor"]) - set(finite["divisor"]))
+            note = f"; median inf (over half not flipped) at {', '.join(f'{x:g}' for x in dropped)}" if dropped else ""
+            ax.errorbar(stats["divisor"], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{attack} ({names[attack]}){note}")
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=7)
     return fig
 
 

@@ -128,11 +128,11 @@ def _figure_summary() -> pd.DataFrame:
                 for seed in (0, 1):
                     n = round(d**alpha)
                     for model in ("vanilla", "robust-construction"):
-                        rows.append({"source": "x", "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}", "family": "kkt", "model": model, "attack": "universal-z", "seed": seed, "d": d, "n": n, "width": width, "alpha": alpha, "init_scale": np.nan, "common_c": 0.2 * np.sqrt(d) + 0.01 * seed, "margin_fraction": 0.9 + 0.05 * seed, "median_norm": 1.0})
+                        rows.append({"source": "x", "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}", "family": "kkt", "dataset": "sphere", "model": model, "attack": "universal-z", "seed": seed, "d": d, "n": n, "width": width, "alpha": alpha, "init_scale": np.nan, "common_c": 0.2 * np.sqrt(d) + 0.01 * seed, "margin_fraction": 0.9 + 0.05 * seed, "median_norm": 1.0})
     for scale in (1.0, 4.0, 16.0):
         for attack, norm in (("pgd-on", 2.0), ("pgd-off", 0.3 * scale), ("pgd", 0.25 * scale)):
             for seed in (0, 1):
-                rows.append({"source": "y", "run_id": f"sub-{scale}-s{seed}", "family": "subspace", "model": "vanilla", "attack": attack, "seed": seed, "d": 64, "n": 32, "width": 100, "alpha": np.nan, "init_scale": scale, "common_c": np.nan, "margin_fraction": np.nan, "median_norm": norm + 0.1 * seed})
+                rows.append({"source": "y", "run_id": f"sub-{scale}-s{seed}", "family": "subspace", "dataset": "subspace", "model": "vanilla", "attack": attack, "seed": seed, "d": 64, "n": 32, "width": 100, "alpha": np.nan, "init_scale": scale, "common_c": np.nan, "margin_fraction": np.nan, "median_norm": norm + 0.1 * seed})
     return pd.DataFrame(rows)
 
 
@@ -141,7 +141,7 @@ EXPECTED_LABELS = {
     "fig1b_common_c_vs_width": {"width 32", "width 128", "√d"},
     "fig2a_margin_fraction": {"n = d^0.5", "n = d^1"},
     "fig2b_not_on_margin": {"n = d^0.5", "n = d^1"},
-    "fig4_norm_vs_init_scale": {"pgd-on (PGD projected on P)", "pgd-off (PGD projected on P⊥)", "pgd (PGD, no projection)"},
+    "fig4_norm_vs_init_scale": {"pgd-on (projected on P)", "pgd-off (projected on P⊥)", "pgd (no projection)"},
 }
 
 
@@ -155,6 +155,17 @@ def test_every_figure_is_drawn_with_its_series_and_saved_as_png(tmp_path: Path) 
         assert "√d" not in labels or max(ax.lines[-1].get_ydata()) == pytest.approx(8.0)  # sqrt(64)
     for path in save_figures(figures, tmp_path / "figs"):
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
+
+
+def test_fig4_has_one_panel_per_dataset_and_names_settings_where_most_points_did_not_flip() -> None:
+    summary = _figure_summary()
+    digits = summary[summary["family"] == "subspace"].assign(dataset="digits", source="z")
+    digits.loc[(digits["attack"] == "pgd-off") & (digits["init_scale"] == 16.0), "median_norm"] = np.inf
+    fig = build_figures(pd.concat([summary, digits], ignore_index=True)).drawn["fig4_norm_vs_init_scale"]
+    assert [ax.get_title() for ax in fig.axes] == ["digits (mean ± std over seeds)", "subspace (mean ± std over seeds)"]
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "pgd-off (projected on P⊥); median inf (over half not flipped) at 0.0625" in labels
+    assert sorted(fig.axes[1].containers[0].lines[0].get_xdata()) == [0.0625, 0.25, 1.0]  # 1 / init_scale
 
 
 def test_fig1a_averages_seeds_with_error_bars() -> None:
