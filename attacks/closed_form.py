@@ -11,7 +11,7 @@ from torch import Tensor
 from marginbench.attacks.base import AttackResult, SharedPerturbation
 from marginbench.attacks.rays import flip_intervals, smallest_common_scale, smallest_verified
 from marginbench.attacks.subspace import SubspaceProjection
-from marginbench.models.diagnostics import MARGIN_SLACK, margin_set
+from marginbench.models.diagnostics import MARGIN_SLACK, margin_set, thm51_required_ell
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -52,11 +52,6 @@ class UniversalZ:
         if math.isfinite(common):
             shared = SharedPerturbation(rows=on_margin, delta=common * U * on_margin[:, None].to(U.dtype))
         return AttackResult(delta=delta, found=found, shared=shared, extras={"margin_set_size": float(on_margin.sum())})
-
-
-def thm51_required_ell(width: int, d: int) -> float:
-    """32 (m - 1) log(m^2 d): the smallest ell that Melamed et al. 2023, Theorem 5.1, assumes (m = width)."""
-    return 32.0 * (width - 1) * math.log(width**2 * d)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +106,7 @@ class SubspaceZ:
         found = t.isfinite()
         facts = {"thm51_k": k, "thm51_z_norm": z_norm, "thm51_bound": bound, "thm51_z_flips": z_flips}
         extras = {
-            "thm51_assumption": float(ell >= thm51_required_ell(m, d)),
-            "thm51_required_ell": thm51_required_ell(m, d),
+            "thm51_required_ell": thm51_required_ell(width=m, d=d),  # thm51_assumption is a run-level column
             "thm51_z_flip_fraction": float(z_flips.double().mean()),  # over all examples
             "thm51_z_defined_fraction": float(defined.double().mean()),  # k_{y0} > 0
         }

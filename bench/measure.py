@@ -128,6 +128,9 @@ def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame)
         }
     ).reset_index()
     keys = examples[["run_id", "family", "dataset", "model", "seed"]].drop_duplicates("run_id")
+    clash = (set(runs.columns) & set(attacks.columns)) - {"run_id"}
+    if clash:  # a run-level fact and an attack's fact with one name would become name_x / name_y silently
+        raise ValueError(f"run and attack facts share column names: {', '.join(sorted(clash))}")
     out = stats.merge(keys, on="run_id").merge(runs, on="run_id").merge(attacks, on=["run_id", "attack"], how="left")
     out["median_norm_over_sqrt_d"] = out["median_norm"] / out["sqrt_d"]
     if "common_c" in out:

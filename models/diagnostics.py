@@ -117,6 +117,11 @@ def off_weight_drift(init: TwoLayerNet, net: TwoLayerNet, P_basis: Tensor) -> fl
     return float(project_off(P_basis, net.W - init.W).norm(dim=1).max())
 
 
+def thm51_required_ell(*, width: int, d: int) -> float:
+    """32 (m - 1) log(m^2 d): the smallest ell that Melamed et al. 2023, Theorem 5.1, assumes (m = width)."""
+    return 32.0 * (width - 1) * math.log(width * width * d)
+
+
 def thm51_assumption(*, ell: int, width: int, d: int) -> bool:
     """Whether ell >= 32 (m - 1) log(m^2 d), the assumption of Melamed et al. Theorem 5.1."""
-    return ell >= 32 * (width - 1) * math.log(width * width * d)
+    return ell >= thm51_required_ell(width=width, d=d)

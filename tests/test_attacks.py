@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import AttackUnavailable
-from marginbench.attacks.closed_form import SubspaceZ, thm51_required_ell
+from marginbench.attacks.closed_form import SubspaceZ
+from marginbench.models.diagnostics import thm51_required_ell
 from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBrendelBethge
 from marginbench.attacks.pgd import MinimalPGD
@@ -165,13 +166,13 @@ def test_subspace_attacks_do_not_apply_without_a_subspace(construction: tuple[Ca
 
 def test_theorem_5_1_z_flips_where_its_assumption_holds() -> None:
     width, d = 4, 2000
-    ell = math.ceil(thm51_required_ell(width, d))  # 996: l >= 32 (m - 1) log(m^2 d)
+    ell = math.ceil(thm51_required_ell(width=width, d=d))  # 996: l >= 32 (m - 1) log(m^2 d)
     net, data = _subspace_case(d=d, ell=ell, width=width, n=40, seed=0)
     assert data.P_basis is not None
     result = SubspaceZ(basis=data.P_basis)(net, data.X, data.y)
     facts = result.example_facts
     defined = facts["thm51_k"] > 0  # k_{y0} = 0 leaves z undefined (alpha infinite)
-    assert result.extras["thm51_assumption"] == 1.0 and defined.sum() >= 10
+    assert ell >= result.extras["thm51_required_ell"] and defined.sum() >= 10
     assert torch.all(facts["thm51_z_flips"][defined])
     assert torch.all(facts["thm51_z_norm"][defined] <= facts["thm51_bound"][defined])
     # the reported perturbation: the minimal scale along the same universal direction, in P-perp
