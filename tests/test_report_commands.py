@@ -86,6 +86,15 @@ def test_committed_baseline_holds_for_a_fresh_run(tmp_path: Path, capsys: pytest
     assert "ok: all" in capsys.readouterr().out
 
 
+def test_default_preset_reproduces_its_committed_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`marginbench run` with no options (every kkt model x attack, about a minute) against results/default-baseline.json."""
+    out = tmp_path / "default"
+    assert main(["run", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(RESULTS / "default-baseline.json")]) == 0
+    assert "ok: all" in capsys.readouterr().out
+
+
 def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "r"
     _known_case(root)
