@@ -226,7 +226,7 @@ def resumed_specs(args: argparse.Namespace) -> tuple[Sweep, str | None]:
     sweep, preset = tuple(spec_from_dict(stored) for stored in manifest["specs"]), manifest.get("preset")
     if args.preset is not None and args.preset != preset:
         raise SpecError(f"--resume {args.resume}: --preset {args.preset} contradicts its manifest (preset {preset}); leave it out")
-    for asked, spec in zip(specs_from_args(args, bases=sweep), sweep):
+    for asked, spec in zip(specs_from_args(args, bases=sweep), sweep, strict=True):
         for name in (f.name for f in dataclasses.fields(ExperimentSpec)):
             mine, theirs = getattr(asked, name), getattr(spec, name)
             if mine == theirs:

@@ -230,7 +230,7 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"examples:\n  marginbench" in capsys.readouterr().out
+    assert "examples:\n  marginbench" in capsys.readouterr().out
 
 
 def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from marginbench.bench.registry import DATASETS, MODELS, BuiltModel
 from marginbench.bench.runner import theory_diagnostics
-from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.spec import ExperimentSpec, SpecError
 from marginbench.models.datasets import Dataset, digits, subspace
 from marginbench.models.diagnostics import off_manifold_gradients, project_off, thm51_assumption
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
