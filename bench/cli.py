@@ -186,6 +186,19 @@ def make_parser() -> argparse.ArgumentParser:
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
     run.set_defaults(handler=_run)
 
+    speed = sub.add_parser(
+        "throughput",
+        help="time the training and attack kernels against the machine's matmul rate",
+        description="Time the training step (analytic, and the plain-PyTorch autograd recipe as a yardstick), the "
+        "exact line search and minimal-norm PGD, next to the matmul rate measured in the same run at the same shapes.",
+        epilog="examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    speed.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the kernels (default: %(default)s)")
+    speed.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json records")
+    speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
+    speed.set_defaults(handler=_throughput)
+
     listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
     listing.set_defaults(handler=_list)
     _add_report_commands(sub)
@@ -289,6 +302,22 @@ def run_conflict(args: argparse.Namespace) -> str | None:
     if args.ray_address is not None and args.executor != "ray":
         return "--ray-address needs --executor ray"
     return None
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from marginbench.bench.runner import resolve_device
+    from marginbench.bench.throughput import as_rows, measure
+
+    rows = as_rows(measure(device=resolve_device(args.device), sizes=args.sizes))
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    else:
+        print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4g", missingval=""))
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

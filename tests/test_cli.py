@@ -138,3 +138,17 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
+
+
+def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["throughput", "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
+    for record in records:
+        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s"}
+        assert record["seconds"] > 0 and record["examples_per_s"] > 0
+    matmul = next(r for r in records if r["kernel"] == "matmul-fp64")
+    step = next(r for r in records if r["kernel"] == "train-step-fp64")
+    assert step["fraction_of_matmul"] == pytest.approx(step["gflops"] / matmul["gflops"])

@@ -1,0 +1,122 @@
+"""Throughput of the training and attack kernels, as ratios against yardsticks measured in the same run.
+
+Yardsticks: the machine's matmul rate at the kernel's shapes (``X @ W.T`` with X: (n, d), W: (width, d)), and
+for training, the plain-PyTorch recipe (``nn.Linear`` layers, autograd, the same exponential loss and step).
+Timings warm up first, synchronize the device on both sides, and take the median of repeats.
+
+Each record: kernel, shape, seconds (per call), gflops (where a FLOP count is defined), fraction_of_matmul
+(gflops over the matmul rate at the same shape and dtype), examples_per_s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from marginbench.attacks.closed_form import UniversalZ
+from marginbench.attacks.pgd import MinimalPGD
+from marginbench.models.datasets import sphere
+from marginbench.models.train import TrainSpec, train
+from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
+
+# (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
+# d up to 1000, width 1000; n = d).
+SHAPES = {"small": ((64, 64, 256),), "paper": ((64, 64, 256), (1000, 1000, 1000))}
+TRAIN_STEPS = 20  # iterations per timed training call
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """One kernel's measured speed at one shape."""
+
+    kernel: str
+    shape: str
+    seconds: float  # median wall time of one call
+    gflops: float | None  # 1e-9 * FLOPs per call / seconds, where a FLOP count is defined
+    fraction_of_matmul: float | None  # gflops / the matmul rate at the same shape and dtype
+    examples_per_s: float
+
+
+def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls, synchronizing on CUDA."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype) -> float:
+    """The yardstick: GFLOP/s of X @ W.T for X: (n, d), W: (width, d), the training step's main product."""
+    X = torch.randn(n, d, device=device, dtype=dtype)
+    W = torch.randn(width, d, device=device, dtype=dtype)
+    reps = max(1, int(2e8 // (2 * n * d * width)))  # about 0.2 GFLOP per timed call
+
+    def run() -> None:
+        for _ in range(reps):
+            X @ W.T
+
+    return 2e-9 * n * d * width * reps / timed(run, device)
+
+
+def _autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """The plain-PyTorch recipe: nn.Linear layers, autograd, exp loss summed, SGD with the paper's first lr."""
+    first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
+    second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
+    with torch.no_grad():
+        first.weight.copy_(net.W), first.bias.copy_(net.b), second.weight.copy_(net.v[None, :])
+    params = [first.weight, first.bias, second.weight]
+    optimizer = torch.optim.SGD(params, lr=1e-5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.exp(-y * second(torch.relu(first(X))).squeeze(1)).sum()
+        loss.backward()
+        optimizer.step()
+
+
+def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
+    """Every kernel at every shape of ``sizes`` ("small" or "paper") on ``device``."""
+    records: list[Record] = []
+    for d, n, width in SHAPES[sizes]:
+        shape = f"d={d} n={n} width={width}"
+        data = sphere(d=d, n=n, seed=0).to(device)
+        init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
+        for dtype in (torch.float64, torch.float32):
+            tag = "fp64" if dtype == torch.float64 else "fp32"
+            X, y, net = data.X.to(dtype), data.y.to(dtype), init.to(device, dtype)
+            rate = matmul_gflops(n, d, width, device, dtype)
+            records.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=2e-9 * n * d * width / rate, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n * rate / (2e-9 * n * d * width)))
+            flops = 4.0 * n * d * width * TRAIN_STEPS  # forward X W^T and backward A^T X per step
+            spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)
+            for kernel, fn in (
+                (f"train-step-{tag}", lambda: train(net, X, y, spec)),
+                (f"autograd-step-{tag}", lambda: _autograd_steps(net, X, y, TRAIN_STEPS)),
+            ):
+                seconds = timed(fn, device) / TRAIN_STEPS
+                gflops = 1e-9 * flops / TRAIN_STEPS / seconds
+                records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds))
+        net, X, y = init.to(device), data.X, data.y
+        for kernel, attack in (("line-search (universal-z)", UniversalZ()), ("pgd (minimal-norm, bisection)", MinimalPGD())):
+            seconds = timed(lambda attack=attack: attack(net, X, y), device, repeats=3)
+            records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=n / seconds))
+    return records
+
+
+def as_rows(records: list[Record]) -> list[dict[str, Any]]:
+    """The records as plain dicts (the json format)."""
+    return [asdict(r) for r in records]

@@ -1,0 +1,65 @@
+"""pytest-benchmark suite for the kernels (not part of the default test run: `python -m pytest` collects tests/ only).
+
+    pip install -c constraints.txt -e '.[benchmark]'
+    python -m pytest benchmarks --benchmark-autosave                      # save a run
+    python -m pytest benchmarks --benchmark-compare --benchmark-compare-fail=median:10%   # guard against regressions
+
+Each benchmark records the matmul rate measured in the same session (extra_info) so that its number can be read
+as a fraction of the machine's yardstick, and the training step is timed next to the plain-PyTorch recipe.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marginbench.attacks.closed_form import UniversalZ
+from marginbench.attacks.pgd import MinimalPGD
+from marginbench.bench.throughput import TRAIN_STEPS, _autograd_steps, matmul_gflops
+from marginbench.models.datasets import sphere
+from marginbench.models.train import TrainSpec, train
+from marginbench.models.two_layer import pytorch_default_init
+
+SHAPES = [(64, 64, 256), pytest.param((1000, 1000, 1000), marks=pytest.mark.slow, id="paper-1000")]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(params=SHAPES, ids=lambda s: f"d{s[0]}-n{s[1]}-w{s[2]}" if isinstance(s, tuple) else s)
+def problem(request: pytest.FixtureRequest):
+    d, n, width = request.param
+    data = sphere(d=d, n=n, seed=0)
+    net = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0))
+    return data, net, matmul_gflops(n, d, width, CPU, torch.float64)
+
+
+def test_train_step_analytic(benchmark, problem) -> None:
+    data, net, rate = problem
+    spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS)
+    benchmark.pedantic(train, args=(net, data.X, data.y, spec), rounds=5, warmup_rounds=1)
+
+
+def test_train_step_plain_pytorch_recipe(benchmark, problem) -> None:
+    data, net, rate = problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS)
+    benchmark.pedantic(_autograd_steps, args=(net, data.X, data.y, TRAIN_STEPS), rounds=5, warmup_rounds=1)
+
+
+def test_line_search_universal_z(benchmark, problem) -> None:
+    data, net, rate = problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, examples=data.n)
+    benchmark.pedantic(UniversalZ(), args=(net, data.X, data.y), rounds=3, warmup_rounds=1)
+
+
+def test_minimal_norm_pgd(benchmark, problem) -> None:
+    data, net, rate = problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, examples=data.n)
+    benchmark.pedantic(MinimalPGD(), args=(net, data.X, data.y), rounds=3, warmup_rounds=1)
+
+
+def test_foolbox_fmn(benchmark, problem) -> None:
+    from marginbench.attacks.foolbox_adapter import FbFMN
+
+    data, net, rate = problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, examples=data.n)
+    benchmark.pedantic(FbFMN(), args=(net, data.X, data.y), rounds=3, warmup_rounds=1)
