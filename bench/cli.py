@@ -7,13 +7,17 @@ import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from marginbench.bench.executor import EXECUTORS, ExecutorSpec
 from marginbench.bench.presets import FIGURE_PRESETS, PRESETS, SCALES, Sweep
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, FAMILIES, LABEL_RULES, ExperimentSpec, SpecError, spec_from_dict
 from marginbench.models.train import LOSSES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROG = "marginbench"
 
@@ -287,8 +291,6 @@ def _run(args: argparse.Namespace) -> int:
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
     if preset in FIGURE_PRESETS:
-        from pathlib import Path
-
         from marginbench.bench.merge import read_results
 
         draw_figures(read_results([str(out)]).summary, Path(out) / "figures")
@@ -438,8 +440,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from marginbench.bench.merge import read_results
 
     if args.out is None and len(args.dirs) > 1:
@@ -452,7 +452,7 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def draw_figures(summary: Any, out: Any) -> None:
+def draw_figures(summary: pd.DataFrame, out: Path) -> None:
     """Write the papers' figures that ``summary`` supports into ``out``; say what was written and skipped."""
     from marginbench.bench.plots import build_figures, save_figures
 

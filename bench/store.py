@@ -204,9 +204,3 @@ def _plain(value: object) -> object:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return str(value)
-
-
-def read_tables(root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(examples, summary) of a result directory."""
-    root = Path(root)
-    return pd.read_csv(root / "examples.csv"), pd.read_csv(root / "summary.csv")

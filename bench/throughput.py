@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -74,7 +75,7 @@ def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch
     return 2e-9 * n * d * width * reps / timed(run, device)
 
 
-def _autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+def autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: int) -> None:
     """The plain-PyTorch recipe: nn.Linear layers, autograd, exp loss summed, SGD with the paper's first lr."""
     first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
     second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
@@ -100,19 +101,20 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
             tag = "fp64" if dtype == torch.float64 else "fp32"
             X, y, net = data.X.to(dtype), data.y.to(dtype), init.to(device, dtype)
             rate = matmul_gflops(n, d, width, device, dtype)
-            records.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=2e-9 * n * d * width / rate, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n * rate / (2e-9 * n * d * width)))
-            flops = 4.0 * n * d * width * TRAIN_STEPS  # forward X W^T and backward A^T X per step
+            seconds = 2e-9 * n * d * width / rate
+            records.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds))
+            flops = 4.0 * n * d * width  # per step: forward X W^T and backward A^T X
             spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)
             for kernel, fn in (
-                (f"train-step-{tag}", lambda: train(net, X, y, spec)),
-                (f"autograd-step-{tag}", lambda: _autograd_steps(net, X, y, TRAIN_STEPS)),
+                (f"train-step-{tag}", partial(train, net, X, y, spec)),
+                (f"autograd-step-{tag}", partial(autograd_steps, net, X, y, TRAIN_STEPS)),
             ):
                 seconds = timed(fn, device) / TRAIN_STEPS
-                gflops = 1e-9 * flops / TRAIN_STEPS / seconds
+                gflops = 1e-9 * flops / seconds
                 records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds))
         net, X, y = init.to(device), data.X, data.y
         for kernel, attack in (("line-search (universal-z)", UniversalZ()), ("pgd (minimal-norm, bisection)", MinimalPGD())):
-            seconds = timed(lambda attack=attack: attack(net, X, y), device, repeats=3)
+            seconds = timed(partial(attack, net, X, y), device, repeats=3)
             records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=n / seconds))
     return records
 

@@ -15,7 +15,7 @@ import torch
 
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.pgd import MinimalPGD
-from marginbench.bench.throughput import TRAIN_STEPS, _autograd_steps, matmul_gflops
+from marginbench.bench.throughput import TRAIN_STEPS, autograd_steps, matmul_gflops
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.two_layer import pytorch_default_init
@@ -42,7 +42,7 @@ def test_train_step_analytic(benchmark, problem) -> None:
 def test_train_step_plain_pytorch_recipe(benchmark, problem) -> None:
     data, net, rate = problem
     benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS)
-    benchmark.pedantic(_autograd_steps, args=(net, data.X, data.y, TRAIN_STEPS), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(autograd_steps, args=(net, data.X, data.y, TRAIN_STEPS), rounds=5, warmup_rounds=1)
 
 
 def test_line_search_universal_z(benchmark, problem) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -188,7 +187,6 @@ def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture
     summary = _figure_summary()
     kkt_one_d = summary[(summary["family"] == "kkt") & (summary["d"] == 16)]
     root = _write_dir(tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"]))
-    (root / "manifest.json").write_text(json.dumps({"spec": {"n": None, "alpha": 1.0}}))
     assert main(["plot", str(root), "-o", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "fig1b_common_c_vs_width.png" in out  # two widths at one d

@@ -140,4 +140,4 @@ def test_kkt_residual_falls_as_training_runs_longer() -> None:
         net, report = train(net, data.X, data.y, spec)
         spec = TrainSpec(lr=report.final_lr, max_iters=20_000)
         residuals.append(kkt_residual(net, data.X, data.y))
-    assert all(later < earlier for earlier, later in zip(residuals, residuals[1:])), residuals
+    assert all(later < earlier for earlier, later in zip(residuals, residuals[1:], strict=False)), residuals
