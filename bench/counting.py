@@ -2,7 +2,8 @@
 
 Every forward pass of a two-layer net goes through ``preactivations``; the wrapper counts the rows it sees
 there, and, where the result takes part in autograd, registers a hook that counts the rows again when a
-gradient flows back through it (one backward pass per row). Attacks receive the wrapper in place of the
+gradient flows back through it (one backward pass per row). The closed-form input gradient
+(``value_and_input_grad``, which bypasses autograd) counts one forward and one backward pass per row. Attacks receive the wrapper in place of the
 net and cannot tell the difference; the harness verifies with the plain net, so its checks are not counted.
 """
 
@@ -48,3 +49,9 @@ class CountingNet(TwoLayerNet):
         if A.requires_grad:
             A.register_hook(lambda grad: self.counts.add_backward(rows))
         return A
+
+    def value_and_input_grad(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """X: (n, d) -> (N(X), grad_x N(X)); counts n forward rows (in ``preactivations``) and n backward rows."""
+        out = super().value_and_input_grad(X)
+        self.counts.add_backward(int(X.shape[0]))
+        return out

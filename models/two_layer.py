@@ -51,6 +51,16 @@ class TwoLayerNet:
         """X: (n, d) -> N(X): (n,)."""
         return torch.relu(self.preactivations(X)) @ self.v
 
+    def value_and_input_grad(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """X: (n, d) -> (N(X): (n,), grad_x N(X): (n, d)), the gradient in closed form.
+
+        grad_x N(x) = sum_j v_j 1[w_j . x + b_j > 0] w_j, i.e. (1[Z > 0] * v) @ W for the preactivations Z:
+        one forward and one backward pass without autograd's graph (relu's derivative at 0 is taken as 0, as
+        autograd does).
+        """
+        Z = self.preactivations(X)  # (n, width)
+        return torch.relu(Z) @ self.v, ((Z > 0) * self.v) @ self.W
+
     def sq_norm(self) -> float:
         """||theta||^2 over all of W, b and v (the norm of problem (2) in Vardi et al.)."""
         return float(self.W.pow(2).sum() + self.b.pow(2).sum() + self.v.pow(2).sum())
