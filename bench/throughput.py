@@ -5,22 +5,32 @@ for training, the plain-PyTorch recipe (``nn.Linear`` layers, autograd, the same
 Timings warm up first, synchronize the device on both sides, and take the median of repeats.
 
 Each record: kernel, shape, seconds (per call), gflops (where a FLOP count is defined), fraction_of_matmul
-(gflops over the matmul rate at the same shape and dtype), examples_per_s.
+(gflops over the matmul rate at the same shape and dtype), examples_per_s; for the attacks also
+median_norm_over_sqrt_d (of the verified answers, +inf where over half failed), and for the minimal-norm PGD
+examples_per_s_over_fb_fmn: its examples per second over Foolbox FMN's on the same net and points, timed in
+turn in the same loop so that a change of machine load reaches both (issue 6's yardstick: at least 3 at an
+equal or smaller median norm). Foolbox is an optional extra: without it, the fb-fmn record and the ratio are
+left out.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
+from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.closed_form import UniversalZ
+from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
+from marginbench.bench.measure import verify
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
@@ -41,25 +51,35 @@ class Record:
     gflops: float | None  # 1e-9 * FLOPs per call / seconds, where a FLOP count is defined
     fraction_of_matmul: float | None  # gflops / the matmul rate at the same shape and dtype
     examples_per_s: float
+    median_norm_over_sqrt_d: float | None = None  # attacks: median verified norm / sqrt(d)
+    examples_per_s_over_fb_fmn: float | None = None  # the minimal-norm PGD: examples_per_s / fb-fmn's
 
 
 def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls, synchronizing on CUDA."""
+    return timed_in_turn([fn], device, repeats=repeats, warmup=warmup)[0]
+
+
+def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Median seconds of each of ``fns``, called in turn (f1, f2, ..., f1, f2, ...) so that a change of load
+    on a shared machine reaches all of them alike; ``warmup`` rounds first, synchronizing on CUDA."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        fn()
-    samples = []
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for fn, times in zip(fns, samples, strict=True):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in samples]
 
 
 def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype) -> float:
@@ -113,10 +133,46 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
                 gflops = 1e-9 * flops / seconds
                 records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds))
         net, X, y = init.to(device), data.X, data.y
-        for kernel, attack in (("line-search (universal-z)", UniversalZ()), ("pgd (minimal-norm, bisection)", MinimalPGD())):
-            seconds = timed(partial(attack, net, X, y), device, repeats=3)
-            records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=n / seconds))
+        records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
+        records.extend(pgd_against_fb_fmn(shape, net, X, y))
     return records
+
+
+def attack_record(kernel: str, shape: str, attack: Attack, net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> Record:
+    """One attack's speed on X: (n, d) and the median norm of its verified answers."""
+    seconds = timed(partial(attack, net, X, y), X.device, repeats=3)
+    return Record(kernel=kernel, shape=shape, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=X.shape[0] / seconds, median_norm_over_sqrt_d=median_norm_over_sqrt_d(attack, net, X, y))
+
+
+def pgd_against_fb_fmn(shape: str, net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> list[Record]:
+    """The minimal-norm PGD and Foolbox FMN on the same net and points, timed in turn; the PGD record carries
+    the ratio of examples per second. Only the PGD record where foolbox is not installed."""
+    n = X.shape[0]
+    pgd, fmn = MinimalPGD(), FbFMN()
+    try:
+        fmn_norm = median_norm_over_sqrt_d(fmn, net, X, y)  # also the check that foolbox is there
+    except AttackUnavailable:
+        return [attack_record("pgd (minimal-norm, bisection)", shape, pgd, net, X, y)]
+    pgd_s, fmn_s = timed_in_turn([partial(pgd, net, X, y), partial(fmn, net, X, y)], X.device, repeats=3)
+    return [
+        Record(
+            kernel="pgd (minimal-norm, bisection)",
+            shape=shape,
+            seconds=pgd_s,
+            gflops=None,
+            fraction_of_matmul=None,
+            examples_per_s=n / pgd_s,
+            median_norm_over_sqrt_d=median_norm_over_sqrt_d(pgd, net, X, y),
+            examples_per_s_over_fb_fmn=fmn_s / pgd_s,
+        ),
+        Record(kernel="fb-fmn (Foolbox 3.3.4 L2FMNAttack)", shape=shape, seconds=fmn_s, gflops=None, fraction_of_matmul=None, examples_per_s=n / fmn_s, median_norm_over_sqrt_d=fmn_norm),
+    ]
+
+
+def median_norm_over_sqrt_d(attack: Attack, net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> float:
+    """The median norm of the answers of ``attack`` that a forward pass confirms (+inf counts a failure), over sqrt(d)."""
+    norm = verify(net, X, attack(net, X, y)).norm
+    return float(np.median(norm.cpu().numpy())) / math.sqrt(X.shape[1])  # numpy's median, as summary.csv's
 
 
 def as_rows(records: list[Record]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -147,8 +148,12 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     records = json.loads(capsys.readouterr().out)
     assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
     for record in records:
-        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s"}
+        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn"}
         assert record["seconds"] > 0 and record["examples_per_s"] > 0
+    pgd = next(r for r in records if r["kernel"].startswith("pgd"))
+    fmn = next(r for r in records if r["kernel"].startswith("fb-fmn"))  # foolbox is in the test extra
+    assert pgd["examples_per_s_over_fb_fmn"] == pytest.approx(pgd["examples_per_s"] / fmn["examples_per_s"])
+    assert 0 < pgd["median_norm_over_sqrt_d"] < math.inf and 0 < fmn["median_norm_over_sqrt_d"] < math.inf
     matmul = next(r for r in records if r["kernel"] == "matmul-fp64")
     step = next(r for r in records if r["kernel"] == "train-step-fp64")
     assert step["fraction_of_matmul"] == pytest.approx(step["gflops"] / matmul["gflops"])
