@@ -135,6 +135,55 @@ def test_fmn_and_pgd_find_known_distances_of_a_linear_model() -> None:
     assert torch.all(pgd >= dist * (1 - 1e-9)) and torch.all(pgd <= dist * 1.01)
 
 
+def _sequential_bisection(attack: MinimalPGD, net: TwoLayerNet, X: Tensor) -> Tensor:
+    """The reference: one budget per example per round, PGD from delta = 0 (attack.run), doubling eps from
+    0.05 sqrt(d) until it flips, then halving [lo, hi] until hi - lo <= rel_precision * hi. (n,) budgets hi."""
+    s = torch.sign(net(X))
+    eps = torch.full_like(s, 0.05 * math.sqrt(X.shape[1]))
+    lo, hi = torch.zeros_like(s), torch.full_like(s, math.inf)
+    while torch.any(hi.isinf()):
+        flipped, _ = attack.run(net, X, s, eps, torch.zeros_like(X))
+        hi = torch.where(flipped & hi.isinf(), eps, hi)
+        lo = torch.where(hi.isinf(), eps, lo)
+        eps = torch.where(hi.isinf(), 2 * eps, eps)
+    while torch.any(hi - lo > attack.rel_precision * hi):
+        mid = (lo + hi) / 2
+        flipped, _ = attack.run(net, X, s, mid, torch.zeros_like(X))
+        hi, lo = torch.where(flipped, mid, hi), torch.where(flipped, lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"walk_steps": 0},  # no walk: every example takes the batched doubling fallback
+        {"span": 1.0, "candidates": 2},  # rounds bisect all of (lo, hi) with two budgets
+        {"restarts": 3},  # random restarts in the eps-ball beside the warm start
+    ],
+    ids=["default", "doubling-fallback", "two-budgets-from-zero", "restarts"],
+)
+def test_batched_bisection_agrees_with_a_sequential_one_on_a_linear_model(settings: dict[str, float]) -> None:
+    """On N(x) = w.x + b, PGD at eps flips x exactly when eps > dist(x), so a bisection to precision p must end
+    with dist <= norm < dist / (1 - p), whether its budgets run one per round or many per round."""
+    net, X, dist = _linear_case()
+    attack = MinimalPGD(**settings)  # type: ignore[arg-type]
+    batched = verify(net, X, attack(net, X, torch.sign(net(X))))
+    reference = _sequential_bisection(attack, net, X)
+    bound = dist / (1 - attack.rel_precision)
+    assert torch.all(batched.success)
+    for norms in (batched.norm, reference):
+        assert torch.all(norms >= dist * (1 - 1e-9)) and torch.all(norms < bound)
+    assert torch.all((batched.norm - reference).abs() <= attack.rel_precision * dist)
+
+
+def test_pgd_repeats_itself_with_random_restarts() -> None:
+    net, data = _subspace_case(d=16, ell=8, width=16, n=12, seed=1)
+    attack = MinimalPGD(restarts=3, seed=7)
+    first, second = attack(net, data.X, data.y), attack(net, data.X, data.y)
+    assert torch.equal(first.delta, second.delta) and torch.equal(first.found, second.found)
+
+
 def _subspace_case(d: int, ell: int, width: int, n: int, seed: int) -> tuple[TwoLayerNet, Dataset]:
     """Melamed et al.'s setting without training: no bias, v_i = +-1/sqrt(m), W ~ N(0, I/d), x in P, ||x|| = sqrt(d)."""
     g = torch.Generator().manual_seed(seed)

@@ -24,6 +24,26 @@ def test_analytic_gradient_matches_autograd() -> None:
         assert torch.allclose(analytic, auto, rtol=1e-12, atol=1e-12)
 
 
+def test_input_gradient_matches_autograd_and_is_counted_as_one_backward_pass() -> None:
+    """value_and_input_grad's closed form (1[Z > 0] * v) @ W against autograd, including rows with a
+    preactivation exactly 0 (relu's derivative there is 0 in both), and the pass counts it reports."""
+    from marginbench.bench.counting import CountingNet
+
+    net = random_net(7, 11, seed=3)
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(13, 7, generator=g, dtype=torch.float64)
+    X[0] = 0.0
+    net = TwoLayerNet(W=net.W, b=torch.where(torch.arange(11) % 3 == 0, 0.0, net.b), v=net.v)  # Z = 0 on row 0
+    dx = X.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(net(dx).sum(), dx)
+    value, grad = net.value_and_input_grad(X)
+    assert torch.equal(value, net(X))
+    assert torch.allclose(grad, auto, rtol=1e-12, atol=1e-12)
+    counted = CountingNet.wrap(net)
+    counted.value_and_input_grad(X)
+    assert (counted.counts.forward, counted.counts.backward) == (13, 13)
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_log_loss_matches_direct_formula_where_representable(loss: str) -> None:
     q = torch.linspace(-30, 60, 1001, dtype=torch.float64)
