@@ -61,8 +61,9 @@ attacks:
   subspace-z           Melamed et al. Thm 5.1's off-manifold z (needs data on a subspace P): per example
                        whether the theorem's own z flips and its norm against the bound (examples.csv
                        thm51_* columns), and the exact minimal scale along its universal direction
-  pgd                  L2 PGD (50 normalized steps of 0.1 eps, 1 restart), minimal norm by doubling and
-                       bisecting eps per example to 1% relative precision
+  pgd                  L2 PGD (8 normalized steps of 0.25 eps, 1 restart), minimal norm by bisecting eps
+                       per example to 1% relative precision: a Polyak/DeepFool walk brackets, then each round
+                       runs up to 10 budgets per example at once, warm started from the smallest flip
   pgd-off, pgd-on      the same with every step projected onto P-perp / onto P (subspace data only;
                        elsewhere recorded as "unavailable: does not apply")
   fmn                  native fast minimum-norm L2 (Pintor et al. 2021, Alg. 1, with its eps-ball projection)
