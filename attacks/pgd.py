@@ -92,7 +92,7 @@ class MinimalPGD:
         generator = torch.Generator(device=X.device).manual_seed(self.seed)
         eps_max = self.max_norm_factor * math.sqrt(d)
 
-        # 1. Bracket: the Polyak walk; hi = the norm of its first flip.
+        # 1. Bracket: the walk; hi = the norm of the smallest flip it reached.
         flipped, delta = self._walk(net, X, s, eps_max)
         flipped &= s != 0
         best = torch.where(flipped[:, None], delta, 0.0)  # (n, d) smallest flip so far
@@ -186,7 +186,7 @@ class MinimalPGD:
     ) -> None:
         """The fallback bracket for ``rows``: (r,): PGD from delta = 0 at every doubled budget at once."""
         eps0 = self.init_eps_factor * math.sqrt(X.shape[1])
-        count = int(math.floor(math.log2(eps_max / eps0))) + 1  # eps0 * 2^k <= eps_max
+        count = math.floor(math.log2(eps_max / eps0)) + 1  # eps0 * 2^k <= eps_max
         eps = eps0 * torch.pow(2.0, torch.arange(count, dtype=X.dtype, device=X.device))
         eps = eps[None, :].expand(rows.numel(), count)
         self._round(net, X, s, rows, eps, torch.zeros(*eps.shape, X.shape[1], dtype=X.dtype, device=X.device), generator, best, best_norm, lo)
