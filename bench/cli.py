@@ -187,6 +187,11 @@ def make_parser() -> argparse.ArgumentParser:
     shown.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     scale = run.add_argument_group("execution (does not change the results)")
     scale.add_argument("--workers", type=_finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
+    scale.add_argument(
+        "--batch-seeds",
+        action="store_true",
+        help="train the seeds of each trained model together in one batch (runs in this process only); at one torch thread the numbers are bitwise those without it",
+    )
     scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
     run.set_defaults(handler=_run)
@@ -263,7 +268,7 @@ def _shown(value: Any) -> str:
 
 def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, ExecutorSpec]:
     """(sweep, preset, result directory, executor) for ``run``'s options; SpecError for any mistake in them."""
-    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address)
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds)
     if args.resume is not None:
         sweep, preset = resumed_specs(args)
         return sweep, preset, args.resume, executor

@@ -5,6 +5,8 @@ numpy and pandas so that it crosses process boundaries), catching any failure of
 Three executors compute tasks, all yielding records as they finish:
 
 - ``sequential`` (``--workers 1``, the default): in this process, one after the other, log lines as they come;
+  with ``--batch-seeds`` the seeds of a trained model are trained together in one batch (``train_batch``),
+  then attacked and saved one by one;
 - ``pool`` (``--workers N``): a ``concurrent.futures.ProcessPoolExecutor`` with the spawn context;
 - ``ray`` (``--executor ray``): one Ray task per run, on the cluster at ``--ray-address`` or a local Ray.
 
@@ -36,10 +38,11 @@ import pandas as pd
 import torch
 
 from marginbench.bench.measure import EXAMPLE_COLUMNS, summarize
-from marginbench.bench.registry import DATASETS, check_names
+from marginbench.bench.registry import DATASETS, TRAINING_PLANS, BuiltModel, check_names, train_models
 from marginbench.bench.runner import Log, environment, execute_run, one_line, resolve_device
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError, spec_from_dict
 from marginbench.bench.store import ResultStore
+from marginbench.models.datasets import Dataset
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 STATUS_COLUMNS = ["run_status", "attack_status", "error"]  # last columns of summary.csv
@@ -64,6 +67,7 @@ class ExecutorSpec:
     kind: str = "local"
     workers: int | None = None
     ray_address: str | None = None
+    batch_seeds: bool = False  # sequential only: train the seeds of one model and setting in one batch
 
     def __post_init__(self) -> None:
         if self.kind not in EXECUTORS:
@@ -72,6 +76,8 @@ class ExecutorSpec:
             raise SpecError(f"--workers must be a positive integer, got {self.workers!r}")
         if self.ray_address is not None and self.kind != "ray":
             raise SpecError("--ray-address applies to --executor ray only")
+        if self.batch_seeds and (self.kind != "local" or (self.workers or 1) > 1):
+            raise SpecError("--batch-seeds applies to runs in this process only (--executor local, --workers 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,10 +111,11 @@ class RunRecord:
         return self.record["run_row"]["run_status"] != "ok"
 
 
-def compute_run(task: RunTask, echo: Log | None = None) -> RunRecord:
+def compute_run(task: RunTask, echo: Log | None = None, prebuilt: tuple[Dataset, BuiltModel, float] | None = None) -> RunRecord:
     """Compute one run; any exception, and NaN/inf in training, make a failed record instead of raising.
 
     Log lines travel in the record; ``echo`` (in this process only) also receives them as they come.
+    ``prebuilt``: the run's data and trained model, where its seeds were trained in one batch.
     """
     lines: list[str] = []
 
@@ -122,7 +129,7 @@ def compute_run(task: RunTask, echo: Log | None = None) -> RunRecord:
     keys = {"family": run.family, "dataset": run.dataset, "model": run.model, "seed": run.seed}
     start = time.perf_counter()
     try:
-        outcome = execute_run(run, task.attacks, resolve_device(task.device), progress=task.progress, log=log)
+        outcome = execute_run(run, task.attacks, resolve_device(task.device), progress=task.progress, log=log, prebuilt=prebuilt)
     except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         error = one_line(err)
         log(f"  failed: {error}")
@@ -150,12 +157,19 @@ def compute_run(task: RunTask, echo: Log | None = None) -> RunRecord:
 
 
 class SequentialExecutor:
-    """In this process, in order: today's behaviour, progress bars and log lines as they come."""
+    """In this process, in order: today's behaviour, progress bars and log lines as they come.
+
+    With ``batch_seeds``, the runs that differ only in their seed (one trained model of one experiment) are
+    trained together first, then attacked one by one. At one torch thread each net has the bits of its own run
+    (tests/test_train.py); with more, MKL may split a lone net's small products across threads and round
+    differently from the batched products, so the numbers agree to the baselines' tolerance, not bitwise.
+    """
 
     live = True
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, batch_seeds: bool = False) -> None:
         self.log = log
+        self.batch_seeds = batch_seeds
 
     def __enter__(self) -> SequentialExecutor:
         return self
@@ -164,8 +178,44 @@ class SequentialExecutor:
         return None
 
     def run(self, tasks: Sequence[RunTask]) -> Iterator[RunRecord]:
-        for task in tasks:
-            yield compute_run(task, echo=self.log)
+        for group in seed_groups(tasks) if self.batch_seeds else [[task] for task in tasks]:
+            prebuilt = self._train_together(group) if len(group) > 1 else [None] * len(group)
+            for task, built in zip(group, prebuilt, strict=True):
+                yield compute_run(task, echo=self.log, prebuilt=built)
+
+    def _train_together(self, group: Sequence[RunTask]) -> list[tuple[Dataset, BuiltModel, float] | None]:
+        """Data and trained model of each run of ``group``, trained in one batch; Nones (each run then trains
+        alone, and records its own failure) where that fails."""
+        runs = [task.run for task in group]
+        self.log(f"training {len(runs)} seeds of {runs[0].model} in one batch: {', '.join(str(run.seed) for run in runs)}")
+        try:
+            device = resolve_device(group[0].device)
+            data, data_seconds = [], []
+            for run in runs:
+                start = time.perf_counter()
+                data.append(DATASETS.get(run.dataset)(run).to(device))
+                data_seconds.append(time.perf_counter() - start)
+            built = train_models(data, runs, group[0].progress)
+        except Exception as err:  # noqa: BLE001 - each run then trains alone and records its own failure
+            self.log(f"  batched training failed ({one_line(err)}); training the seeds one by one")
+            return [None] * len(group)
+        return list(zip(data, built, data_seconds, strict=True))
+
+
+def seed_groups(tasks: Sequence[RunTask]) -> list[list[RunTask]]:
+    """The tasks in runs of consecutive tasks that differ only in their seed and are of a trained model.
+
+    ``ExperimentSpec.runs`` lists a model's seeds one after the other, so the order of the tasks is kept.
+    """
+    groups: list[list[RunTask]] = []
+    for task in tasks:
+        key = (dataclasses.replace(task.run, seed=0), task.attacks, task.device)
+        last = groups[-1][-1] if groups else None
+        if last is not None and task.run.model in TRAINING_PLANS and (dataclasses.replace(last.run, seed=0), last.attacks, last.device) == key:
+            groups[-1].append(task)
+        else:
+            groups.append([task])
+    return groups
 
 
 def _limit_threads(threads: int) -> None:
@@ -260,7 +310,7 @@ def make_executor(spec: ExecutorSpec, log: Log) -> SequentialExecutor | PoolExec
         return RayExecutor(spec.ray_address, spec.workers)
     if (spec.workers or 1) > 1:
         return PoolExecutor(spec.workers or 1)
-    return SequentialExecutor(log)
+    return SequentialExecutor(log, batch_seeds=spec.batch_seeds)
 
 
 def check_spec(spec: ExperimentSpec) -> torch.device:

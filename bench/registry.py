@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -25,7 +25,7 @@ from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, RunSpec, SpecE
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset
-from marginbench.models.train import TrainReport, TrainSpec, train
+from marginbench.models.train import TrainReport, TrainSpec, train_batch
 from marginbench.models.two_layer import TwoLayerNet, gaussian_init, pytorch_default_init
 
 F = TypeVar("F")
@@ -101,10 +101,57 @@ def _digits(run: RunSpec) -> Dataset:
     return datasets.digits(ell=run.ell or 0, n=run.n, n_eval=run.n_eval, seed=run.seed)
 
 
-def _trained(data: Dataset, run: RunSpec, init: TwoLayerNet, spec: TrainSpec, progress: bool, facts: dict[str, float]) -> BuiltModel:
-    init = init.to(data.X.device)
-    net, report = train(init, data.X, data.y, spec, seed=run.seed, progress=progress, description=run.run_id)
-    return BuiltModel(net=net, train=report, init=init, facts=facts)
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A trained model before training: where it starts, how it trains, and its facts (init beta, L2 lambda...)."""
+
+    init: TwoLayerNet
+    spec: TrainSpec
+    facts: Mapping[str, float] = field(default_factory=dict)
+
+
+PlanFactory = Callable[[Dataset, RunSpec], TrainingPlan]
+# The trained models' recipes; each is registered in MODELS too, as "plan, then train" (``_register_trained``).
+TRAINING_PLANS: Registry[PlanFactory] = Registry("trained model")
+
+
+def train_models(data: Sequence[Dataset], runs: Sequence[RunSpec], progress: bool) -> list[BuiltModel]:
+    """The trained models of ``runs`` (one per dataset), trained in one batch (``train_batch``).
+
+    Every run must name a model of TRAINING_PLANS and give the same training spec and network shape; the
+    seeds of one model in one experiment do. ValueError otherwise.
+    """
+    plans = [TRAINING_PLANS.get(run.model)(d, run) for d, run in zip(data, runs, strict=True)]
+    if len({plan.spec for plan in plans}) != 1 or len({tuple(plan.init.W.shape) for plan in plans}) != 1:
+        raise ValueError(f"runs {', '.join(run.run_id for run in runs)} differ in training spec or shape: they cannot share a batch")
+    inits = [plan.init.to(d.X.device) for plan, d in zip(plans, data, strict=True)]
+    trained = train_batch(
+        inits,
+        torch.stack([d.X for d in data]),
+        torch.stack([d.y for d in data]),
+        plans[0].spec,
+        seeds=[run.seed for run in runs],
+        progress=progress,
+        description=runs[0].run_id if len(runs) == 1 else f"{runs[0].run_id} and {len(runs) - 1} more",
+    )
+    return [BuiltModel(net=net, train=report, init=init, facts=plan.facts) for (net, report), init, plan in zip(trained, inits, plans, strict=True)]
+
+
+def _register_trained(name: str) -> Callable[[PlanFactory], PlanFactory]:
+    """Register a plan in TRAINING_PLANS and, in MODELS, the model it trains alone."""
+
+    def add(plan: PlanFactory) -> PlanFactory:
+        TRAINING_PLANS.register(name)(plan)
+
+        def model(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+            (built,) = train_models([data], [run], progress)
+            return built
+
+        model.__doc__ = plan.__doc__
+        MODELS.register(name)(model)
+        return plan
+
+    return add
 
 
 def _init(data: Dataset, run: RunSpec, *, small: bool) -> tuple[TwoLayerNet, dict[str, float]]:
@@ -117,22 +164,22 @@ def _init(data: Dataset, run: RunSpec, *, small: bool) -> tuple[TwoLayerNet, dic
     return gaussian_init(data.d, run.width, beta=beta, generator=generator), {"init_beta": beta}
 
 
-@MODELS.register("vanilla")
-def _vanilla(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+@_register_trained("vanilla")
+def _vanilla(data: Dataset, run: RunSpec) -> TrainingPlan:
     """The family's standard init (kkt: PyTorch default; subspace: beta^2 = 1/d), then the family's training."""
     init, facts = _init(data, run, small=False)
-    return _trained(data, run, init, run.train, progress, facts)
+    return TrainingPlan(init=init, spec=run.train, facts=facts)
 
 
-@MODELS.register("small-init")
-def _small_init(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+@_register_trained("small-init")
+def _small_init(data: Dataset, run: RunSpec) -> TrainingPlan:
     """As vanilla with the init divided by sqrt(2d): beta = 1/(d sqrt 2) in the subspace family (Cor 6.1)."""
     init, facts = _init(data, run, small=True)
-    return _trained(data, run, init, run.train, progress, facts)
+    return TrainingPlan(init=init, spec=run.train, facts=facts)
 
 
-@MODELS.register("l2")
-def _l2(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+@_register_trained("l2")
+def _l2(data: Dataset, run: RunSpec) -> TrainingPlan:
     """Vanilla init, then exactly T = max_iters steps of the loss + lambda/2 ||W||^2 (Thm 6.2).
 
     Unless --l2 gives lambda, it is chosen so that (1 - lr lambda)^T = 1/sqrt(2d) (Corollary 6.2).
@@ -141,7 +188,7 @@ def _l2(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
     T, lr = run.train.max_iters, run.train.lr
     lam = run.l2 if run.l2 is not None else (1.0 - (2.0 * data.d) ** (-0.5 / max(T, 1))) / lr
     spec = dataclasses.replace(run.train, l2=lam, target_loss=None, target_margin=None)
-    return _trained(data, run, init, spec, progress, {**facts, "l2_lambda": lam})
+    return TrainingPlan(init=init, spec=spec, facts={**facts, "l2_lambda": lam})
 
 
 @MODELS.register("robust-construction")

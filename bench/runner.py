@@ -97,16 +97,25 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     return facts, per_example
 
 
-def execute_run(run: RunSpec, attacks: tuple[str, ...], device: torch.device, *, progress: bool, log: Log) -> RunOutcome:
-    """One run: data, model, every attack (verified), diagnostics; its rows and the arrays to save."""
-    seconds: dict[str, Any] = {}
-    start = time.perf_counter()
-    data = DATASETS.get(run.dataset)(run).to(device)
-    seconds["data"] = time.perf_counter() - start
+def execute_run(
+    run: RunSpec, attacks: tuple[str, ...], device: torch.device, *, progress: bool, log: Log, prebuilt: tuple[Dataset, BuiltModel, float] | None = None
+) -> RunOutcome:
+    """One run: data, model, every attack (verified), diagnostics; its rows and the arrays to save.
 
-    start = time.perf_counter()
-    built = MODELS.get(run.model)(data, run, progress)
-    seconds["model"] = time.perf_counter() - start
+    ``prebuilt``: the run's data, model and seconds spent on the data, where they were made beforehand (its
+    seeds trained in one batch); its model seconds are then the net's training seconds.
+    """
+    seconds: dict[str, Any] = {}
+    if prebuilt is not None:
+        data, built, seconds["data"] = prebuilt
+        seconds["model"] = built.train.seconds if built.train is not None else 0.0
+    else:
+        start = time.perf_counter()
+        data = DATASETS.get(run.dataset)(run).to(device)
+        seconds["data"] = time.perf_counter() - start
+        start = time.perf_counter()
+        built = MODELS.get(run.model)(data, run, progress)
+        seconds["model"] = time.perf_counter() - start
     net = built.net
     if built.train is not None:
         t = built.train

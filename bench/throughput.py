@@ -2,7 +2,9 @@
 
 Yardsticks: the machine's matmul rate at the kernel's shapes (``X @ W.T`` with X: (n, d), W: (width, d)), and
 for training, the plain-PyTorch recipe (``nn.Linear`` layers, autograd, the same exponential loss and step).
-Timings warm up first, synchronize the device on both sides, and take the median of repeats.
+Timings warm up first, synchronize the device on both sides, and take the median of repeats. The batched
+training records time one step of SEEDS nets trained together (``train_batch``) against the same nets trained
+one after the other; their seconds are per step of all SEEDS nets, their gflops count all of them.
 
 Each record: kernel, shape, seconds (per call), gflops (where a FLOP count is defined), fraction_of_matmul
 (gflops over the matmul rate at the same shape and dtype), examples_per_s; for the attacks also
@@ -32,13 +34,14 @@ from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.measure import verify
 from marginbench.models.datasets import sphere
-from marginbench.models.train import TrainSpec, train
+from marginbench.models.train import TrainSpec, train, train_batch
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
 # d up to 1000, width 1000; n = d).
 SHAPES = {"small": ((64, 64, 256),), "paper": ((64, 64, 256), (1000, 1000, 1000))}
 TRAIN_STEPS = 20  # iterations per timed training call
+SEEDS = 5  # nets trained at once in the batched records: the papers' seed count
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +113,12 @@ def autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: in
         optimizer.step()
 
 
+def sequential_steps(nets: list[TwoLayerNet], X: torch.Tensor, y: torch.Tensor, spec: TrainSpec) -> None:
+    """The S nets of a batch trained one after the other: X: (S, n, d), y: (S, n)."""
+    for net, X_s, y_s in zip(nets, X, y, strict=True):
+        train(net, X_s, y_s, spec)
+
+
 def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
     """Every kernel at every shape of ``sizes`` ("small" or "paper") on ``device``."""
     records: list[Record] = []
@@ -132,6 +141,19 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
                 seconds = timed(fn, device) / TRAIN_STEPS
                 gflops = 1e-9 * flops / seconds
                 records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds))
+            # SEEDS nets (one per seed, each on its own data) per step: batched, and one after the other.
+            nets = [init.to(device, dtype)] + [
+                pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device) for seed in range(1, SEEDS)
+            ]
+            Xs = torch.stack([X] + [sphere(d=d, n=n, seed=seed).X.to(device, dtype) for seed in range(1, SEEDS)])
+            ys = torch.stack([y] + [sphere(d=d, n=n, seed=seed).y.to(device, dtype) for seed in range(1, SEEDS)])
+            for kernel, fn in (
+                (f"train-batch-{SEEDS}seeds-{tag}", partial(train_batch, nets, Xs, ys, spec)),
+                (f"train-sequential-{SEEDS}seeds-{tag}", partial(sequential_steps, nets, Xs, ys, spec)),
+            ):
+                seconds = timed(fn, device) / TRAIN_STEPS  # one step of all SEEDS nets
+                gflops = 1e-9 * SEEDS * flops / seconds
+                records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=SEEDS * n / seconds))
         net, X, y = init.to(device), data.X, data.y
         records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
         records.extend(pgd_against_fb_fmn(shape, net, X, y))

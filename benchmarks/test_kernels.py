@@ -17,9 +17,9 @@ import torch
 
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.pgd import MinimalPGD
-from marginbench.bench.throughput import TRAIN_STEPS, autograd_steps, matmul_gflops, median_norm_over_sqrt_d, pgd_against_fb_fmn
+from marginbench.bench.throughput import SEEDS, TRAIN_STEPS, autograd_steps, matmul_gflops, median_norm_over_sqrt_d, pgd_against_fb_fmn, sequential_steps
 from marginbench.models.datasets import sphere
-from marginbench.models.train import TrainSpec, train
+from marginbench.models.train import TrainSpec, train, train_batch
 from marginbench.models.two_layer import pytorch_default_init
 
 SHAPES = [(64, 64, 256), pytest.param((1000, 1000, 1000), marks=pytest.mark.slow, id="paper-1000")]
@@ -39,6 +39,28 @@ def test_train_step_analytic(benchmark, problem) -> None:
     spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)
     benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS)
     benchmark.pedantic(train, args=(net, data.X, data.y, spec), rounds=5, warmup_rounds=1)
+
+
+@pytest.fixture
+def seeds_problem(problem):
+    """SEEDS nets, each with its own data set: inits (list), X: (SEEDS, n, d), y: (SEEDS, n), the matmul rate."""
+    data, net, rate = problem
+    d, n, width = net.d, data.n, net.width
+    sets = [data] + [sphere(d=d, n=n, seed=seed) for seed in range(1, SEEDS)]
+    nets = [net] + [pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed)) for seed in range(1, SEEDS)]
+    return nets, torch.stack([s.X for s in sets]), torch.stack([s.y for s in sets]), rate
+
+
+def test_train_step_batched_seeds(benchmark, seeds_problem) -> None:
+    nets, X, y, rate = seeds_problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS, nets=SEEDS)
+    benchmark.pedantic(train_batch, args=(nets, X, y, TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)), rounds=5, warmup_rounds=1)
+
+
+def test_train_step_sequential_seeds(benchmark, seeds_problem) -> None:
+    nets, X, y, rate = seeds_problem
+    benchmark.extra_info.update(matmul_gflops_fp64=rate, steps_per_call=TRAIN_STEPS, nets=SEEDS)
+    benchmark.pedantic(sequential_steps, args=(nets, X, y, TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)), rounds=5, warmup_rounds=1)
 
 
 def test_train_step_plain_pytorch_recipe(benchmark, problem) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,14 +100,15 @@ class TrainReport:
 
 
 def log_loss_terms(q: Tensor, loss: LossName) -> Tensor:
-    """log loss(q_i) for margins q: (n,), exact for q up to ~1e300."""
+    """log loss(q_i) for margins q of any shape, exact for q up to ~1e300."""
     if loss == "exp":
         return -q
-    # log(log(1 + e^{-q})): for q >= 0 write it as -q + log(log1p(u)/u), u = e^{-q}, where the ratio -> 1;
-    # for small u use its series, since log1p(u)/u loses precision once u is subnormal.
+    # log(log(1 + e^{-q})) = log(-logsigmoid(q)); once u = e^{-q} < 1e-4 that would underflow, so write it as
+    # -q + log(log1p(u)/u) with the ratio's series. Only exp, log and logsigmoid: on the CPU they give an element
+    # the same bits wherever it sits in a tensor, while log1p and softplus round differently in the vectorized
+    # body and the scalar tail of a loop, and a net's numbers must not depend on the nets batched with it.
     u = torch.exp(-q.clamp_min(0))
-    ratio = torch.where(u > 1e-4, torch.log1p(u) / u.clamp_min(1e-4), 1 - u / 2 + u * u / 3)
-    return torch.where(q >= 0, -q + torch.log(ratio), torch.log(torch.nn.functional.softplus(-q)))
+    return torch.where(u > 1e-4, torch.log(-torch.nn.functional.logsigmoid(q)), -q + torch.log(1 - u / 2 + u * u / 3))
 
 
 def log_neg_loss_derivative(q: Tensor, loss: LossName) -> Tensor:
@@ -117,13 +119,29 @@ def log_neg_loss_derivative(q: Tensor, loss: LossName) -> Tensor:
 
 
 def margin_gradient_step(Z: Tensor, X: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """sum_i weights_i * grad_theta N(x_i), analytically, as (dW: (width, d), db: (width,), dv: (width,)).
+    """sum_i weights_i * grad_theta N(x_i) for each of S nets, analytically: dW: (S, width, d), db, dv: (S, width).
 
-    Z: (n, width) pre-activations w_j . x_i + b_j; X: (n, d); v: (width,); weights: (n,).
+    Z: (S, n, width) pre-activations w_j . x_i + b_j; X: (S, n, d); v: (S, width); weights: (S, n).
     grad_{w_j} N(x) = v_j 1[w_j.x + b_j > 0] x,  grad_{b_j} N(x) = v_j 1[...],  grad_{v_j} N(x) = relu(w_j.x + b_j).
     """
-    active_weighted = (Z > 0).to(X.dtype) * weights[:, None] * v[None, :]  # (n, width)
-    return active_weighted.T @ X, active_weighted.sum(0), torch.relu(Z).T @ weights
+    active_weighted = (Z > 0).to(X.dtype) * weights[:, :, None] * v[:, None, :]  # (S, n, width)
+    dv = torch.bmm(torch.relu(Z).transpose(1, 2), weights[:, :, None])[:, :, 0]
+    return torch.bmm(active_weighted.transpose(1, 2), X), active_weighted.sum(1), dv
+
+
+def preactivations(X: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """X: (S, n, d), W: (S, width, d), b: (S, width) -> (S, n, width), the values w_j . x_i + b_j of each net."""
+    return torch.bmm(X, W.transpose(1, 2)) + b[:, None, :]
+
+
+def outputs(Z: Tensor, v: Tensor) -> Tensor:
+    """Z: (S, n, width) pre-activations, v: (S, width) -> N(x_i) of each net: (S, n).
+
+    One matrix-vector product per net, not one bmm: on the CPU, MKL rounds a gemv and a batched gemm with one
+    column differently, while every other product of the step gives each net the same bits in any batch.
+    """
+    H = torch.relu(Z)
+    return torch.stack([h @ u for h, u in zip(H, v, strict=True)])
 
 
 def train(
@@ -138,6 +156,8 @@ def train(
 ) -> tuple[TwoLayerNet, TrainReport]:
     """Gradient descent with the schedule and stopping rules of ``spec``; returns the last finite net.
 
+    The one-net case of ``train_batch``.
+
     Args:
         net: initial parameters (not modified).
         X: (n, d) training inputs, same device and dtype as the net.
@@ -147,92 +167,147 @@ def train(
         progress: show a tqdm bar with the iteration count and log10 of the loss.
         description: label of the progress bar.
     """
-    W, b, v = net.W.clone(), net.b.clone(), net.v.clone()
-    n = X.shape[0]
+    ((trained, report),) = train_batch([net], X[None], y[None], spec, seeds=[seed], progress=progress, description=description)
+    return trained, report
+
+
+def train_batch(
+    nets: Sequence[TwoLayerNet],
+    X: Tensor,
+    y: Tensor,
+    spec: TrainSpec,
+    *,
+    seeds: Sequence[int] | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> list[tuple[TwoLayerNet, TrainReport]]:
+    """``train`` for S nets of one shape at once, each on its own data: batched products, one loop, one report each.
+
+    Each net follows exactly the iterations ``train`` would give it alone: the nets share the step count and
+    the learning rate, every other quantity (loss, step size, stop rule, SGD shuffle) is per net, and a net
+    that stops leaves the batch. On the CPU each net's result is bitwise that of ``train`` whatever shares its
+    batch (tests/test_train.py checks this); a report's ``seconds`` is the wall time until that net stopped.
+
+    Args:
+        nets: S initial parameter sets of equal shape (not modified).
+        X: (S, n, d) training inputs, one set per net, same device and dtype as the nets.
+        y: (S, n) labels in {-1, +1}.
+        spec: loss, schedule, trained layers, L2, batch size and stopping rules, shared by all nets.
+        seeds: seed of each net's SGD shuffles (None: 0 for every net; unused for full-batch GD).
+        progress: show a tqdm bar with the iteration count and the largest log10 loss still training.
+        description: label of the progress bar.
+    """
+    S, n = X.shape[0], X.shape[1]
+    seeds = tuple(seeds) if seeds is not None else (0,) * S
+    if not (len(nets) == S == y.shape[0] == len(seeds)) or y.shape[1] != n:
+        raise ValueError(f"{len(nets)} nets, {len(seeds)} seeds, inputs {tuple(X.shape)} and labels {tuple(y.shape)} disagree")
+    W, b, v = (torch.stack([getattr(net, name) for net in nets]) for name in ("W", "b", "v"))
     batch = n if spec.batch_size is None else min(spec.batch_size, n)
     per_epoch = math.ceil(n / batch)
-    shuffle = torch.Generator().manual_seed(seed)
-    order = torch.arange(n)
+    shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
+    order = torch.arange(n).repeat(S, 1)  # (S, n): each net's current SGD shuffle
     log_target = math.log(spec.target_loss) if spec.target_loss is not None else -math.inf
     lr, decay = spec.lr, 1.0
     start = time.perf_counter()
     bar = tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False)
-    reason: StopReason = "max_iters"
-    nonfinite_at: int | None = None
-    log_L, q_min = math.inf, -math.inf
-    last_finite = (W, b, v, log_L, q_min)
+    # Row k of the batched tensors belongs to net active[k]. For each net, the last parameters whose loss was
+    # finite, as (W, b, v, row, log L, min q): what it returns, so that a failure can be inspected.
+    active = list(range(S))
+    last_finite = {i: (W, b, v, i, math.inf, -math.inf) for i in active}
+    done: dict[int, tuple[TwoLayerNet, TrainReport]] = {}
     it = 0
+
+    def finish(i: int, reason: StopReason, nonfinite_at: int | None = None) -> None:
+        W_i, b_i, v_i, row, log_L, q_min = last_finite[i]
+        report = TrainReport(
+            iterations=it,
+            log10_loss=log_L / math.log(10),
+            min_margin=q_min,
+            stop_reason=reason,
+            seconds=time.perf_counter() - start,
+            final_lr=lr,
+            weight_decay=decay,
+            nonfinite_iteration=nonfinite_at,
+        )
+        done[i] = (TwoLayerNet(W=W_i[row].clone(), b=b_i[row].clone(), v=v_i[row].clone()), report)
+
     try:
-        while True:
-            Z = X @ W.T + b  # (n, width)
-            q = y * (torch.relu(Z) @ v)  # (n,) margins y_i N(x_i)
-            s = log_neg_loss_derivative(q, spec.loss)  # (n,)
-            # One device-to-host transfer per iteration: log L, log sum_i -loss'(q_i), max |q_i|, min q_i.
-            log_L, log_scale, q_max, q_min = torch.stack(
-                [torch.logsumexp(log_loss_terms(q, spec.loss), 0), torch.logsumexp(s, 0), q.abs().max(), q.min()]
+        while active:
+            Z = preactivations(X, W, b)  # (S, n, width)
+            q = y * outputs(Z, v)  # (S, n) margins y_i N(x_i)
+            s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
+            # One device-to-host transfer per iteration: per net log L, log sum_i -loss'(q_i), max |q_i|, min q_i.
+            stats = torch.stack(
+                [torch.logsumexp(log_loss_terms(q, spec.loss), 1), torch.logsumexp(s, 1), q.abs().amax(1), q.amin(1)], 1
             ).tolist()
-            if not (math.isfinite(log_L) and math.isfinite(q_max)):
-                reason, nonfinite_at = "nonfinite", it
-                break
-            last_finite = (W, b, v, log_L, q_min)
-            if log_L < log_target:
-                reason = "target_loss"
-                break
-            if spec.target_margin is not None and q_min >= spec.target_margin:
-                reason = "target_margin"
-                break
-            if it >= spec.max_iters:
-                break
-            if spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds:
-                reason = "max_seconds"
+            out_of_time = spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds
+            keep = []
+            for row, (i, (log_L, _, q_max, q_min)) in enumerate(zip(active, stats, strict=True)):
+                if not (math.isfinite(log_L) and math.isfinite(q_max)):
+                    finish(i, "nonfinite", it)
+                    continue
+                last_finite[i] = (W, b, v, row, log_L, q_min)
+                if log_L < log_target:
+                    finish(i, "target_loss")
+                elif spec.target_margin is not None and q_min >= spec.target_margin:
+                    finish(i, "target_margin")
+                elif it >= spec.max_iters:
+                    finish(i, "max_iters")
+                elif out_of_time:
+                    finish(i, "max_seconds")
+                else:
+                    keep.append(row)
+            log_scale = [stats[row][1] for row in keep]
+            if len(keep) < len(active):
+                active = [active[row] for row in keep]
+                W, b, v, X, y, Z, s, order = _rows(keep, W, b, v, X, y, Z, s, order)
+            if not active:
                 break
             for _ in range(per_epoch if spec.batch_size is not None else 1):
                 if spec.batch_size is not None:
                     if it % per_epoch == 0:
-                        order = torch.randperm(n, generator=shuffle)
-                    rows = order[(it % per_epoch) * batch : (it % per_epoch + 1) * batch].to(X.device)
-                    Zb, yb, sb = Z[rows], y[rows], s[rows]
+                        order = torch.stack([torch.randperm(n, generator=shuffles[i]) for i in active])
+                    rows = order[:, (it % per_epoch) * batch : (it % per_epoch + 1) * batch].to(X.device)  # (S, batch)
+                    nets_of = torch.arange(len(active), device=X.device)[:, None]
+                    Zb, yb, sb, Xb = Z[nets_of, rows], y[nets_of, rows], s[nets_of, rows], X[nets_of, rows]
                     if it % per_epoch != 0:  # the first batch of an epoch reuses the full pass above
-                        Zb = X[rows] @ W.T + b
-                        sb = log_neg_loss_derivative(yb * (torch.relu(Zb) @ v), spec.loss)
-                    log_scale_b = float(torch.logsumexp(sb, 0)) + math.log(n / rows.numel())
-                    Xb = X[rows]
+                        Zb = preactivations(Xb, W, b)
+                        sb = log_neg_loss_derivative(yb * outputs(Zb, v), spec.loss)
+                    log_scale_b = [value + math.log(n / rows.shape[1]) for value in torch.logsumexp(sb, 1).tolist()]
                 else:
                     Zb, yb, sb, log_scale_b, Xb = Z, y, s, log_scale, X
-                log_step = math.log(lr) + log_scale_b  # log(lr * sum_i -loss'(q_i)), never formed apart
-                if log_step > _LOG_FLOAT_MAX:
-                    reason, nonfinite_at = "nonfinite", it
-                    break
-                dW, db, dv = margin_gradient_step(Zb, Xb, v, torch.softmax(sb, 0) * yb)
-                step = math.exp(log_step)
+                # log(lr * sum_i -loss'(q_i)) per net, never formed apart: the learning rate enters here only.
+                log_step = [math.log(lr) + value for value in log_scale_b]
+                fine = [row for row, value in enumerate(log_step) if value <= _LOG_FLOAT_MAX]
+                if len(fine) < len(active):
+                    for row in sorted(set(range(len(active))) - set(fine)):
+                        finish(active[row], "nonfinite", it)
+                    active, log_step = [active[row] for row in fine], [log_step[row] for row in fine]
+                    W, b, v, X, y, Z, s, order, Zb, yb, sb, Xb = _rows(fine, W, b, v, X, y, Z, s, order, Zb, yb, sb, Xb)
+                    if not active:
+                        break
+                dW, db, dv = margin_gradient_step(Zb, Xb, v, torch.softmax(sb, 1) * yb)
+                step = torch.tensor([math.exp(value) for value in log_step], dtype=W.dtype, device=W.device)  # (S,)
                 shrink = 1.0 - lr * spec.l2  # Theorem 6.2: w <- (1 - eta lambda) w - eta grad L
-                W = shrink * W + step * dW
+                W = shrink * W + step[:, None, None] * dW
                 if spec.layers == "all":
-                    b, v = shrink * b + step * db, shrink * v + step * dv
+                    b, v = shrink * b + step[:, None] * db, shrink * v + step[:, None] * dv
                 decay *= shrink
                 it += 1
                 if it % spec.growth_every == 0:
                     lr *= spec.lr_growth
                 if progress and it % 1000 == 0:
                     bar.update(1000)
-                    bar.set_postfix(log10_loss=f"{log_L / math.log(10):.2f}", refresh=False)
+                    worst = max(stats[row][0] for row in keep) / math.log(10)
+                    bar.set_postfix(log10_loss=f"{worst:.2f}", training=len(active), refresh=False)
                 if it >= spec.max_iters:
                     break
-            if reason == "nonfinite":
-                break
     finally:
         bar.close()
-    if reason == "nonfinite":
-        # Hand back the last parameters whose loss was finite, so that the failure can be inspected.
-        W, b, v, log_L, q_min = last_finite
-    report = TrainReport(
-        iterations=it,
-        log10_loss=log_L / math.log(10),
-        min_margin=q_min,
-        stop_reason=reason,
-        seconds=time.perf_counter() - start,
-        final_lr=lr,
-        weight_decay=decay,
-        nonfinite_iteration=nonfinite_at,
-    )
-    return TwoLayerNet(W=W, b=b, v=v), report
+    return [done[i] for i in range(S)]
+
+
+def _rows(rows: list[int], *batched: Tensor) -> tuple[Tensor, ...]:
+    """The given rows (nets) of each batched tensor, in order."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return tuple(t.index_select(0, index.to(t.device)) for t in batched)

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SWEEP, assert_same_tables, read_json, run_cli
 
@@ -96,12 +98,42 @@ def test_resume_without_a_manifest_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert "cannot read" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: where a lone net's products may be split across threads, batched training agrees only
+    to tolerance with unbatched (bench/executor.py, SequentialExecutor)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_seeds_trained_in_one_batch_write_the_same_tables_and_resume_trains_only_the_unfinished(tmp_path: Path) -> None:
+    plain, batched = tmp_path / "plain", tmp_path / "batched"
+    assert run_cli(["run", *SWEEP, "--out", str(plain)]) == 0
+    assert run_cli(["run", *SWEEP, "--batch-seeds", "--out", str(batched)]) == 0
+    assert_same_tables(plain, batched)
+    assert read_json(batched / "manifest.json")["execution"]["batch_seeds"] is True
+    # Two of the three trained seeds unfinished: resume trains those two together, and nothing changes.
+    for run_dir in sorted(batched.glob("runs/*-vanilla-s*"))[1:]:
+        (run_dir / "COMPLETE").unlink()
+    assert run_cli(["run", "--resume", str(batched), "--batch-seeds", "--no-progress"]) == 0
+    assert_same_tables(plain, batched)
+    assert len(read_json(batched / "manifest.json")["resumed"]) == 1
+
+
+def test_batch_seeds_with_a_process_pool_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["run", *SWEEP, "--batch-seeds", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--batch-seeds applies to runs in this process only (--executor local, --workers 1)")
+
+
 def test_a_process_pool_writes_the_same_results(tmp_path: Path, reference_sweep: Path) -> None:
     out = tmp_path / "pool"
     assert run_cli(["run", *SWEEP, "--workers", "2", "--out", str(out)]) == 0
     assert_same_tables(reference_sweep, out)
     manifest = read_json(out / "manifest.json")
-    assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None}
+    assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None, "batch_seeds": False}
     assert list(manifest["runs"]) == list(read_json(reference_sweep / "manifest.json")["runs"])  # spec order, not finish order
 
 
