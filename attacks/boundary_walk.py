@@ -54,7 +54,7 @@ class BoundaryWalk:
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> the shortest verified crossing per example (labels unused)."""
-        n, d = X.shape
+        _n, d = X.shape
         t_max = self.max_norm_factor * math.sqrt(d)
         s = torch.sign(net(X))
         U = torch.cat([self._segments(X, s), _unit(-s[:, None] * _gradient(net, X))[:, None, :]], dim=1)

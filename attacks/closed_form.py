@@ -82,7 +82,7 @@ class SubspaceZ:
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> minimal scales along Theorem 5.1's direction, and the theorem's own z."""
-        n, d = X.shape
+        _n, d = X.shape
         m, ell = net.width, d - int(self.basis.shape[1])
         W_hat = SubspaceProjection(self.basis, "P-perp")(net.W)  # (m, d)
         minus, plus = net.v < 0, net.v > 0

@@ -14,7 +14,7 @@ from marginbench.bench.executor import EXECUTORS, ExecutorSpec
 from marginbench.bench.presets import FIGURE_PRESETS, PRESETS, SCALES, Sweep
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, FAMILIES, LABEL_RULES, ExperimentSpec, SpecError, spec_from_dict
-from marginbench.models.train import LOSSES
+from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +43,10 @@ families, datasets and models (which combinations mean what):
             x1.1 every 100 iterations, stop at loss < 1e-30); attacked at the training points.
             vanilla              PyTorch's default init
             small-init           the same init divided by sqrt(2d): the KKT limit should not care
+            l2                   vanilla init, loss + lambda/2 ||theta||^2 over W, b, v (lambda: --l2,
+                                 default 1e-10) with the normalized schedule, until stationary to
+                                 --stationarity (default 1e-2) or --max-iters (default 20000): its
+                                 stationary points are KKT points of the max-margin problem as lambda -> 0
             robust-construction  Thm 3.1's closed-form net (width n, one neuron per example; --width
                                  does not apply): nothing below (1-c)/4 sqrt(d) flips a training point
   subspace  Melamed et al. 2023. Data: subspace (a random (d-ell)-dim subspace P, points at radius
@@ -167,15 +171,23 @@ def make_parser() -> argparse.ArgumentParser:
     grid.add_argument("--label-rule", choices=LABEL_RULES, help="subspace data: random labels, or linear (a halfspace within P)")
     grid.add_argument("--width", type=_finite(int), help="hidden neurons of trained models")
     grid.add_argument("--init-scale", type=_finite(float), help="multiplies the initialization's standard deviation (default 1)")
-    grid.add_argument("--l2", type=_finite(float), help="lambda of the l2 model (default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2)")
+    grid.add_argument("--l2", type=_finite(float), help="lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: 1e-10)")
     grid.add_argument("--models", type=_names(MODELS), metavar="A,B", help=f"comma-separated models: {', '.join(MODELS.names())}")
     grid.add_argument("--attacks", type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
     grid.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
     grid.add_argument("--device", choices=DEVICES, help="where to train and attack (default cpu)")
     training = run.add_argument_group("training (defaults: the family's recipe, see below)")
+    training.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="paper: step lr grad L with lr grown x1.1 every 100 iterations (kkt default); normalized: step lr grad L / L, "
+        f"the same gradient-flow path in far fewer steps (full batch; --lr defaults to {NORMALIZED_LR} and --lr-growth to 1)",
+    )
     training.add_argument("--loss", choices=LOSSES, help="exp: e^{-q} (kkt default); logistic: log(1+e^{-q}) (subspace default)")
     training.add_argument("--target-loss", type=_finite(float), help="stop once the training loss is below this (kkt default 1e-30)")
     training.add_argument("--target-margin", type=_finite(float), help="stop once every training margin y N(x) is at least this (subspace default 1)")
+    training.add_argument("--target-normalized-margin", type=_finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
+    training.add_argument("--stationarity", type=_finite(float), help="l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default 1e-2)")
     training.add_argument("--batch-size", type=_finite(int), help="SGD mini-batch size (default: full-batch GD)")
     training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
     training.add_argument("--max-seconds", type=_finite(float), help="cap on training wall time per run, reported as max_seconds")
@@ -216,7 +228,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 _GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device")
-_TRAIN_OPTIONS = ("loss", "target_loss", "target_margin", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
+_TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
 
 
 def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Sweep:
@@ -229,6 +241,9 @@ def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Swe
     if args.alpha is not None:
         changes.update(n=None, alpha=args.alpha)
     train_changes = {key: getattr(args, key) for key in _TRAIN_OPTIONS if getattr(args, key) is not None}
+    if train_changes.get("schedule") == "normalized":  # the paper's lr 1e-5 x1.1 means nothing to this schedule
+        train_changes.setdefault("lr", NORMALIZED_LR)
+        train_changes.setdefault("lr_growth", 1.0)
     sweep = []
     for base in bases:
         spec = dataclasses.replace(base, **changes)

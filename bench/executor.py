@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from types import TracebackType
@@ -130,7 +130,7 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: tuple[Dataset,
     start = time.perf_counter()
     try:
         outcome = execute_run(run, task.attacks, resolve_device(task.device), progress=task.progress, log=log, prebuilt=prebuilt)
-    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+    except Exception as err:  # a failed run is recorded and the sweep goes on
         error = one_line(err)
         log(f"  failed: {error}")
         run_row = {"run_id": run.run_id, "d": run.d, "n": run.n, "width": run.width, "run_status": "failed", "run_error": error}
@@ -196,7 +196,7 @@ class SequentialExecutor:
                 data.append(DATASETS.get(run.dataset)(run).to(device))
                 data_seconds.append(time.perf_counter() - start)
             built = train_models(data, runs, group[0].progress)
-        except Exception as err:  # noqa: BLE001 - each run then trains alone and records its own failure
+        except Exception as err:  # each run then trains alone and records its own failure
             self.log(f"  batched training failed ({one_line(err)}); training the seeds one by one")
             return [None] * len(group)
         return list(zip(data, built, data_seconds, strict=True))
@@ -270,7 +270,7 @@ class RayExecutor:
             local = {"num_cpus": self.workers, "include_dashboard": False} if self.address is None else {}
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **local)
-            except Exception as err:  # noqa: BLE001 - ray raises ConnectionError, ValueError, RuntimeError...
+            except Exception as err:  # ray raises ConnectionError, ValueError, RuntimeError...
                 raise SpecError(f"cannot start or join Ray (--ray-address {self.address or 'local'}): {one_line(err)}") from None
             self._started = True
         return self
@@ -405,7 +405,7 @@ def run_sweep(
     if executor.kind == "ray":
         import_ray()
     store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
     if resume:
         # The first session's provenance stays on top; each resume adds its own (code may have changed since).
@@ -455,7 +455,7 @@ def run_sweep(
         except SweepAborted as err:
             raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
     failed = sum(r.failed for r in finished.values())
-    manifest.update(status="complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), failed_runs=failed)
+    manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
     examples, summary = write_tables()
     if failed:
         log(f"{failed} of {len(runs)} runs failed: see the run_status and error columns of {Path(out) / 'summary.csv'}")

@@ -90,7 +90,7 @@ def melamed_fig4(scale: Scale) -> Sweep:
         ExperimentSpec(
             family="subspace", dataset="subspace", d=d, ell=ell, n=n, n_eval=n_eval, width=width,
             init_scale=1.0 / f, models=("vanilla",), attacks=attacks, seeds=seeds,
-        )  # fmt: skip
+        )
         for f in factors
     )
     digits_part = tuple(
@@ -98,7 +98,7 @@ def melamed_fig4(scale: Scale) -> Sweep:
             family="subspace", dataset="digits", d=64, ell=digits_ell, n=n if scale == "full" else 300,
             n_eval=n_eval if scale == "full" else 100, width=width, init_scale=1.0 / f, models=("vanilla",),
             attacks=attacks, seeds=seeds,
-        )  # fmt: skip
+        )
         for f in factors
     )
     return sphere_part + digits_part

@@ -25,7 +25,7 @@ from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, RunSpec, SpecE
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset
-from marginbench.models.train import TrainReport, TrainSpec, train_batch
+from marginbench.models.train import NORMALIZED_LR, TrainReport, TrainSpec, train_batch
 from marginbench.models.two_layer import TwoLayerNet, gaussian_init, pytorch_default_init
 
 F = TypeVar("F")
@@ -178,13 +178,37 @@ def _small_init(data: Dataset, run: RunSpec) -> TrainingPlan:
     return TrainingPlan(init=init, spec=run.train, facts=facts)
 
 
+# The kkt family's l2 model (not in Vardi et al.): L(theta) + lambda/2 ||theta||^2 over all of W, b, v. Its
+# stationary points satisfy problem (2)'s KKT stationarity exactly (multipliers -loss'(q_i)/lambda), and
+# complementary slackness up to factors e^{-(q_i - q_min)}; they approach KKT points as lambda -> 0 (Wei et
+# al. 2019, "Regularization matters"). Trained with the normalized schedule, whose step lr/L settles near
+# lr/(lambda/(2 gamma)) at the regularized equilibrium, while the paper's growing step would pass 1/lambda.
+KKT_L2_LAMBDA = 1e-10
+KKT_L2_STATIONARITY = 1e-2
+KKT_L2_MAX_ITERS = 20_000  # unless --max-iters says otherwise: directions converge slowly near equilibrium
+
+
+def _kkt_l2_spec(train: TrainSpec, lam: float) -> TrainSpec:
+    """The user's kkt spec turned into the regularized recipe above (normalized schedule, stop when stationary)."""
+    recipe = dict(l2=lam, target_loss=None, target_margin=None, stationarity=train.stationarity or KKT_L2_STATIONARITY)
+    if train.schedule == "paper":
+        recipe.update(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0)
+    if train.max_iters == TrainSpec().max_iters:
+        recipe.update(max_iters=KKT_L2_MAX_ITERS)
+    return dataclasses.replace(train, **recipe)
+
+
 @_register_trained("l2")
 def _l2(data: Dataset, run: RunSpec) -> TrainingPlan:
-    """Vanilla init, then exactly T = max_iters steps of the loss + lambda/2 ||W||^2 (Thm 6.2).
+    """Vanilla init, then L2-regularized training.
 
-    Unless --l2 gives lambda, it is chosen so that (1 - lr lambda)^T = 1/sqrt(2d) (Corollary 6.2).
+    subspace: exactly T = max_iters steps of the loss + lambda/2 ||W||^2 (Thm 6.2); unless --l2 gives lambda,
+    (1 - lr lambda)^T = 1/sqrt(2d) (Corollary 6.2). kkt: see KKT_L2_LAMBDA above.
     """
     init, facts = _init(data, run, small=False)
+    if run.family == "kkt":
+        lam = run.l2 if run.l2 is not None else KKT_L2_LAMBDA
+        return TrainingPlan(init=init, spec=_kkt_l2_spec(run.train, lam), facts={**facts, "l2_lambda": lam})
     T, lr = run.train.max_iters, run.train.lr
     lam = run.l2 if run.l2 is not None else (1.0 - (2.0 * data.d) ** (-0.5 / max(T, 1))) / lr
     spec = dataclasses.replace(run.train, l2=lam, target_loss=None, target_margin=None)

@@ -222,7 +222,7 @@ def attempt_attack(name: str, run: RunSpec, data: Dataset, net: TwoLayerNet | Co
         return result, "ok", ""
     except AttackUnavailable as err:
         return nothing, "unavailable", one_line(err)
-    except Exception as err:  # noqa: BLE001 - any failure of third-party attack code is recorded, not raised
+    except Exception as err:  # any failure of third-party attack code is recorded, not raised
         return nothing, "failed", one_line(err)
 
 

@@ -13,6 +13,13 @@ examples_per_s_over_fb_fmn: its examples per second over Foolbox FMN's on the sa
 turn in the same loop so that a change of machine load reaches both (issue 6's yardstick: at least 3 at an
 equal or smaller median norm). Foolbox is an optional extra: without it, the fb-fmn record and the ratio are
 left out.
+
+Time to the paper's stopping point (``--sizes paper``, issue 6's second target): the paper's recipe in plain
+PyTorch (autograd, lr 1e-5 x1.1 every 100 iterations, float64) is trained until its loss is below 1e-30; its
+normalized margin min_i q_i / ||theta||^2 there is the target that the analytic paper schedule and the
+normalized schedule (fp64 and fp32) must reach. Those records carry the normalized margin reached, universal-z's
+common c / sqrt(d) on the trained net, and speedup_over_recipe (the recipe's seconds over theirs). Each is one
+timed run, not a median: the recipe alone takes about a minute.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.measure import verify
 from marginbench.models.datasets import sphere
-from marginbench.models.train import TrainSpec, train, train_batch
+from marginbench.models.train import NORMALIZED_LR, TrainSpec, train, train_batch
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
@@ -42,6 +49,7 @@ from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 SHAPES = {"small": ((64, 64, 256),), "paper": ((64, 64, 256), (1000, 1000, 1000))}
 TRAIN_STEPS = 20  # iterations per timed training call
 SEEDS = 5  # nets trained at once in the batched records: the papers' seed count
+MARGIN_SHAPE = (100, 100, 1000)  # (d, n, width) of the time-to-margin records: the issue's setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +64,9 @@ class Record:
     examples_per_s: float
     median_norm_over_sqrt_d: float | None = None  # attacks: median verified norm / sqrt(d)
     examples_per_s_over_fb_fmn: float | None = None  # the minimal-norm PGD: examples_per_s / fb-fmn's
+    normalized_margin: float | None = None  # time-to-margin records: min_i q_i / ||theta||^2 at the end
+    common_c_over_sqrt_d: float | None = None  # time-to-margin records: universal-z's common c / sqrt(d)
+    speedup_over_recipe: float | None = None  # time-to-margin records: the plain-PyTorch recipe's seconds / these
 
 
 def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
@@ -113,6 +124,70 @@ def autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: in
         optimizer.step()
 
 
+def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, target_loss: float = 1e-30) -> tuple[TwoLayerNet, int]:
+    """The paper's recipe as a user would write it: nn.Linear, autograd, SGD with lr 1e-5 x1.1 every 100
+    iterations, full batch, until the summed exponential loss is below ``target_loss``. Returns (net, iterations)."""
+    first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
+    second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
+    with torch.no_grad():
+        first.weight.copy_(net.W), first.bias.copy_(net.b), second.weight.copy_(net.v[None, :])
+    optimizer = torch.optim.SGD([first.weight, first.bias, second.weight], lr=1e-5)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=1.1)
+    iterations = 0
+    while True:
+        optimizer.zero_grad()
+        loss = torch.exp(-y * second(torch.relu(first(X))).squeeze(1)).sum()
+        if loss.item() < target_loss or not math.isfinite(loss.item()):
+            break
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        iterations += 1
+    trained = TwoLayerNet(W=first.weight.detach().clone(), b=first.bias.detach().clone(), v=second.weight.detach()[0].clone())
+    return trained, iterations
+
+
+def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SHAPE) -> list[Record]:
+    """Seconds to the normalized margin of the paper's recipe at loss 1e-30, at shape (d, n, width) (see the module doc)."""
+    d, n, width = shape
+    label = f"d={d} n={n} width={width} (to loss 1e-30's margin)"
+    data = sphere(d=d, n=n, seed=0).to(device)
+    init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def record(kernel: str, seconds: float, net: TwoLayerNet, recipe_seconds: float) -> Record:
+        net = net.to(device, torch.float64)
+        q = data.y * net(data.X)
+        shared = UniversalZ()(net, data.X, data.y).shared
+        common = float(shared.delta[shared.rows].norm(dim=1).max()) / math.sqrt(d) if shared is not None and bool(shared.rows.any()) else math.inf
+        return Record(
+            kernel=kernel, shape=label, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=n / seconds,
+            normalized_margin=float(q.min()) / net.sq_norm(), common_c_over_sqrt_d=common, speedup_over_recipe=recipe_seconds / seconds,
+        )  # fmt: skip
+
+    def clock(fn: Callable[[], Any]) -> tuple[Any, float]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start
+
+    (recipe_net, _), recipe_s = clock(partial(autograd_recipe, init, data.X, data.y))
+    target = float((data.y * recipe_net(data.X)).min()) / recipe_net.sq_norm()
+    records = [record("paper recipe, plain PyTorch autograd, fp64", recipe_s, recipe_net, recipe_s)]
+    to_target = dict(target_loss=None, target_normalized_margin=target)
+    for kernel, spec, dtype in (
+        ("paper schedule, analytic step, fp64", TrainSpec(**to_target), torch.float64),
+        ("normalized schedule, fp64", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float64),
+        ("normalized schedule, fp32", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float32),
+    ):
+        (net, report), seconds = clock(partial(train, init.to(device, dtype), data.X.to(dtype), data.y.to(dtype), spec))
+        kernel = kernel if report.reached_target else f"{kernel} (stopped: {report.stop_reason})"
+        records.append(record(kernel, seconds, net, recipe_s))
+    return records
+
+
 def sequential_steps(nets: list[TwoLayerNet], X: torch.Tensor, y: torch.Tensor, spec: TrainSpec) -> None:
     """The S nets of a batch trained one after the other: X: (S, n, d), y: (S, n)."""
     for net, X_s, y_s in zip(nets, X, y, strict=True):
@@ -157,6 +232,8 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
         net, X, y = init.to(device), data.X, data.y
         records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
         records.extend(pgd_against_fb_fmn(shape, net, X, y))
+    if sizes == "paper":
+        records.extend(time_to_margin(device))
     return records
 
 

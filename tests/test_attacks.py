@@ -19,7 +19,6 @@ from torch import Tensor
 
 from marginbench.attacks.base import AttackUnavailable
 from marginbench.attacks.closed_form import SubspaceZ
-from marginbench.models.diagnostics import thm51_required_ell
 from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBrendelBethge
 from marginbench.attacks.pgd import MinimalPGD
@@ -31,6 +30,7 @@ from marginbench.bench.runner import run_experiment
 from marginbench.bench.spec import ExperimentSpec, RunSpec
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset, sphere
+from marginbench.models.diagnostics import thm51_required_ell
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 

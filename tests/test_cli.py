@@ -55,7 +55,8 @@ def test_python_dash_m_works() -> None:
         (["--ell", "3"], "--ell applies to subspace data only"),
         (["--family", "subspace", "--ell", "8"], "1 <= ell < d"),
         (["--family", "subspace", "--models", "robust-construction"], "not part of the subspace family"),
-        (["--models", "l2"], "model l2 belongs to the subspace family"),
+        (["--schedule", "normalized", "--batch-size", "8"], "needs full-batch GD"),
+        (["--stationarity", "0"], "stationarity must be a tolerance > 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +149,7 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     records = json.loads(capsys.readouterr().out)
     assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
     for record in records:
-        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn"}
+        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe"}
         assert record["seconds"] > 0 and record["examples_per_s"] > 0
     pgd = next(r for r in records if r["kernel"].startswith("pgd"))
     fmn = next(r for r in records if r["kernel"].startswith("fb-fmn"))  # foolbox is in the test extra
@@ -157,3 +158,17 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     matmul = next(r for r in records if r["kernel"] == "matmul-fp64")
     step = next(r for r in records if r["kernel"] == "train-step-fp64")
     assert step["fraction_of_matmul"] == pytest.approx(step["gflops"] / matmul["gflops"])
+
+
+def test_time_to_margin_records_reach_the_recipes_margin() -> None:
+    """The paper recipe (plain PyTorch) sets the target margin; every schedule's record says how far it got."""
+    from marginbench.bench.throughput import time_to_margin
+
+    records = time_to_margin(torch.device("cpu"), shape=(8, 8, 16))
+    recipe, *others = records
+    assert recipe.kernel.startswith("paper recipe") and recipe.speedup_over_recipe == 1
+    assert [r.kernel for r in others] == ["paper schedule, analytic step, fp64", "normalized schedule, fp64", "normalized schedule, fp32"]
+    for record in others:
+        assert record.normalized_margin >= recipe.normalized_margin * (1 - 1e-6)  # fp32: the margin in fp64 of fp32 weights
+        assert record.speedup_over_recipe == pytest.approx(recipe.seconds / record.seconds)
+        assert record.common_c_over_sqrt_d == pytest.approx(recipe.common_c_over_sqrt_d, rel=0.1)

@@ -8,7 +8,6 @@ import torch
 from conftest import random_net
 from marginbench.attacks.rays import flip_intervals, flips, smallest_common_scale, smallest_verified
 
-
 # Nets whose sign changes within the searched range (seed 3's net is positive almost everywhere).
 SEEDS = (0, 1, 2, 4, 5, 6)
 

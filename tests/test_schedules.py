@@ -1,0 +1,97 @@
+"""The normalized schedule follows the paper schedule's path in fewer steps; the stop rules on the normalized
+margin and on stationarity say what they claim; the kkt family's l2 model trains the regularized objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from marginbench.bench.cli import main
+from marginbench.bench.registry import KKT_L2_LAMBDA, TRAINING_PLANS
+from marginbench.bench.spec import ExperimentSpec
+from marginbench.models.datasets import sphere
+from marginbench.models.diagnostics import kkt_residual, normalized_margin
+from marginbench.models.train import NORMALIZED_LR, TrainSpec, train
+from marginbench.models.two_layer import pytorch_default_init
+
+NORMALIZED = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0)
+
+
+def _problem(d: int = 16, width: int = 32, seed: int = 0):
+    data = sphere(d=d, n=d, seed=seed)
+    return data, pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_normalized_schedule_reaches_the_paper_schedules_network_in_fewer_steps() -> None:
+    """Gradient flow on L and on log L trace one path: at the same loss, both schedules give the same margin."""
+    data, init = _problem()
+    target = 1e-10  # 1e-30 takes the paper's schedule ~60k steps; the path argument does not depend on it
+    paper, paper_report = train(init, data.X, data.y, TrainSpec(target_loss=target))
+    fast, fast_report = train(init, data.X, data.y, TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=target))
+    assert paper_report.stop_reason == fast_report.stop_reason == "target_loss"
+    assert fast_report.iterations * 10 < paper_report.iterations, (fast_report.iterations, paper_report.iterations)
+    q_paper, q_fast = data.y * paper(data.X), data.y * fast(data.X)
+    assert normalized_margin(fast, q_fast) == pytest.approx(normalized_margin(paper, q_paper), rel=0.02)
+    assert fast.sq_norm() == pytest.approx(paper.sq_norm(), rel=0.02)
+
+
+def test_normalized_schedule_reaches_1e_minus_30_in_float32() -> None:
+    data, init = _problem(seed=1)
+    net, report = train(init.to("cpu", torch.float32), data.X.float(), data.y.float(), NORMALIZED)
+    assert report.stop_reason == "target_loss" and report.log10_loss < -30, report
+    assert torch.isfinite(net.W).all() and float((data.y * net.to("cpu", torch.float64)(data.X)).min()) > 60
+
+
+def test_target_normalized_margin_stops_as_soon_as_it_is_reached() -> None:
+    data, init = _problem()
+    spec = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, target_normalized_margin=0.1)
+    net, report = train(init, data.X, data.y, spec)
+    assert report.stop_reason == "target_normalized_margin" and report.reached_target
+    assert normalized_margin(net, data.y * net(data.X)) >= 0.1
+    # One step fewer is still below the target: the rule fired at the first iterate that reached it.
+    before, _ = train(init, data.X, data.y, TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, max_iters=report.iterations - 1))
+    assert normalized_margin(before, data.y * before(data.X)) < 0.1
+
+
+def test_stationarity_stop_certifies_the_kkt_residual() -> None:
+    """Stationary to tol means theta = c sum_i softmax_i y_i grad q_i + r with ||r|| <= tol ||theta|| and c > 0:
+    nonnegative multipliers that the NNLS KKT residual can only improve on."""
+    data, init = _problem(d=8, width=16)
+    tol = 0.8
+    spec = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, l2=1e-2, stationarity=tol, max_iters=20_000)
+    net, report = train(init, data.X, data.y, spec)
+    assert report.stop_reason == "stationary", report
+    assert kkt_residual(net, data.X, data.y) <= tol
+    assert report.weight_decay < 1  # the L2 term acted
+
+
+def test_kkt_family_l2_model_trains_the_regularized_objective() -> None:
+    spec = ExperimentSpec(family="kkt", d=8, width=16, models=("l2",), attacks=("universal-z",))
+    (run,) = spec.runs()
+    data = sphere(d=8, n=8, seed=0)
+    plan = TRAINING_PLANS.get("l2")(data, run)
+    assert plan.facts["l2_lambda"] == KKT_L2_LAMBDA
+    assert plan.spec.schedule == "normalized" and plan.spec.l2 == KKT_L2_LAMBDA and plan.spec.target_loss is None
+    assert plan.spec.stationarity is not None and plan.spec.max_iters == 20_000
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="adam"), dict(schedule="normalized", batch_size=4), dict(stationarity=0.0), dict(target_normalized_margin=math.nan)])
+def test_bad_schedules_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        TrainSpec(**bad)
+
+
+def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["run", "--d", "8", "--width", "16", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule", "normalized", "--max-iters", "3000", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
+    assert summary.loc["vanilla", "train_stop_reason"] == "target_loss"
+    assert summary.loc["l2", "l2_lambda"] == KKT_L2_LAMBDA
+    assert summary.loc["l2", "train_stop_reason"] in ("stationary", "max_iters")
+    assert summary.loc["l2", "train_iterations"] <= 3000
+    assert math.isfinite(summary.loc["l2", "kkt_residual"]) and math.isfinite(summary.loc["l2", "normalized_margin"])
