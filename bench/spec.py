@@ -143,6 +143,8 @@ class ExperimentSpec:
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
         if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
+        if self.family == "kkt" and "l2" in self.model_names and self.l2 == 0:
+            raise SpecError("--l2 0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default 1e-10)")
         if self.device not in DEVICES:
             raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
 

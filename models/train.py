@@ -140,14 +140,14 @@ def log_neg_loss_derivative(q: Tensor, loss: LossName) -> Tensor:
     return torch.nn.functional.logsigmoid(-q)
 
 
-def margin_gradient_step(Z: Tensor, X: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def margin_gradient_step(H: Tensor, X: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """sum_i weights_i * grad_theta N(x_i) for each of S nets, analytically: dW: (S, width, d), db, dv: (S, width).
 
-    Z: (S, n, width) pre-activations w_j . x_i + b_j; X: (S, n, d); v: (S, width); weights: (S, n).
+    H: (S, n, width) hidden activations relu(w_j . x_i + b_j); X: (S, n, d); v: (S, width); weights: (S, n).
     grad_{w_j} N(x) = v_j 1[w_j.x + b_j > 0] x,  grad_{b_j} N(x) = v_j 1[...],  grad_{v_j} N(x) = relu(w_j.x + b_j).
     """
-    active_weighted = (Z > 0).to(X.dtype) * weights[:, :, None] * v[:, None, :]  # (S, n, width)
-    dv = torch.bmm(torch.relu(Z).transpose(1, 2), weights[:, :, None])[:, :, 0]
+    active_weighted = (H > 0).to(X.dtype) * weights[:, :, None] * v[:, None, :]  # (S, n, width); relu(z) > 0 iff z > 0
+    dv = torch.bmm(H.transpose(1, 2), weights[:, :, None])[:, :, 0]
     return torch.bmm(active_weighted.transpose(1, 2), X), active_weighted.sum(1), dv
 
 
@@ -156,13 +156,12 @@ def preactivations(X: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(X, W.transpose(1, 2)) + b[:, None, :]
 
 
-def outputs(Z: Tensor, v: Tensor) -> Tensor:
-    """Z: (S, n, width) pre-activations, v: (S, width) -> N(x_i) of each net: (S, n).
+def outputs(H: Tensor, v: Tensor) -> Tensor:
+    """H: (S, n, width) hidden activations relu(Z), v: (S, width) -> N(x_i) of each net: (S, n).
 
     One matrix-vector product per net, not one bmm: on the CPU, MKL rounds a gemv and a batched gemm with one
     column differently, while every other product of the step gives each net the same bits in any batch.
     """
-    H = torch.relu(Z)
     return torch.stack([h @ u for h, u in zip(H, v, strict=True)])
 
 
@@ -257,8 +256,8 @@ def train_batch(
 
     try:
         while active:
-            Z = preactivations(X, W, b)  # (S, n, width)
-            q = y * outputs(Z, v)  # (S, n) margins y_i N(x_i)
+            H = torch.relu(preactivations(X, W, b))  # (S, n, width)
+            q = y * outputs(H, v)  # (S, n) margins y_i N(x_i)
             s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
             # One device-to-host transfer per iteration: per net log L, log sum_i -loss'(q_i), max |q_i|, min q_i
             # (and ||theta||^2 when a normalized-margin target needs it).
@@ -290,7 +289,7 @@ def train_batch(
             log_norm = [stats[row][0] for row in keep] if spec.schedule == "normalized" else [0.0] * len(keep)
             if len(keep) < len(active):
                 active = [active[row] for row in keep]
-                W, b, v, X, y, Z, s, order = _rows(keep, W, b, v, X, y, Z, s, order)
+                W, b, v, X, y, H, s, order = _rows(keep, W, b, v, X, y, H, s, order)
             if not active:
                 break
             for _ in range(per_epoch if spec.batch_size is not None else 1):
@@ -299,13 +298,13 @@ def train_batch(
                         order = torch.stack([torch.randperm(n, generator=shuffles[i]) for i in active])
                     rows = order[:, (it % per_epoch) * batch : (it % per_epoch + 1) * batch].to(X.device)  # (S, batch)
                     nets_of = torch.arange(len(active), device=X.device)[:, None]
-                    Zb, yb, sb, Xb = Z[nets_of, rows], y[nets_of, rows], s[nets_of, rows], X[nets_of, rows]
+                    Hb, yb, sb, Xb = H[nets_of, rows], y[nets_of, rows], s[nets_of, rows], X[nets_of, rows]
                     if it % per_epoch != 0:  # the first batch of an epoch reuses the full pass above
-                        Zb = preactivations(Xb, W, b)
-                        sb = log_neg_loss_derivative(yb * outputs(Zb, v), spec.loss)
+                        Hb = torch.relu(preactivations(Xb, W, b))
+                        sb = log_neg_loss_derivative(yb * outputs(Hb, v), spec.loss)
                     log_scale_b = [value + math.log(n / rows.shape[1]) for value in torch.logsumexp(sb, 1).tolist()]
                 else:
-                    Zb, yb, sb, log_scale_b, Xb = Z, y, s, log_scale, X
+                    Hb, yb, sb, log_scale_b, Xb = H, y, s, log_scale, X
                 # Per net: log lr_t, and log(lr_t * sum_i -loss'(q_i)), never formed apart. The learning rate
                 # enters here only.
                 log_lr = [math.log(lr) - value for value in log_norm]
@@ -319,10 +318,10 @@ def train_batch(
                     active, log_norm, lr_now, log_step, shrink, log_scale_b = (
                         [values[row] for row in fine] for values in (active, log_norm, lr_now, log_step, shrink, log_scale_b)
                     )
-                    W, b, v, X, y, Z, s, order, Zb, yb, sb, Xb = _rows(fine, W, b, v, X, y, Z, s, order, Zb, yb, sb, Xb)
+                    W, b, v, X, y, H, s, order, Hb, yb, sb, Xb = _rows(fine, W, b, v, X, y, H, s, order, Hb, yb, sb, Xb)
                     if not active:
                         break
-                dW, db, dv = margin_gradient_step(Zb, Xb, v, torch.softmax(sb, 1) * yb)
+                dW, db, dv = margin_gradient_step(Hb, Xb, v, torch.softmax(sb, 1) * yb)
                 if spec.stationarity is not None and spec.l2 > 0:
                     moving = [row for row, flag in enumerate(_stationary(W, b, v, dW, db, dv, log_scale_b, spec)) if not flag]
                     if len(moving) < len(active):
@@ -331,7 +330,7 @@ def train_batch(
                         active, log_norm, lr_now, log_step, shrink = (
                             [values[row] for row in moving] for values in (active, log_norm, lr_now, log_step, shrink)
                         )
-                        W, b, v, X, y, Z, s, order, dW, db, dv = _rows(moving, W, b, v, X, y, Z, s, order, dW, db, dv)
+                        W, b, v, X, y, H, s, order, dW, db, dv = _rows(moving, W, b, v, X, y, H, s, order, dW, db, dv)
                         if not active:
                             break
                 step = torch.tensor([math.exp(value) for value in log_step], dtype=W.dtype, device=W.device)  # (S,)

@@ -57,6 +57,7 @@ def test_python_dash_m_works() -> None:
         (["--family", "subspace", "--models", "robust-construction"], "not part of the subspace family"),
         (["--schedule", "normalized", "--batch-size", "8"], "needs full-batch GD"),
         (["--stationarity", "0"], "stationarity must be a tolerance > 0"),
+        (["--models", "l2", "--l2", "0"], "give lambda > 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

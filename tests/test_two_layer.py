@@ -19,7 +19,7 @@ def test_analytic_gradient_matches_autograd() -> None:
     weights = torch.randn(13, generator=g, dtype=torch.float64)
     W, b, v = (t.clone().requires_grad_(True) for t in (net.W, net.b, net.v))
     (TwoLayerNet(W=W, b=b, v=v)(X) @ weights).backward()
-    dW, db, dv = (t[0] for t in margin_gradient_step(net.preactivations(X)[None], X[None], net.v[None], weights[None]))
+    dW, db, dv = (t[0] for t in margin_gradient_step(torch.relu(net.preactivations(X))[None], X[None], net.v[None], weights[None]))
     for analytic, auto in ((dW, W.grad), (db, b.grad), (dv, v.grad)):
         assert torch.allclose(analytic, auto, rtol=1e-12, atol=1e-12)
 
