@@ -31,6 +31,11 @@ def normalized_margin(net: TwoLayerNet, q: Tensor) -> float:
 
 
 def kkt_residual(net: TwoLayerNet, X: Tensor, y: Tensor) -> float:
+    """See ``kkt_multipliers``: the residual of the best nonnegative multipliers, over ||theta||."""
+    return kkt_multipliers(net, X, y)[1]
+
+
+def kkt_multipliers(net: TwoLayerNet, X: Tensor, y: Tensor) -> tuple[np.ndarray, float]:
     """min_{lambda >= 0} ||theta - sum_i lambda_i grad_theta q_i|| / ||theta||, q_i = y_i N(x_i).
 
     Zero exactly at a KKT point of the max-margin problem (2) of Vardi et al. (stationarity with
@@ -57,13 +62,95 @@ def kkt_residual(net: TwoLayerNet, X: Tensor, y: Tensor) -> float:
     evals, evecs = np.linalg.eigh(G_np)
     keep = evals > evals.max() * 1e-12 if evals.max() > 0 else np.zeros_like(evals, dtype=bool)
     if not keep.any():
-        return 1.0
+        return np.zeros(len(c)), 1.0
     sqrt_evals = np.sqrt(evals[keep])
     R = sqrt_evals[:, None] * evecs[:, keep].T
     b = (evecs[:, keep].T @ c) / sqrt_evals
-    _, rnorm = nnls(R, b, maxiter=50 * R.shape[1])
+    lam, rnorm = nnls(R, b, maxiter=50 * R.shape[1])
     residual_sq = max(theta_sq - float(b @ b) + rnorm**2, 0.0)
-    return math.sqrt(residual_sq / theta_sq)
+    return lam, math.sqrt(residual_sq / theta_sq)
+
+
+KINK_TOL = 1e-2  # |w_j.x_i + b_j| <= KINK_TOL (||w_j|| ||x_i|| + |b_j|): relu'(z) may be anything in [0, 1]
+MAX_KINKS = 3000  # above this many kinks the (n + K)^2 Gram matrix is not formed: NaN
+
+
+def kkt_residual_clarke(net: TwoLayerNet, X: Tensor, y: Tensor, *, kink_tol: float = KINK_TOL, iterations: int = 3000) -> float:
+    """``kkt_residual`` with the Clarke subdifferential of ReLU at its kinks (Vardi et al., Appendix A).
+
+    At a pre-activation z_ij within ``kink_tol`` of 0 (relative to ||w_j|| ||x_i|| + |b_j|), relu'(z_ij) may
+    be any a_ij in [0, 1]. With mu_ij = lambda_i a_ij the problem stays convex:
+        min ||theta - sum_i lambda_i grad q_i|_{a = 1[z > 0], kinks off} - sum_(ij) mu_ij y_i v_j [x_i; 1]_j||
+        over lambda >= 0, 0 <= mu_ij <= lambda_i,
+    solved by FISTA on the (n + K) Gram matrix, started at ``kkt_residual``'s multipliers (a feasible point), so
+    the value is never above it. Gradient descent chatters around kinks rather than landing on them, so the
+    one-sided residual can stay large at a point that is KKT up to kinks; this one tells the two apart. NaN
+    when there are more than MAX_KINKS kinks.
+
+    Not a summary column: the tolerance is relative to ||w_j|| ||x_i||, while typical |z_ij| shrink like
+    1/sqrt(d), so at d = 64 thousands of pairs count as kinks and the freedom stops meaning much; it is an
+    analysis tool for small nets (tests/test_schedules.py, results/README.md).
+    """
+    Z = net.preactivations(X)  # (n, width)
+    scale = X.norm(dim=1)[:, None] * net.W.norm(dim=1)[None, :] + net.b.abs()[None, :]
+    kink = Z.abs() <= kink_tol * scale
+    rows, cols = kink.nonzero(as_tuple=True)  # the K kinks (i, j), sorted by example
+    n, K = X.shape[0], rows.numel()
+    if K > MAX_KINKS:
+        return math.nan
+    act = ((Z > 0) & ~kink).to(X.dtype)
+    H = torch.relu(Z)
+    v2 = net.v.pow(2)
+    XX1 = X @ X.T + 1.0
+    yy = y[:, None] * y[None, :]
+    # Columns: A_i (the gradient of q_i with the kinks switched off), B_k = y_i v_j [x_i; 1] in neuron j's (w_j, b_j).
+    G_AA = yy * (XX1 * ((act * v2) @ act.T) + H @ H.T)
+    G_AB = yy[:, rows] * v2[cols][None, :] * act[:, cols] * XX1[:, rows]
+    G_BB = (cols[:, None] == cols[None, :]).to(X.dtype) * yy[rows][:, rows] * v2[cols][:, None] * XX1[rows][:, rows]
+    G = torch.cat([torch.cat([G_AA, G_AB], 1), torch.cat([G_AB.T, G_BB], 1)], 0)
+    c = torch.cat([y * ((act * Z + H) @ net.v), y[rows] * net.v[cols] * Z[rows, cols]])  # M^T theta
+    theta_sq = net.sq_norm()
+    lam, start = kkt_multipliers(net, X, y)
+    z = torch.cat([torch.as_tensor(lam, dtype=X.dtype, device=X.device), torch.zeros(K, dtype=X.dtype, device=X.device)])
+    z[n:] = torch.where(Z[rows, cols] > 0, z[rows], 0.0)  # the one-sided multipliers as a feasible point
+
+    def objective(z: Tensor) -> float:
+        return max(theta_sq - 2 * float(c @ z) + float(z @ (G @ z)), 0.0)
+
+    best = min(start**2 * theta_sq, objective(z))
+    if K == 0:
+        return math.sqrt(best / theta_sq)
+    step = 0.5 / float(torch.linalg.eigvalsh(G)[-1])  # 1 / the Lipschitz constant of grad = 2 (G z - c)
+    w, z_prev, t = z.clone(), z.clone(), 1.0
+    for it in range(iterations):
+        z = _project_multipliers(w - step * 2 * (G @ w - c), n, rows)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        w, z_prev, t = z + ((t - 1) / t_next) * (z - z_prev), z, t_next
+        if it % 100 == 99 or it == iterations - 1:
+            best = min(best, objective(z))
+    return math.sqrt(best / theta_sq)
+
+
+def _project_multipliers(z: Tensor, n: int, rows: Tensor) -> Tensor:
+    """Euclidean projection onto {lambda >= 0, 0 <= mu_k <= lambda_{rows_k}}, example by example, vectorized.
+
+    For one example, with its mu's sorted down, the optimal lambda is max_m (lambda^ + top-m sum)/(1 + m)
+    (averaging in a value raises the mean only while the value is above it), then clipped at 0; each mu
+    is then clipped to [0, lambda].
+    """
+    lam_hat, mu_hat = z[:n], z[n:]
+    by_mu = torch.argsort(-mu_hat, stable=True)
+    order = by_mu[torch.argsort(rows[by_mu], stable=True)]  # by example, then mu down
+    r, m_sorted = rows[order], mu_hat[order]
+    first = torch.ones_like(r, dtype=torch.bool)
+    first[1:] = r[1:] != r[:-1]
+    start = torch.cummax(torch.where(first, torch.arange(len(r), device=r.device), 0), 0).values
+    csum = torch.cumsum(m_sorted, 0)
+    within = csum - (csum[start] - m_sorted[start])  # top-m sum within the example's group
+    m = torch.arange(len(r), device=r.device) - start + 1
+    candidates = (lam_hat[r] + within) / (1 + m)
+    lam = lam_hat.clone().scatter_reduce(0, r, candidates, reduce="amax", include_self=True).clamp_min(0)
+    return torch.cat([lam, torch.minimum(mu_hat.clamp_min(0), lam[rows])])
 
 
 def project_off(P_basis: Tensor, V: Tensor) -> Tensor:

@@ -95,3 +95,38 @@ def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys)
     assert summary.loc["l2", "train_stop_reason"] in ("stationary", "max_iters")
     assert summary.loc["l2", "train_iterations"] <= 3000
     assert math.isfinite(summary.loc["l2", "kkt_residual"]) and math.isfinite(summary.loc["l2", "normalized_margin"])
+
+
+def test_clarke_kkt_residual_certifies_the_l2_point_that_the_one_sided_residual_cannot() -> None:
+    """The kkt l2 model's equilibrium sits on ReLU kinks, where GD chatters: with relu'(0) free in [0, 1]
+    (Clarke, Vardi et al. Appendix A) it is a KKT point; with relu'(0) = 0 it does not look like one. The
+    FISTA solve matches a general-purpose solver (SLSQP) on the same QP."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    from marginbench.models.diagnostics import KINK_TOL, kkt_residual_clarke
+
+    data, init = _problem(d=8, width=16)
+    spec = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, l2=1e-2, max_iters=20_000)
+    net, _ = train(init, data.X, data.y, spec)
+    one_sided, clarke = kkt_residual(net, data.X, data.y), kkt_residual_clarke(net, data.X, data.y)
+    assert one_sided > 0.3 and clarke < 0.01, (one_sided, clarke)
+    assert kkt_residual_clarke(net, data.X, data.y, kink_tol=0.0) == pytest.approx(one_sided, rel=1e-9)  # no kinks: no freedom
+
+    # The same QP, column by column, for SLSQP: theta against A lambda + B mu, 0 <= mu_k <= lambda_{i_k}.
+    X, y, W, b, v = data.X, data.y, net.W, net.b, net.v
+    Z = X @ W.T + b
+    kink = Z.abs() <= KINK_TOL * (X.norm(dim=1)[:, None] * W.norm(dim=1)[None, :] + b.abs()[None, :])
+    act = (Z > 0) & ~kink
+    theta = torch.cat([W.flatten(), b, v]).numpy()
+    A = np.stack([torch.cat([((y[i] * v * act[i])[:, None] * X[i]).flatten(), y[i] * v * act[i], y[i] * torch.relu(Z[i])]).numpy() for i in range(8)], 1)
+    pairs = kink.nonzero().tolist()
+    B = []
+    for i, j in pairs:
+        gW, gb = torch.zeros(16, 8, dtype=X.dtype), torch.zeros(16, dtype=X.dtype)
+        gW[j], gb[j] = y[i] * v[j] * X[i], y[i] * v[j]
+        B.append(torch.cat([gW.flatten(), gb, torch.zeros(16, dtype=X.dtype)]).numpy())
+    M, k = np.concatenate([A, np.stack(B, 1)], 1), len(pairs)
+    constraints = [{"type": "ineq", "fun": (lambda z, i=i, c=c: z[i] - z[8 + c])} for c, (i, _) in enumerate(pairs)]
+    res = minimize(lambda z: 0.5 * np.sum((theta - M @ z) ** 2), np.zeros(8 + k), jac=lambda z: -M.T @ (theta - M @ z), bounds=[(0, None)] * (8 + k), constraints=constraints, method="SLSQP", options={"maxiter": 2000, "ftol": 1e-16})
+    assert clarke == pytest.approx(np.sqrt(2 * res.fun) / np.linalg.norm(theta), abs=1e-4)
