@@ -78,22 +78,25 @@ def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, rep
     """Median seconds of each of ``fns``, called in turn (f1, f2, ..., f1, f2, ...) so that a change of load
     on a shared machine reaches all of them alike; ``warmup`` rounds first, synchronizing on CUDA."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(warmup):
         for fn in fns:
             fn()
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, times in zip(fns, samples, strict=True):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
+            times.append(clocked(fn, device)[1])
     return [statistics.median(times) for times in samples]
+
+
+def clocked(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """(fn(), its wall seconds), synchronizing on CUDA before and after so that queued kernels count."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype) -> float:
@@ -110,23 +113,14 @@ def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch
 
 
 def autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-    """The plain-PyTorch recipe: nn.Linear layers, autograd, exp loss summed, SGD with the paper's first lr."""
-    first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
-    second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
-    with torch.no_grad():
-        first.weight.copy_(net.W), first.bias.copy_(net.b), second.weight.copy_(net.v[None, :])
-    params = [first.weight, first.bias, second.weight]
-    optimizer = torch.optim.SGD(params, lr=1e-5)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = torch.exp(-y * second(torch.relu(first(X))).squeeze(1)).sum()
-        loss.backward()
-        optimizer.step()
+    """The plain-PyTorch recipe for ``steps`` steps, at the paper's first lr (it grows after 100 steps only)."""
+    autograd_recipe(net, X, y, steps=steps)
 
 
-def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, target_loss: float = 1e-30) -> tuple[TwoLayerNet, int]:
-    """The paper's recipe as a user would write it: nn.Linear, autograd, SGD with lr 1e-5 x1.1 every 100
-    iterations, full batch, until the summed exponential loss is below ``target_loss``. Returns (net, iterations)."""
+def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, *, steps: int | None = None, target_loss: float | None = None) -> tuple[TwoLayerNet, int]:
+    """The paper's recipe as a user would write it: nn.Linear layers, autograd, the exponential loss summed,
+    SGD with lr 1e-5 x1.1 every 100 iterations, full batch; for ``steps`` steps, or until the loss is below
+    ``target_loss`` (read back every step only then). Returns (net, iterations)."""
     first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
     second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
     with torch.no_grad():
@@ -134,10 +128,10 @@ def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, target_l
     optimizer = torch.optim.SGD([first.weight, first.bias, second.weight], lr=1e-5)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=1.1)
     iterations = 0
-    while True:
+    while steps is None or iterations < steps:
         optimizer.zero_grad()
         loss = torch.exp(-y * second(torch.relu(first(X))).squeeze(1)).sum()
-        if loss.item() < target_loss or not math.isfinite(loss.item()):
+        if target_loss is not None and (loss.item() < target_loss or not math.isfinite(loss.item())):
             break
         loss.backward()
         optimizer.step()
@@ -164,16 +158,7 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
             normalized_margin=float(q.min()) / net.sq_norm(), common_c_over_sqrt_d=common, speedup_over_recipe=recipe_seconds / seconds,
         )  # fmt: skip
 
-    def clock(fn: Callable[[], Any]) -> tuple[Any, float]:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out, time.perf_counter() - start
-
-    (recipe_net, _), recipe_s = clock(partial(autograd_recipe, init, data.X, data.y))
+    (recipe_net, _), recipe_s = clocked(partial(autograd_recipe, init, data.X, data.y, target_loss=1e-30), device)
     target = float((data.y * recipe_net(data.X)).min()) / recipe_net.sq_norm()
     records = [record("paper recipe, plain PyTorch autograd, fp64", recipe_s, recipe_net, recipe_s)]
     to_target = dict(target_loss=None, target_normalized_margin=target)
@@ -182,7 +167,7 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
         ("normalized schedule, fp64", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float64),
         ("normalized schedule, fp32", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float32),
     ):
-        (net, report), seconds = clock(partial(train, init.to(device, dtype), data.X.to(dtype), data.y.to(dtype), spec))
+        (net, report), seconds = clocked(partial(train, init.to(device, dtype), data.X.to(dtype), data.y.to(dtype), spec), device)
         kernel = kernel if report.reached_target else f"{kernel} (stopped: {report.stop_reason})"
         records.append(record(kernel, seconds, net, recipe_s))
     return records
