@@ -14,6 +14,10 @@ from torch import Tensor
 
 from marginbench.models.two_layer import TwoLayerNet
 
+# Every attack searches perturbations of norm up to SEARCH_RADIUS * sqrt(d) (the data have norm sqrt(d));
+# beyond it an example counts as not flipped (+inf), so all attacks fail at the same radius.
+SEARCH_RADIUS = 10.0
+
 
 @dataclass(frozen=True)
 class SharedPerturbation:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.attacks.rays import flip_intervals, smallest_verified
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -50,7 +50,7 @@ class BoundaryWalk:
     search_rays: int = 16  # directions tried per example and round
     search_sigma: float = 0.5  # initial angular spread of the tried directions (radians, roughly)
     seed: int = 0  # random search
-    max_norm_factor: float = 10.0  # search range of every ray, in units of sqrt(d)
+    max_norm_factor: float = SEARCH_RADIUS  # search range of every ray, in units of sqrt(d)
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> the shortest verified crossing per example (labels unused)."""

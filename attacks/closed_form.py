@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult, SharedPerturbation
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, SharedPerturbation
 from marginbench.attacks.rays import flip_intervals, smallest_common_scale, smallest_verified
 from marginbench.attacks.subspace import SubspaceProjection
 from marginbench.models.diagnostics import MARGIN_SLACK, margin_set, thm51_required_ell
@@ -31,7 +31,7 @@ class UniversalZ:
     """
 
     slack: float = MARGIN_SLACK
-    max_norm_factor: float = 10.0
+    max_norm_factor: float = SEARCH_RADIUS
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> perturbations -c_i y_i z/||z|| and the shared scale on I."""
@@ -78,7 +78,7 @@ class SubspaceZ:
     """
 
     basis: Tensor  # (d, d - ell) the dataset's P_basis
-    max_norm_factor: float = 10.0  # ray search range, in units of sqrt(d)
+    max_norm_factor: float = SEARCH_RADIUS  # ray search range, in units of sqrt(d)
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> minimal scales along Theorem 5.1's direction, and the theorem's own z."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -50,7 +50,7 @@ class FMN:
     alpha_final: float = 0.01  # alpha_K = alpha_0 / 100
     gamma_init: float = 0.05  # the paper's gamma_0
     gamma_final: float = 0.001  # the reference code's final gamma
-    max_norm_factor: float = 10.0  # eps <= 10 sqrt(d)
+    max_norm_factor: float = SEARCH_RADIUS  # eps <= 10 sqrt(d)
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
         """X: (n, d), y: (n,) -> the smallest strictly flipping iterate per example (labels unused)."""

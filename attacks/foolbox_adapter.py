@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult, AttackUnavailable
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
 from marginbench.models.two_layer import TwoLayerNet
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class FoolboxL2:
             ``torch.random.fork_rng`` seeded with this, so results repeat and the caller's state is untouched.
     """
 
-    bound_factor: float = 10.0  # box margin R = 10 sqrt(d): no answer of norm <= R is clipped
+    bound_factor: float = SEARCH_RADIUS  # box margin R = 10 sqrt(d): no answer of norm <= R is clipped
     seed: int = 0  # torch's global generator, forked and seeded for the attack
     needs_start = False  # class attribute: start from an adversarial point (Boundary, Brendel-Bethge)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.attacks.subspace import SubspaceProjection
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -74,7 +74,7 @@ class MinimalPGD:
     walk_steps: int = 5  # steps of the bracketing walk (it settles in about three)
     overshoot: float = 0.02  # the walk aims 2% past the linearized boundary
     init_eps_factor: float = 0.05  # doubling fallback: budgets 0.05 sqrt(d) * 2^k
-    max_norm_factor: float = 10.0  # no budget above 10 sqrt(d)
+    max_norm_factor: float = SEARCH_RADIUS  # no budget above 10 sqrt(d)
     projection: SubspaceProjection | None = None  # None: plain L2 PGD
     seed: int = 0  # random restarts
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from torch import Tensor
 
+Onto = Literal["P", "P-perp"]
+
 
 @dataclass(frozen=True)
 class SubspaceProjection:
@@ -18,7 +20,7 @@ class SubspaceProjection:
     """
 
     basis: Tensor
-    onto: Literal["P", "P-perp"]
+    onto: Onto
 
     @property
     def dim(self) -> int:

@@ -1,15 +1,18 @@
-"""Measurement: re-verify what attacks propose, turn it into per-example rows, and summarize once.
+"""Measurement: re-verify what attacks propose, and build every row and table of a result directory.
 
 The harness never trusts an attack: every norm is recomputed from the perturbation, and a perturbation
-counts only if a plain forward pass of the network shows a strict flip, N(x) N(x + delta) < 0.
+counts only if a plain forward pass of the network shows a strict flip, N(x) N(x + delta) < 0. Per-example
+rows stay per example until ``summarize``; the per-example ``best`` is computed in one place (``best_of``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -24,6 +27,8 @@ SUMMARY_COLUMNS = [
     "train_seconds", "attack_seconds",
 ]  # fmt: skip
 KKT_COLUMNS = ["common_c", "margin_fraction", "normalized_margin", "kkt_residual"]
+STATUS_COLUMNS = ["run_status", "attack_status", "error"]  # last columns of summary.csv
+PASS_COLUMNS = ("forward_passes_per_example", "backward_passes_per_example")
 BEST = "best"  # the pseudo-attack whose norm is, per example, the minimum over the attacks run
 
 
@@ -65,24 +70,73 @@ def verify_shared(net: TwoLayerNet, X: Tensor, shared: SharedPerturbation | None
     return float(delta.norm(dim=1).max())
 
 
-def example_rows(
-    *,
-    run: dict[str, object],
-    attack: str,
-    labels: Tensor,
-    margins: Tensor,
-    on_margin: Tensor,
-    verified: Verified,
-    extra: Mapping[str, Tensor] | None = None,
-) -> pd.DataFrame:
-    """One row per attacked example: EXAMPLE_COLUMNS, then the per-example ``extra`` columns (n,) each.
+@dataclass(frozen=True, kw_only=True)
+class RunKeys:
+    """What identifies a run in every row of the tables."""
 
-    ``run`` holds run_id, family, dataset, model, seed.
+    run_id: str
+    family: str
+    dataset: str
+    model: str
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """What one run adds to a result directory; it crosses process boundaries (plain numpy and pandas).
+
+    Attributes:
+        index: the run's position in the sweep (the order of every table).
+        keys: the run's identity.
+        examples: one row per (attack, example), EXAMPLE_COLUMNS first; empty where the run failed early.
+        run_row: the run's sizes, training facts and theory diagnostics (summary.csv columns).
+        attack_rows: one dict per attack (and ``best``): wall time, common c, passes, status.
+        manifest: the run's entry in manifest.json (wall times per stage, training report, status).
+        log: the run's log lines.
+        arrays: model.pt, data.npz and perturbations.npz as numpy arrays; empty where the run had no model.
     """
-    n = labels.shape[0]
+
+    index: int
+    keys: RunKeys
+    examples: pd.DataFrame
+    run_row: Mapping[str, Any]
+    attack_rows: Sequence[Mapping[str, Any]]
+    manifest: Mapping[str, Any]
+    log: Sequence[str] = ()
+    arrays: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.keys.run_id
+
+    @property
+    def failed(self) -> bool:
+        return self.run_row["run_status"] != "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        """run.json's content: everything but the example rows and the arrays."""
+        keys = {"family": self.keys.family, "dataset": self.keys.dataset, "model": self.keys.model, "seed": self.keys.seed}
+        return {"keys": keys, "run_row": dict(self.run_row), "attack_rows": [dict(r) for r in self.attack_rows], "manifest": dict(self.manifest), "log": list(self.log)}
+
+    @classmethod
+    def from_json(cls, index: int, run_id: str, examples: pd.DataFrame, data: Mapping[str, Any]) -> RunRecord:
+        """The record that ``as_json`` wrote for ``run_id`` (without its arrays)."""
+        return cls(
+            index=index,
+            keys=RunKeys(run_id=run_id, **data["keys"]),
+            examples=examples,
+            run_row=data["run_row"],
+            attack_rows=data["attack_rows"],
+            manifest=data["manifest"],
+            log=tuple(data.get("log", ())),
+        )
+
+
+def example_rows(*, keys: RunKeys, attack: str, labels: Tensor, margins: Tensor, on_margin: Tensor, verified: Verified, extra: Mapping[str, Tensor]) -> pd.DataFrame:
+    """One row per attacked example: EXAMPLE_COLUMNS, then the per-example ``extra`` columns (n,) each."""
     frame = pd.DataFrame(
         {
-            "index": range(n),
+            "index": range(labels.shape[0]),
             "label": labels.cpu().numpy().astype(int),
             "margin": margins.cpu().numpy(),
             "on_margin": on_margin.cpu().numpy(),
@@ -91,20 +145,41 @@ def example_rows(
         }
     )
     for key in ("run_id", "family", "dataset", "model", "seed"):
-        frame[key] = run[key]
+        frame[key] = getattr(keys, key)
     frame["attack"] = attack
-    extra = extra or {}
     for key, values in extra.items():
         frame[key] = values.cpu().numpy()
     return frame[EXAMPLE_COLUMNS + list(extra)]
 
 
-def best_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+def best_of(rows: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per example (the rows that share ``by``), its row of smallest verified norm; the first attack on ties."""
+    return rows.loc[rows.groupby(list(by), sort=True)["norm"].idxmin()]
+
+
+def best_rows(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Rows of attack ``best`` for one run: per example the smallest verified norm over the attacks' rows."""
-    rows = pd.concat(frames, ignore_index=True)
-    best = rows.loc[rows.groupby("index", sort=True)["norm"].idxmin()].copy()
+    best = best_of(pd.concat(frames, ignore_index=True), ["index"]).copy()
     best["attack"] = BEST
     return best.reset_index(drop=True)
+
+
+def attack_row(run_id: str, attack: str, *, seconds: float, common_c: float, passes: Mapping[str, float], result: AttackResult, status: str, error: str) -> dict[str, Any]:
+    """summary.csv's attack-level facts of one attack on one run."""
+    return {"run_id": run_id, "attack": attack, "attack_seconds": seconds, "common_c": common_c, **passes, **result.extras, "attack_status": status, "attack_error": error}
+
+
+def best_attack_row(run_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The attack-level facts of ``best``: the attacks' wall times and passes added up."""
+    totals = {key: sum(row[key] for row in rows) for key in ("attack_seconds", *PASS_COLUMNS)}
+    return {"run_id": run_id, "attack": BEST, **totals, "attack_status": "ok", "attack_error": ""}
+
+
+def failed_record(index: int, keys: RunKeys, sizes: Mapping[str, int], attacks: Sequence[str], error: str, manifest: Mapping[str, Any], log: Sequence[str]) -> RunRecord:
+    """The record of a run that raised before it had rows: every attack "not run", the error in one line."""
+    run_row = {"run_id": keys.run_id, **sizes, "run_status": "failed", "run_error": error}
+    attack_rows = [{"run_id": keys.run_id, "attack": name, "attack_status": "not run", "attack_error": ""} for name in attacks]
+    return RunRecord(index=index, keys=keys, examples=pd.DataFrame(columns=EXAMPLE_COLUMNS), run_row=run_row, attack_rows=attack_rows, manifest=manifest, log=log)
 
 
 def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
@@ -137,3 +212,31 @@ def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame)
         out["common_c_over_sqrt_d"] = out["common_c"] / out["sqrt_d"]
     first = SUMMARY_COLUMNS + [c for c in KKT_COLUMNS if c in out]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def sweep_tables(records: Sequence[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(examples, summary) of finished runs, in the order of their index; status columns last in summary.
+
+    A run that failed before it had rows gets one summary row per attack, its statistics empty.
+    """
+    records = sorted(records, key=lambda r: r.index)
+    with_rows = [r for r in records if not r.examples.empty]
+    examples = pd.concat([r.examples for r in with_rows], ignore_index=True) if with_rows else pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    parts = []
+    if with_rows:
+        run_rows = pd.DataFrame([dict(r.run_row) for r in with_rows])
+        attack_rows = pd.DataFrame([dict(row) for r in with_rows for row in r.attack_rows])
+        parts.append(summarize(examples, run_rows, attack_rows))
+    for r in records:
+        if r.examples.empty:
+            rows = pd.DataFrame([dict(row) for row in r.attack_rows]).merge(pd.DataFrame([dict(r.run_row)]), on="run_id")
+            parts.append(rows.assign(family=r.keys.family, dataset=r.keys.dataset, model=r.keys.model, seed=r.keys.seed, n_attacked=0))
+    if not parts:
+        return examples, pd.DataFrame(columns=["run_id", "attack", *STATUS_COLUMNS])
+    summary = pd.concat(parts, ignore_index=True)
+    order = {r.run_id: r.index for r in records}
+    summary = summary.iloc[summary["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True)
+    run_error = summary["run_error"].fillna("").astype(str)
+    summary["error"] = run_error.where(run_error != "", summary["attack_error"].fillna("").astype(str))
+    summary = summary.drop(columns=["run_error", "attack_error"])
+    return examples, summary[[c for c in summary.columns if c not in STATUS_COLUMNS] + STATUS_COLUMNS]

@@ -8,28 +8,51 @@ in two scales: ``small`` runs on 2 CPU cores in minutes; ``full`` is the paper's
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from marginbench.bench.registry import Registry
-from marginbench.bench.spec import ExperimentSpec
+from marginbench.bench.spec import ExperimentSpec, Sweep
 from marginbench.models.train import TrainSpec
 
 Scale = Literal["small", "full"]
 SCALES: tuple[str, ...] = ("small", "full")
-Sweep = tuple[ExperimentSpec, ...]
-
-PRESETS: Registry[Callable[[Scale], Sweep]] = Registry("preset")
-# Presets that reproduce a paper's figure: `marginbench run` draws it into DIR/figures when the sweep ends.
-FIGURE_PRESETS = frozenset({"paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"})
 
 
-@PRESETS.register("default")
+@dataclass(frozen=True)
+class Preset:
+    """A named sweep at each scale; ``figures``: it reproduces a paper's figure, which `marginbench run` draws
+    into DIR/figures when the sweep ends."""
+
+    sweep: Callable[[Scale], Sweep]
+    figures: bool = False
+
+    @property
+    def summary(self) -> str:
+        """The first line of the sweep's docstring."""
+        return (self.sweep.__doc__ or "").strip().splitlines()[0]
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def preset(name: str, *, figures: bool = False) -> Callable[[Callable[[Scale], Sweep]], Callable[[Scale], Sweep]]:
+    """Register a sweep function as preset ``name``."""
+
+    def add(sweep: Callable[[Scale], Sweep]) -> Callable[[Scale], Sweep]:
+        PRESETS.register(name)(Preset(sweep, figures=figures))
+        return sweep
+
+    return add
+
+
+@preset("default")
 def default(scale: Scale) -> Sweep:
     """Every kkt model x attack on d = 64, n = d, width 256, seed 0: about a minute and a half on 2 CPU cores."""
     return (ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, seeds=(0,)),)
 
 
-@PRESETS.register("smoke")
+@preset("smoke")
 def smoke(scale: Scale) -> Sweep:
     """A quick check of the kkt pipeline: d = 16, n = d, width 32, seeds 0 and 1, universal-z."""
     return (ExperimentSpec(family="kkt", d=16, alpha=1.0, width=32, attacks=("universal-z",), seeds=(0, 1)),)
@@ -47,19 +70,19 @@ def _fig1a(scale: Scale) -> Sweep:
     )
 
 
-@PRESETS.register("paper-fig1a")
+@preset("paper-fig1a", figures=True)
 def paper_fig1a(scale: Scale) -> Sweep:
     """Vardi et al. Figure 1a: universal-z's common c vs d for n = d^alpha (width 1000, 5 seeds at full scale)."""
     return _fig1a(scale)
 
 
-@PRESETS.register("paper-fig2")
+@preset("paper-fig2", figures=True)
 def paper_fig2(scale: Scale) -> Sweep:
     """Vardi et al. Figure 2: the fraction of examples on the margin, over Figure 1a's grid."""
     return _fig1a(scale)
 
 
-@PRESETS.register("paper-fig1b")
+@preset("paper-fig1b", figures=True)
 def paper_fig1b(scale: Scale) -> Sweep:
     """Vardi et al. Figure 1b: universal-z's common c vs d for n = d at widths 100 ... 8000."""
     if scale == "full":
@@ -73,7 +96,7 @@ def paper_fig1b(scale: Scale) -> Sweep:
     )
 
 
-@PRESETS.register("melamed-fig4")
+@preset("melamed-fig4", figures=True)
 def melamed_fig4(scale: Scale) -> Sweep:
     """Melamed et al. Figure 4: attack norms on, off and across the data subspace vs the init scale divisor.
 
@@ -104,7 +127,7 @@ def melamed_fig4(scale: Scale) -> Sweep:
     return sphere_part + digits_part
 
 
-@PRESETS.register("melamed-small")
+@preset("melamed-small")
 def melamed_small(scale: Scale) -> Sweep:
     """The subspace family's three models on one setting (d = 128, ell = 112, width 64): the theorems' checks."""
     if scale == "full":
@@ -112,7 +135,7 @@ def melamed_small(scale: Scale) -> Sweep:
     return (ExperimentSpec(family="subspace", dataset="subspace", d=128, ell=112, n=50, n_eval=50, width=64, seeds=(0,)),)
 
 
-@PRESETS.register("baseline")
+@preset("baseline")
 def baseline(scale: Scale) -> Sweep:
     """The regression run behind results/baseline.json (a few seconds): d = 8, n = d, width 16, seeds 0 and 1.
 

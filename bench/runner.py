@@ -1,21 +1,16 @@
-"""The runner: one run, dataset -> model -> attacks -> verified rows (``execute_run``).
+"""The runner: one run, dataset -> model -> attacks -> verified rows, as a ``RunRecord`` (``compute_run``).
 
-``marginbench.bench.executor`` runs the runs of a spec (in this process, on a process pool or on Ray) and
-writes them to the store: after each run its files and the updated tables are on disk, so an interruption
-loses only the runs that were in progress.
+Any failure of a run (an exception, NaN/inf in training) becomes a failed record rather than an exception:
+the sweep goes on. The executors (``marginbench.bench.executors``) decide where runs are computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import platform
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,44 +18,51 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-import marginbench
 from marginbench.attacks.base import AttackResult, AttackUnavailable
+from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.counting import CountingNet
-from marginbench.bench.measure import BEST, best_rows, example_rows, verify, verify_shared
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, BuiltModel
-from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attack_row, best_rows, example_rows, failed_record, verify, verify_shared
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
+from marginbench.bench.spec import KKT, RunSpec, SpecError
+from marginbench.bench.timing import clocked
 from marginbench.models.datasets import Dataset
-from marginbench.models.diagnostics import (
-    kkt_residual,
-    margin_set,
-    normalized_margin,
-    off_manifold_gradients,
-    off_weight_drift,
-    thm51_assumption,
-)
+from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, thm51_assumption
 from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    """What one run adds: per-example rows, run- and attack-level facts, and the arrays of runs/<run_id>/."""
+@dataclass(frozen=True, kw_only=True)
+class RunTask:
+    """One run to compute, as a worker receives it."""
 
-    examples: pd.DataFrame
-    run_row: dict[str, Any]
-    attack_rows: list[dict[str, Any]]
-    manifest_entry: dict[str, Any]
-    state: dict[str, torch.Tensor]  # model.pt
-    data: dict[str, np.ndarray]  # data.npz
-    perturbations: dict[str, np.ndarray]  # perturbations.npz
+    index: int  # position in the sweep's runs (the order of every table)
+    total: int
+    run: RunSpec
+    attacks: tuple[str, ...]
+    device: torch.device  # resolved once for the sweep
+    progress: bool  # tqdm bars (in this process only)
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """A run's data and model made beforehand (its seeds trained in one batch), and the data's seconds."""
+
+    data: Dataset
+    built: BuiltModel
+    data_seconds: float
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device for --device; SpecError if CUDA is asked for and absent."""
+    """The torch device for ``device`` in a spec; SpecError if CUDA is asked for and absent."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("--device cuda: no CUDA device is available to PyTorch on this machine")
+        raise SpecError("device cuda: no CUDA device is available to PyTorch on this machine", cli="--device cuda: no CUDA device is available to PyTorch on this machine")
     return torch.device(name)
+
+
+def make_data(run: RunSpec, device: torch.device) -> tuple[Dataset, float]:
+    """The run's dataset on ``device`` and the seconds it took."""
+    return clocked(lambda: DATASETS.get(run.dataset)(run).to(device), device)
 
 
 def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -72,13 +74,9 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     (Theorem A.2: zero without L2), and whether ell >= 32 (m - 1) log(m^2 d) (Theorem 5.1's assumption).
     """
     net = built.net
-    if run.family == "kkt":
+    if run.family_spec is KKT:
         q_train = data.y * net(data.X)
-        facts = {
-            "margin_fraction": float(margin_set(q_train).double().mean()),
-            "normalized_margin": normalized_margin(net, q_train),
-            "kkt_residual": kkt_residual(net, data.X, data.y),
-        }
+        facts = {"margin_fraction": float(margin_set(q_train).double().mean()), "normalized_margin": normalized_margin(net, q_train), "kkt_residual": kkt_residual(net, data.X, data.y)}
         return facts, {}
     if data.P_basis is None or built.init is None:
         return {}, {}
@@ -97,115 +95,27 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     return facts, per_example
 
 
-def execute_run(
-    run: RunSpec, attacks: tuple[str, ...], device: torch.device, *, progress: bool, log: Log, prebuilt: tuple[Dataset, BuiltModel, float] | None = None
-) -> RunOutcome:
-    """One run: data, model, every attack (verified), diagnostics; its rows and the arrays to save.
-
-    ``prebuilt``: the run's data, model and seconds spent on the data, where they were made beforehand (its
-    seeds trained in one batch); its model seconds are then the net's training seconds.
-    """
-    seconds: dict[str, Any] = {}
-    if prebuilt is not None:
-        data, built, seconds["data"] = prebuilt
-        seconds["model"] = built.train.seconds if built.train is not None else 0.0
-    else:
-        start = time.perf_counter()
-        data = DATASETS.get(run.dataset)(run).to(device)
-        seconds["data"] = time.perf_counter() - start
-        start = time.perf_counter()
-        built = MODELS.get(run.model)(data, run, progress)
-        seconds["model"] = time.perf_counter() - start
-    net = built.net
-    if built.train is not None:
-        t = built.train
-        log(f"  trained {t.iterations} iterations in {t.seconds:.1f} s: log10 loss {t.log10_loss:.2f} ({t.stop_reason})")
-        if t.stop_reason == "nonfinite":
-            log(f"  warning: training hit NaN/inf at iteration {t.nonfinite_iteration}; attacking the last finite parameters")
-
-    X, y = data.attacked
-    margins = y * net(X)
-    on_margin = margin_set(margins)
-    sqrt_d = math.sqrt(data.d)
-
-    start = time.perf_counter()
-    run_row: dict[str, Any] = {
+def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: float) -> dict[str, Any]:
+    """summary.csv's run-level columns: sizes, training report, the model's facts (diagnostics follow)."""
+    row: dict[str, Any] = {
         "run_id": run.run_id,
         "d": data.d,
         "n": data.n,
-        "width": net.width,
+        "width": built.net.width,
         "ell": run.ell if run.ell is not None else math.nan,
-        "sqrt_d": sqrt_d,
+        "sqrt_d": math.sqrt(data.d),
         "alpha": run.alpha if run.alpha is not None else math.nan,
         "init_scale": run.init_scale,
-        "train_seconds": built.train.seconds if built.train is not None else seconds["model"],
+        "train_seconds": built.train.seconds if built.train is not None else model_seconds,
     }
     if built.train is not None:
-        run_row.update(
-            train_iterations=built.train.iterations,
-            train_log10_loss=built.train.log10_loss,
-            train_min_margin=built.train.min_margin,
-            train_stop_reason=built.train.stop_reason,
-        )
-    run_row.update(built.facts)
-    diagnostics, per_example = theory_diagnostics(run, data, built)
-    run_row.update(diagnostics)
-    seconds["diagnostics"] = time.perf_counter() - start
-
-    keys = {"run_id": run.run_id, "family": run.family, "dataset": run.dataset, "model": run.model, "seed": run.seed}
-    frames, attack_rows, perturbations = [], [], {}
-    seconds["attacks"] = {}
-    for name in attacks:
-        counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
-        start = time.perf_counter()
-        result, status, error = attempt_attack(name, run, data, counted)
-        if status != "ok":
-            log(f"  {name}: {status}: {error}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        verified = verify(net, X, result)
-        common_c = verify_shared(net, X, result.shared)
-        seconds["attacks"][name] = elapsed
-        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
-        frames.append(example_rows(run=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
-        passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
-        outcome = {"attack_status": status, "attack_error": error}
-        attack_rows.append({"run_id": run.run_id, "attack": name, "attack_seconds": elapsed, "common_c": common_c, **passes, **result.extras, **outcome})
-        perturbations[name] = verified.delta.cpu().numpy()
-        if status != "ok":
-            continue
-        median = float(np.median(verified.norm.cpu().numpy()))
-        log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / sqrt_d:.3f} sqrt(d), {elapsed:.2f} s")
-
-    frames.append(best_rows(frames))
-    attack_rows.append(
-        {
-            "run_id": run.run_id,
-            "attack": BEST,
-            "attack_seconds": sum(seconds["attacks"].values()),
-            **{key: sum(row[key] for row in attack_rows) for key in ("forward_passes_per_example", "backward_passes_per_example")},
-            "attack_status": "ok",
-            "attack_error": "",
-        }
-    )
-    manifest_entry = {
-        "seconds": seconds,
-        "train": dataclasses.asdict(built.train) if built.train is not None else None,
-        "facts": dict(built.facts),
-    }
-    return RunOutcome(
-        examples=pd.concat(frames, ignore_index=True),
-        run_row=run_row,
-        attack_rows=attack_rows,
-        manifest_entry=manifest_entry,
-        state=net.state_dict(),
-        data=data.arrays(),
-        perturbations=perturbations,
-    )
+        t = built.train
+        row.update(train_iterations=t.iterations, train_log10_loss=t.log10_loss, train_min_margin=t.min_margin, train_stop_reason=t.stop_reason)
+    row.update(built.facts)
+    return row
 
 
-def attempt_attack(name: str, run: RunSpec, data: Dataset, net: TwoLayerNet | CountingNet) -> tuple[AttackResult, str, str]:
+def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerNet) -> tuple[AttackResult, str, str]:
     """(result, status, error) of attack ``name`` on the run's attacked points.
 
     status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
@@ -216,7 +126,7 @@ def attempt_attack(name: str, run: RunSpec, data: Dataset, net: TwoLayerNet | Co
     X, y = data.attacked
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
     try:
-        result = ATTACKS.get(name)(run, data)(net, X, y)
+        result = ATTACKS.get(name)(data, context)(net, X, y)
         if result.delta.shape != X.shape or result.found.shape != y.shape:
             raise ValueError(f"proposed delta {tuple(result.delta.shape)} and found {tuple(result.found.shape)} for points {tuple(X.shape)}")
         return result, "ok", ""
@@ -232,35 +142,96 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def environment() -> dict[str, Any]:
-    """Provenance: package versions, git commit, device description."""
-    versions = {"marginbench": marginbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__}
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(marginbench.__file__).parent, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    devices = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        devices["cuda"] = torch.cuda.get_device_name(0)
-    return {"versions": versions, "git_commit": commit, "machine": devices, "platform": platform.platform()}
+def _attack_all(task: RunTask, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
+    """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
+    verified perturbations and each attack's seconds."""
+    run, net = task.run, built.net
+    X, y = data.attacked
+    margins = y * net(X)
+    on_margin = margin_set(margins)
+    keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
+    frames, rows, perturbations, seconds = [], [], {}, {}
+    for name in task.attacks:
+        counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
+        (result, status, error), elapsed = clocked(lambda name=name, counted=counted: attempt_attack(name, data, context, counted), task.device)
+        if status != "ok":
+            log(f"  {name}: {status}: {error}")
+        verified = verify(net, X, result)
+        seconds[name] = elapsed
+        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
+        frames.append(example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
+        passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
+        common_c = verify_shared(net, X, result.shared)
+        rows.append(attack_row(run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, status=status, error=error))
+        perturbations[name] = verified.delta.cpu().numpy()
+        if status == "ok":
+            median = float(np.median(verified.norm.cpu().numpy()))
+            log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+    frames.append(best_rows(frames))
+    rows.append(best_attack_row(run.run_id, rows))
+    return frames, rows, perturbations, seconds
 
 
-def run_experiment(
-    specs: ExperimentSpec | Sequence[ExperimentSpec],
-    out: Path | str,
-    *,
-    preset: str | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-    log: Log = lambda line: print(line, file=sys.stderr),
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every (model, seed) of each spec with its attacks, in this process; write DIR; return (examples, summary).
+def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> RunRecord:
+    """One run: data, model, diagnostics, every attack (verified); raises what the run raises."""
+    run = task.run
+    context = RunContext(run=run, device=task.device, progress=task.progress)
+    seconds: dict[str, Any] = {}
+    if prebuilt is not None:
+        data, built, seconds["data"] = prebuilt.data, prebuilt.built, prebuilt.data_seconds
+        seconds["model"] = built.train.seconds if built.train is not None else 0.0
+    else:
+        data, seconds["data"] = make_data(run, task.device)
+        built, seconds["model"] = clocked(lambda: MODELS.get(run.model)(data, context), task.device)
+    if built.train is not None:
+        t = built.train
+        log(f"  trained {t.iterations} iterations in {t.seconds:.1f} s: log10 loss {t.log10_loss:.2f} ({t.stop_reason})")
+        if t.stop_reason == "nonfinite":
+            log(f"  warning: training hit NaN/inf at iteration {t.nonfinite_iteration}; attacking the last finite parameters")
+    start = time.perf_counter()
+    row = run_facts(run, data, built, seconds["model"])
+    diagnostics, per_example = theory_diagnostics(run, data, built)
+    row.update(diagnostics)
+    seconds["diagnostics"] = time.perf_counter() - start
+    frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, context, data, built, per_example, log)
+    status, error = "ok", ""
+    if built.train is not None and built.train.stop_reason == "nonfinite":
+        status, error = "failed", f"training hit NaN/inf at iteration {built.train.nonfinite_iteration}; rows are for the last finite parameters"
+        log(f"  failed: {error}")
+    manifest = {"seconds": seconds, "train": dataclasses.asdict(built.train) if built.train is not None else None, "facts": dict(built.facts)}
+    arrays = {
+        "model.pt": {key: value.detach().cpu().numpy() for key, value in built.net.state_dict().items()},
+        "data.npz": data.arrays(),
+        "perturbations.npz": perturbations,
+    }
+    keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
+    examples = pd.concat(frames, ignore_index=True)
+    return RunRecord(index=task.index, keys=keys, examples=examples, run_row={**row, "run_status": status, "run_error": error}, attack_rows=attack_rows, manifest=manifest, arrays=arrays)
 
-    Kept for callers of the sequential runner: ``marginbench.bench.executor.run_sweep`` is the sweep (resume,
-    process pool, Ray), and this is it with the sequential executor.
+
+def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | None = None) -> RunRecord:
+    """Compute one run; any exception, and NaN/inf in training, make a failed record instead of raising.
+
+    Log lines travel in the record; ``echo`` (in this process only) also receives them as they come.
     """
-    from marginbench.bench.executor import run_sweep  # the executor module builds on execute_run above
+    lines: list[str] = []
 
-    return run_sweep(specs, out, preset=preset, overwrite=overwrite, progress=progress, log=log)
+    def log(line: str) -> None:
+        lines.append(line)
+        if echo is not None:
+            echo(line)
+
+    run = task.run
+    log(f"[{task.index + 1}/{task.total}] {run.run_id}")
+    start = time.perf_counter()
+    try:
+        record = execute_run(task, log, prebuilt)
+    except Exception as err:  # a failed run is recorded and the sweep goes on
+        error = one_line(err)
+        log(f"  failed: {error}")
+        keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
+        manifest = {"wall_seconds": time.perf_counter() - start, "run_status": "failed", "error": error}
+        return failed_record(task.index, keys, {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
+    status = {"run_status": record.run_row["run_status"], "error": record.run_row["run_error"]}
+    manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, **status}
+    return dataclasses.replace(record, manifest=manifest, log=tuple(lines))

@@ -5,43 +5,92 @@ expands it into ``RunSpec``s, one trained (or constructed) network each. A prese
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
 registries by ``marginbench.bench.registry.check_names`` before any work starts.
 
-Families:
-- ``kkt`` (Vardi et al. 2022): sphere data; all layers trained to loss 1e-30; models vanilla, small-init,
-  l2 (regularized, trained until stationary), robust-construction.
-- ``subspace`` (Melamed et al. 2023): data on a linear subspace P of codimension ell (``subspace``,
-  ``digits``); first layer trained only; models vanilla, small-init, l2; attacked at held-out points of P.
+Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in ``FAMILIES``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
-from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
+from marginbench.models.datasets import DIGITS_DIM, DIGITS_ELL, LABEL_RULES
+from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec, normalized_schedule
 
-FAMILIES: tuple[str, ...] = ("kkt", "subspace")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
-FAMILY_DATASETS = {"kkt": ("sphere",), "subspace": ("subspace", "digits")}
-FAMILY_MODELS = {"kkt": ("vanilla", "small-init", "l2", "robust-construction"), "subspace": ("vanilla", "small-init", "l2")}
-FAMILY_DEFAULTS = {
-    "kkt": {
-        "models": ("vanilla", "robust-construction"),
-        # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
-        "attacks": ("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
-        "train": TrainSpec(),
-    },
-    "subspace": {"models": ("vanilla", "small-init", "l2"), "attacks": ("subspace-z", "pgd", "pgd-off", "pgd-on"), "train": SUBSPACE_TRAIN},
-}
-
 
 class SpecError(ValueError):
-    """A user-facing mistake in a spec; its message is one line that says what to fix."""
+    """A user-facing mistake; its message is one line that says what to fix.
+
+    ``str(err)`` names the spec's fields, for a Python caller; ``cli`` says the same with the command line's
+    options, for ``marginbench`` to print.
+    """
+
+    def __init__(self, message: str, *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli if cli is not None else message
+
+
+def field_error(name: str, problem: str) -> SpecError:
+    """``name problem`` for Python, ``--name problem`` for the command line (e.g. "d must be at least 2")."""
+    return SpecError(f"{name} {problem}", cli=f"--{name.replace('_', '-')} {problem}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FamilySpec:
+    """One experiment family: the paper it follows and every default of its experiments."""
+
+    name: str
+    paper: str
+    datasets: tuple[str, ...]  # built-in datasets; the first is the default
+    models: tuple[str, ...]  # built-in models of the family
+    default_models: tuple[str, ...]
+    default_attacks: tuple[str, ...]
+    train: TrainSpec  # the family's training recipe
+    on_subspace: bool  # data lie on a subspace P of codimension ell; held-out points of P are attacked
+
+    def default_ell(self, dataset: str, d: int) -> int | None:
+        """The codimension of P where the spec gives none: digits keep 10 components, the others d // 4."""
+        if not self.on_subspace:
+            return None
+        return DIGITS_ELL if dataset == "digits" else d - d // 4
+
+
+KKT = FamilySpec(
+    name="kkt",
+    paper="Vardi et al. 2022",
+    datasets=("sphere",),
+    models=("vanilla", "small-init", "l2", "robust-construction"),
+    default_models=("vanilla", "robust-construction"),
+    # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
+    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
+    train=TrainSpec(),
+    on_subspace=False,
+)
+SUBSPACE = FamilySpec(
+    name="subspace",
+    paper="Melamed et al. 2023",
+    datasets=("subspace", "digits"),
+    models=("vanilla", "small-init", "l2"),
+    default_models=("vanilla", "small-init", "l2"),
+    default_attacks=("subspace-z", "pgd", "pgd-off", "pgd-on"),
+    train=SUBSPACE_TRAIN,
+    on_subspace=True,
+)
+FAMILIES: dict[str, FamilySpec] = {family.name: family for family in (KKT, SUBSPACE)}
+
+
+def family_of(name: str) -> FamilySpec:
+    """The family called ``name``; SpecError naming the choices otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise field_error("family", f"{name!r} is unknown; choose one of: {', '.join(FAMILIES)}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +111,11 @@ class RunSpec:
     n_eval: int = 0  # held-out points of P that are attacked (subspace family)
     label_rule: str = "random"
     init_scale: float = 1.0  # multiplies the initialization's standard deviation
-    l2: float | None = None  # lambda for the l2 model; None: chosen by Corollary 6.2
+    l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/build.py)
+
+    @property
+    def family_spec(self) -> FamilySpec:
+        return family_of(self.family)
 
     @property
     def run_id(self) -> str:
@@ -80,7 +133,7 @@ class RunSpec:
 class ExperimentSpec:
     """A grid of runs: every model x seed at one data setting, every attack on every run.
 
-    Fields left at None take the family's defaults (FAMILY_DEFAULTS, FAMILY_DATASETS).
+    Fields left at None take the family's defaults (``FAMILIES``).
     """
 
     family: str = "kkt"  # kkt: Vardi et al. 2022; subspace: Melamed et al. 2023
@@ -101,41 +154,40 @@ class ExperimentSpec:
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
 
     def __post_init__(self) -> None:
-        # One check per line, in the order a user reads the options; each names the option and what is wrong.
-        if self.family not in FAMILIES:
-            raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
-        if self.dataset is not None and _of_other_family(self.dataset, self.family, FAMILY_DATASETS):
-            allowed = ", ".join(FAMILY_DATASETS[self.family])
-            raise SpecError(f"dataset {self.dataset!r} is not part of the {self.family} family; choose from: {allowed}")
-        for option, value in (("--d", self.d), ("--n", self.n), ("--width", self.width)):
+        # One check per line, in the order a user reads the options; each names the field and what is wrong.
+        family = family_of(self.family)
+        if self.dataset is not None and _of_other_family(self.dataset, family):
+            raise field_error("dataset", f"{self.dataset!r} is not part of the {family.name} family; choose from: {', '.join(family.datasets)}")
+        for name in ("d", "n", "width"):
+            value = getattr(self, name)
             if value is not None and not _is_int(value):
-                raise SpecError(f"{option} must be an integer, got {value!r}")
+                raise field_error(name, f"must be an integer, got {value!r}")
         if self.d < 2:
-            raise SpecError(f"--d must be at least 2, got {self.d}")
+            raise field_error("d", f"must be at least 2, got {self.d}")
         if self.dataset_name == "digits" and self.d != DIGITS_DIM:
-            raise SpecError(f"digits data live in R^64: --d must be 64, got {self.d}")
+            raise field_error("d", f"must be 64: digits data live in R^64, got {self.d}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise SpecError(f"--alpha must be a positive number, got {self.alpha}")
+            raise field_error("alpha", f"must be a positive number, got {self.alpha}")
         if self.n is None and self.alpha * math.log(self.d) > math.log(MAX_EXAMPLES):
-            raise SpecError(f"--alpha {self.alpha} gives n = d^alpha above {MAX_EXAMPLES:.0e} examples for d = {self.d}")
+            raise field_error("alpha", f"{self.alpha} gives n = d^alpha above {MAX_EXAMPLES:.0e} examples for d = {self.d}")
         if self.n_examples < 2:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
         if self.width < 1:
-            raise SpecError(f"--width must be at least 1, got {self.width}")
-        if self.family == "kkt" and self.ell is not None:
-            raise SpecError("--ell applies to subspace data only (the subspace family)")
-        if self.family == "subspace":
+            raise field_error("width", f"must be at least 1, got {self.width}")
+        if not family.on_subspace and self.ell is not None:
+            raise field_error("ell", "applies to subspace data only (the subspace family)")
+        if family.on_subspace:
             ell = self.codim
             if ell is None or not 1 <= ell < self.d:
-                raise SpecError(f"--ell must satisfy 1 <= ell < d = {self.d}, got {ell}")
+                raise field_error("ell", f"must satisfy 1 <= ell < d = {self.d}, got {ell}")
             if self.n_eval < 1:
-                raise SpecError(f"--n-eval must be at least 1, got {self.n_eval}")
+                raise field_error("n_eval", f"must be at least 1, got {self.n_eval}")
         if self.label_rule not in LABEL_RULES:
-            raise SpecError(f"unknown label rule {self.label_rule!r}; choose one of: {', '.join(LABEL_RULES)}")
+            raise field_error("label_rule", f"{self.label_rule!r} is unknown; choose one of: {', '.join(LABEL_RULES)}")
         if not (math.isfinite(self.init_scale) and self.init_scale > 0):
-            raise SpecError(f"--init-scale must be a positive number, got {self.init_scale}")
+            raise field_error("init_scale", f"must be a positive number, got {self.init_scale}")
         if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise SpecError(f"--l2 must be a non-negative number, got {self.l2}")
+            raise field_error("l2", f"must be a non-negative number, got {self.l2}")
         for what, names in (("model", self.model_names), ("attack", self.attack_names), ("seed", self.seeds)):
             if not names:
                 raise SpecError(f"give at least one {what}")
@@ -143,23 +195,25 @@ class ExperimentSpec:
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
         if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
-        if self.family == "kkt" and "l2" in self.model_names and self.l2 == 0:
-            raise SpecError("--l2 0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default 1e-10)")
+        if family is KKT and "l2" in self.model_names and self.l2 == 0:
+            raise field_error("l2", "0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default 1e-10)")
         if self.device not in DEVICES:
-            raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+            raise field_error("device", f"{self.device!r} is unknown; choose one of: {', '.join(DEVICES)}")
+
+    @property
+    def family_spec(self) -> FamilySpec:
+        return family_of(self.family)
 
     @property
     def dataset_name(self) -> str:
-        return self.dataset if self.dataset is not None else FAMILY_DATASETS[self.family][0]
+        return self.dataset if self.dataset is not None else self.family_spec.datasets[0]
 
     @property
     def codim(self) -> int | None:
-        """ell for subspace data (the default where it was not given), None for the kkt family."""
-        if self.family != "subspace":
-            return None
-        if self.ell is not None:
+        """ell for subspace data (the family's default where it was not given), None for the kkt family."""
+        if self.ell is not None and self.family_spec.on_subspace:
             return self.ell
-        return DIGITS_DIM - 10 if self.dataset_name == "digits" else self.d - self.d // 4
+        return self.family_spec.default_ell(self.dataset_name, self.d)
 
     @property
     def n_examples(self) -> int:
@@ -167,18 +221,19 @@ class ExperimentSpec:
 
     @property
     def model_names(self) -> tuple[str, ...]:
-        return self.models if self.models is not None else FAMILY_DEFAULTS[self.family]["models"]  # type: ignore[return-value]
+        return self.models if self.models is not None else self.family_spec.default_models
 
     @property
     def attack_names(self) -> tuple[str, ...]:
-        return self.attacks if self.attacks is not None else FAMILY_DEFAULTS[self.family]["attacks"]  # type: ignore[return-value]
+        return self.attacks if self.attacks is not None else self.family_spec.default_attacks
 
     @property
     def train_spec(self) -> TrainSpec:
-        return self.train if self.train is not None else FAMILY_DEFAULTS[self.family]["train"]  # type: ignore[return-value]
+        return self.train if self.train is not None else self.family_spec.train
 
     def runs(self) -> tuple[RunSpec, ...]:
         """One RunSpec per (model, seed), models outermost."""
+        on_subspace = self.family_spec.on_subspace
         return tuple(
             RunSpec(
                 family=self.family,
@@ -192,7 +247,7 @@ class ExperimentSpec:
                 train=self.train_spec,
                 alpha=self.alpha if self.n is None else None,
                 ell=self.codim,
-                n_eval=self.n_eval if self.family == "subspace" else 0,
+                n_eval=self.n_eval if on_subspace else 0,
                 label_rule=self.label_rule,
                 init_scale=self.init_scale,
                 l2=self.l2,
@@ -202,13 +257,49 @@ class ExperimentSpec:
         )
 
 
-def _of_other_family(name: str, family: str, members: Mapping[str, tuple[str, ...]]) -> bool:
+Sweep = tuple[ExperimentSpec, ...]  # the specs of one result directory (a preset, or options on the command line)
+
+
+def _of_other_family(name: str, family: FamilySpec) -> bool:
     """Whether ``name`` is a built-in of another family only (names registered by users belong to every family)."""
-    return name not in members[family] and any(name in names for names in members.values())
+    return name not in family.datasets and any(name in other.datasets for other in FAMILIES.values())
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def with_options(spec: ExperimentSpec, options: Mapping[str, Any], train_options: Mapping[str, Any]) -> ExperimentSpec:
+    """``spec`` with the given fields replaced, and the given fields of its training spec.
+
+    ``options`` may hold any ExperimentSpec field (``n=None`` with ``alpha`` switches to n = d^alpha);
+    ``train_options`` any TrainSpec field. Asking for the normalized schedule brings its own step size and
+    no growth (``normalized_schedule``), unless they are given too. SpecError for an invalid result.
+    """
+    changed = dataclasses.replace(spec, **options)
+    if not train_options:
+        return changed
+    train = changed.train_spec
+    try:
+        if train_options.get("schedule") == "normalized":
+            train = normalized_schedule(train)
+        return dataclasses.replace(changed, train=dataclasses.replace(train, **train_options))
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+
+
+def first_difference(asked: ExperimentSpec, stored: ExperimentSpec) -> tuple[str, Any, Any] | None:
+    """(field, asked value, stored value) of the first field where two specs differ (a training field by its
+    own name), or None where they are equal."""
+    for name in (f.name for f in fields(ExperimentSpec)):
+        mine, theirs = getattr(asked, name), getattr(stored, name)
+        if mine == theirs:
+            continue
+        if name == "train":
+            mine, theirs = asked.train_spec, stored.train_spec
+            return next((f.name, getattr(mine, f.name), getattr(theirs, f.name)) for f in fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name))
+        return name, mine, theirs
+    return None
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> ExperimentSpec:
@@ -225,5 +316,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> ExperimentSpec:
         if values.get("train") is not None:
             values["train"] = TrainSpec(**values["train"])
         return ExperimentSpec(**values)
+    except SpecError:
+        raise
     except (TypeError, ValueError) as err:
         raise SpecError(f"the spec is not valid: {err}") from None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -40,6 +39,7 @@ from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.measure import verify
+from marginbench.bench.timing import clocked
 from marginbench.models.datasets import sphere
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train, train_batch
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
@@ -86,17 +86,6 @@ def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, rep
         for fn, times in zip(fns, samples, strict=True):
             times.append(clocked(fn, device)[1])
     return [statistics.median(times) for times in samples]
-
-
-def clocked(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """(fn(), its wall seconds), synchronizing on CUDA before and after so that queued kernels count."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype) -> float:

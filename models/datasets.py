@@ -161,6 +161,7 @@ def subspace(*, d: int, ell: int, n: int, n_eval: int, seed: int, label_rule: st
 
 
 DIGITS_DIM = 64
+DIGITS_ELL = DIGITS_DIM - 10  # the default codimension: the top 10 principal components span P
 
 
 def digits(*, ell: int, n: int, n_eval: int, seed: int) -> Dataset:

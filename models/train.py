@@ -20,6 +20,7 @@ log L = logsumexp_i log loss(q_i), which stays exact far below 1e-308.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ Layers = Literal["all", "first"]
 Schedule = Literal["paper", "normalized"]
 SCHEDULES: tuple[str, ...] = ("paper", "normalized")
 StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite"]
+MAX_ITERS = 2_000_000  # the cap of a spec that gives none: far past the paper schedule's ~72,000 steps
 _LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
 
 
@@ -54,7 +56,7 @@ class TrainSpec:
     target_margin: float | None = None  # stop once min_i y_i N(x_i) >= target_margin (None: never)
     target_normalized_margin: float | None = None  # stop once min_i y_i N(x_i) / ||theta||^2 >= this (None: never)
     stationarity: float | None = None  # if l2 > 0: stop once ||grad (L + l2/2 ||theta||^2)|| <= this * l2 ||theta||
-    max_iters: int = 2_000_000  # cap on iterations; reaching it is reported as stop_reason "max_iters"
+    max_iters: int | None = None  # cap on iterations, reported as stop_reason "max_iters"; None: the recipe's (MAX_ITERS)
     max_seconds: float | None = None  # optional wall-time cap, reported as stop_reason "max_seconds"
     layers: Layers = "all"  # all: W, b, v trained; first: only W (b and v stay as initialized)
     l2: float = 0.0  # lambda of lambda/2 ||trained weights||^2 (Melamed et al. Section 6.2)
@@ -77,7 +79,7 @@ class TrainSpec:
                 raise ValueError(f"{name.replace('_', ' ')} must be a finite number, got {value}")
         if self.stationarity is not None and not self.stationarity > 0:
             raise ValueError(f"stationarity must be a tolerance > 0, got {self.stationarity}")
-        if self.max_iters < 0:
+        if self.max_iters is not None and self.max_iters < 0:
             raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
@@ -90,11 +92,21 @@ class TrainSpec:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
+    @property
+    def iteration_cap(self) -> int:
+        """max_iters, or MAX_ITERS where the spec leaves the cap to the recipe."""
+        return self.max_iters if self.max_iters is not None else MAX_ITERS
+
 
 # The normalized schedule's default step: on d = n = 100, width 1000 it reaches loss 1e-30 at the paper
 # schedule's network (normalized margin and KKT residual equal to 4 digits) in 1471 steps instead of 72737;
 # at lr 0.01 the margin at 1e-30 is 18% lower (the steps no longer follow gradient flow).
 NORMALIZED_LR = 0.003
+
+
+def normalized_schedule(spec: TrainSpec, **changes: object) -> TrainSpec:
+    """``spec`` on the normalized schedule with its own step size and no growth (then ``changes``)."""
+    return dataclasses.replace(spec, schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **changes)  # type: ignore[arg-type]
 
 # Melamed et al. 2023 (Section 3.1): first layer only, logistic loss, a constant step; trained until every
 # training point has margin >= 1 (their experiments train "until reaching a constant positive margin").
@@ -278,7 +290,7 @@ def train_batch(
                     finish(i, "target_margin")
                 elif sq_norm and q_min >= spec.target_normalized_margin * sq_norm[0]:
                     finish(i, "target_normalized_margin")
-                elif it >= spec.max_iters:
+                elif it >= spec.iteration_cap:
                     finish(i, "max_iters")
                 elif out_of_time:
                     finish(i, "max_seconds")
@@ -352,7 +364,7 @@ def train_batch(
                     bar.update(1000)
                     worst = max(stats[row][0] for row in keep) / math.log(10)
                     bar.set_postfix(log10_loss=f"{worst:.2f}", training=len(active), refresh=False)
-                if it >= spec.max_iters:
+                if it >= spec.iteration_cap:
                     break
     finally:
         bar.close()

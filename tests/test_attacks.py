@@ -23,11 +23,12 @@ from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBrendelBethge
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import SubspaceProjection
+from marginbench.bench.build import RunContext
 from marginbench.bench.counting import CountingNet
 from marginbench.bench.measure import BEST, verify
 from marginbench.bench.registry import ATTACKS
-from marginbench.bench.runner import run_experiment
 from marginbench.bench.spec import ExperimentSpec, RunSpec
+from marginbench.bench.sweep import run_sweep
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.diagnostics import thm51_required_ell
@@ -82,7 +83,7 @@ def small_vanilla() -> Case:
 
 def _norms(case: Case, attack: str) -> Tensor:
     X, y = case.data.attacked
-    return verify(case.net, X, ATTACKS.get(attack)(case.run, case.data)(case.net, X, y)).norm
+    return verify(case.net, X, ATTACKS.get(attack)(case.data, RunContext.of(case.run))(case.net, X, y)).norm
 
 
 @pytest.mark.parametrize("attack", _params([a for a in ATTACKS.names() if a not in SUBSPACE_ATTACKS]))
@@ -199,7 +200,7 @@ def _subspace_case(d: int, ell: int, width: int, n: int, seed: int) -> tuple[Two
 @pytest.mark.parametrize(("attack", "onto"), [("pgd-off", "P-perp"), ("pgd-on", "P")])
 def test_projected_pgd_stays_in_its_subspace(attack: str, onto: str) -> None:
     net, data = _subspace_case(d=16, ell=8, width=16, n=12, seed=1)
-    checked = verify(net, data.X, ATTACKS.get(attack)(_run(16, 12, 16), data)(net, data.X, data.y))
+    checked = verify(net, data.X, ATTACKS.get(attack)(data, RunContext.of(_run(16, 12, 16)))(net, data.X, data.y))
     assert checked.success.sum() >= 6
     delta = checked.delta[checked.success]
     complement = SubspaceProjection(data.P_basis, "P" if onto == "P-perp" else "P-perp")  # type: ignore[arg-type]
@@ -210,7 +211,7 @@ def test_subspace_attacks_do_not_apply_without_a_subspace(construction: tuple[Ca
     case, _ = construction
     for attack in SUBSPACE_ATTACKS:
         with pytest.raises(AttackUnavailable, match="does not apply"):
-            ATTACKS.get(attack)(case.run, case.data)
+            ATTACKS.get(attack)(case.data, RunContext.of(case.run))
 
 
 def test_theorem_5_1_z_flips_where_its_assumption_holds() -> None:
@@ -251,14 +252,14 @@ def test_brendel_bethge_without_numba_says_so_in_one_line(monkeypatch: pytest.Mo
 
 
 def test_a_failing_or_inapplicable_attack_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(run: RunSpec, data: Dataset) -> FMN:
+    def broken(data: Dataset, context: RunContext) -> FMN:
         raise RuntimeError("simulated crash\nsecond line")
 
     monkeypatch.setitem(ATTACKS._factories, "fb-deepfool", broken)
     spec = ExperimentSpec(
         d=12, n=10, width=16, models=("robust-construction",), attacks=("boundary-walk", "pgd", "pgd-off", "fb-deepfool")
     )
-    examples, summary = run_experiment(spec, tmp_path / "out", log=lambda line: None)
+    examples, summary = run_sweep(spec, tmp_path / "out", log=lambda line: None)
     status = summary.set_index("attack")["attack_status"]
     error = summary.set_index("attack")["error"]
     assert status["boundary-walk"] == status["pgd"] == "ok"

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from conftest import read_json, run_cli
 from marginbench.attacks.base import Attack, AttackResult
-from marginbench.bench.registry import ATTACKS, MODELS, BuiltModel
-from marginbench.bench.spec import RunSpec
+from marginbench.bench.build import BuiltModel, RunContext
+from marginbench.bench.registry import ATTACKS, MODELS
 from marginbench.models.datasets import Dataset
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -48,8 +48,8 @@ class _RaisesOnTrainedNets:
 
 
 def test_an_attack_that_raises_on_one_model_is_recorded_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def factory(run: RunSpec, data: Dataset) -> Attack:
-        return _RaisesOnTrainedNets(run.model)
+    def factory(data: Dataset, context: RunContext) -> Attack:
+        return _RaisesOnTrainedNets(context.run.model)
 
     monkeypatch.setitem(ATTACKS._factories, "raises", factory)
     out = tmp_path / "o"
@@ -70,7 +70,7 @@ def test_an_attack_that_raises_on_one_model_is_recorded_and_the_others_go_on(tmp
 
 
 def test_a_run_that_raises_is_a_failed_run_with_a_row_per_attack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def explodes(data: Dataset, run: RunSpec, progress: bool) -> BuiltModel:
+    def explodes(data: Dataset, context: RunContext) -> BuiltModel:
         raise MemoryError("pretend the model did not fit")
 
     monkeypatch.setitem(MODELS._factories, "explodes", explodes)

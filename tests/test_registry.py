@@ -6,31 +6,36 @@ import pytest
 import torch
 
 from marginbench.attacks.base import AttackUnavailable
+from marginbench.bench.build import RunContext
 from marginbench.bench.measure import verify
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import FAMILY_MODELS, ExperimentSpec, SpecError
+from marginbench.bench.spec import FAMILIES, ExperimentSpec, SpecError
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec
 
 
-def test_public_names_of_this_slice() -> None:
-    assert {"sphere"} <= set(DATASETS.names())
-    assert {"vanilla", "robust-construction"} <= set(MODELS.names())
-    assert {"universal-z"} <= set(ATTACKS.names())
-    assert PRESETS.names() == sorted(PRESETS.names()) and "default" in PRESETS.names()
+def test_the_public_names_are_those_of_design_md() -> None:
+    assert DATASETS.names() == ["digits", "sphere", "subspace"]
+    assert MODELS.names() == ["l2", "robust-construction", "small-init", "vanilla"]
+    fb = ["fb-boundary", "fb-brendel-bethge", "fb-cw", "fb-ddn", "fb-deepfool", "fb-fmn"]
+    assert ATTACKS.names() == ["boundary-walk", *fb, "fmn", "pgd", "pgd-off", "pgd-on", "subspace-z", "universal-z"]
+    assert {"default", "smoke", "baseline", "paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"} <= set(PRESETS.names())
+    assert {name for name in PRESETS.names() if PRESETS.get(name).figures} == {"paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"}
 
 
-def test_duplicate_and_unknown_names() -> None:
+def test_duplicate_and_unknown_names_and_sorted_listing() -> None:
     registry: Registry[object] = Registry("widget")
+    registry.register("b")(object)
     registry.register("a")(object)
+    assert registry.names() == ["a", "b"]  # sorted, not in registration order
     with pytest.raises(ValueError, match="already registered"):
         registry.register("a")(object)
-    with pytest.raises(SpecError, match="unknown widget 'b'; choose from: a"):
-        registry.get("b")
+    with pytest.raises(SpecError, match="unknown widget 'c'; choose from: a, b"):
+        registry.get("c")
 
 
-FAMILY_MODEL_PAIRS = [(family, model) for family, models in FAMILY_MODELS.items() for model in models]
+FAMILY_MODEL_PAIRS = [(family.name, model) for family in FAMILIES.values() for model in family.models]
 
 
 def test_every_registered_model_belongs_to_a_family() -> None:
@@ -45,10 +50,10 @@ def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str
     spec = ExperimentSpec(family=family, width=16, models=(model,), attacks=(attack,), train=train, **sizes)
     (run,) = spec.runs()
     data = DATASETS.get(run.dataset)(run)
-    net = MODELS.get(model)(data, run, False).net
+    net = MODELS.get(model)(data, RunContext.of(run)).net
     X, y = data.attacked
     try:
-        result = ATTACKS.get(attack)(run, data)(net, X, y)
+        result = ATTACKS.get(attack)(data, RunContext.of(run))(net, X, y)
     except AttackUnavailable as err:  # only a subspace attack on data without a subspace may say so
         assert data.P_basis is None and "does not apply" in str(err)
         return

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marginbench.bench.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.cli import main
-from marginbench.bench.leaderboard import attack_table, model_table
-from marginbench.bench.merge import read_results
-from marginbench.bench.plots import FIGURES, build_figures, save_figures
+from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
+from marginbench.bench.report.leaderboard import attack_table, model_table
+from marginbench.bench.report.plots import FIGURES, build_figures, save_figures
+from marginbench.bench.store import read_results
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,13 +233,13 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """paper-fig1a's sweep, shrunk to two tiny settings: `run` writes DIR/figures/fig1a_*.png itself."""
-    from marginbench.bench.presets import PRESETS
+    from marginbench.bench.presets import PRESETS, Preset
     from marginbench.bench.spec import ExperimentSpec
     from marginbench.models.train import TrainSpec
 
     fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)
     tiny = tuple(ExperimentSpec(d=d, alpha=1.0, width=8, models=("vanilla",), attacks=("universal-z",), train=fast) for d in (6, 8))
-    monkeypatch.setitem(PRESETS._factories, "paper-fig1a", lambda scale: tiny)
+    monkeypatch.setitem(PRESETS._factories, "paper-fig1a", Preset(lambda scale: tiny, figures=True))
     out = tmp_path / "fig1a"
     assert main(["run", "--preset", "paper-fig1a", "--out", str(out), "--no-progress"]) == 0
     png = out / "figures" / "fig1a_common_c_vs_d.png"

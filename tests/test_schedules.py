@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from marginbench.bench.build import KKT_L2_LAMBDA
 from marginbench.bench.cli import main
-from marginbench.bench.registry import KKT_L2_LAMBDA, TRAINING_PLANS
+from marginbench.bench.registry import TRAINING_PLANS
 from marginbench.bench.spec import ExperimentSpec
 from marginbench.models.datasets import sphere
 from marginbench.models.diagnostics import kkt_residual, normalized_margin
@@ -75,6 +76,13 @@ def test_kkt_family_l2_model_trains_the_regularized_objective() -> None:
     assert plan.facts["l2_lambda"] == KKT_L2_LAMBDA
     assert plan.spec.schedule == "normalized" and plan.spec.l2 == KKT_L2_LAMBDA and plan.spec.target_loss is None
     assert plan.spec.stationarity is not None and plan.spec.max_iters == 20_000
+
+
+@pytest.mark.parametrize("asked", [2_000_000, 50])
+def test_an_explicit_iteration_cap_of_the_kkt_l2_model_is_kept(asked: int) -> None:
+    """Any explicit cap is the user's, the default one's number included (it once meant "unset")."""
+    (run,) = ExperimentSpec(family="kkt", d=8, width=16, models=("l2",), train=TrainSpec(max_iters=asked)).runs()
+    assert TRAINING_PLANS.get("l2")(sphere(d=8, n=8, seed=0), run).spec.max_iters == asked
 
 
 @pytest.mark.parametrize("bad", [dict(schedule="adam"), dict(schedule="normalized", batch_size=4), dict(stationarity=0.0), dict(target_normalized_margin=math.nan)])

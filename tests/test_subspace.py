@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from marginbench.bench.registry import DATASETS, MODELS, BuiltModel
+from marginbench.bench.build import BuiltModel, RunContext
+from marginbench.bench.registry import DATASETS, MODELS
 from marginbench.bench.runner import theory_diagnostics
 from marginbench.bench.spec import ExperimentSpec, SpecError
 from marginbench.models.datasets import Dataset, digits, subspace
@@ -25,7 +26,7 @@ def built() -> dict[str, tuple[Dataset, BuiltModel, dict[str, float]]]:
     out = {}
     for run in SETTING.runs():
         data = DATASETS.get(run.dataset)(run)
-        model = MODELS.get(run.model)(data, run, False)
+        model = MODELS.get(run.model)(data, RunContext.of(run))
         facts, _ = theory_diagnostics(run, data, model)
         out[run.model] = (data, model, facts)
     return out
@@ -98,7 +99,7 @@ def test_sgd_trains_the_same_family() -> None:
         loss="logistic", lr=0.05, lr_growth=1.0, target_loss=None, target_margin=1.0, max_iters=5000, layers="first", batch_size=7))
     (run,) = spec.runs()
     data = DATASETS.get(run.dataset)(run)
-    model = MODELS.get("vanilla")(data, run, False)
+    model = MODELS.get("vanilla")(data, RunContext.of(run))
     assert model.train.stop_reason == "target_margin"
     facts, _ = theory_diagnostics(run, data, model)
     assert facts["off_weight_drift"] < 1e-12  # Theorem A.2 holds for SGD too
@@ -115,10 +116,10 @@ def test_thm51_assumption_formula() -> None:
     [
         ({"family": "subspace", "d": 10, "ell": 10}, "1 <= ell < d"),
         ({"family": "subspace", "d": 10, "ell": 0}, "1 <= ell < d"),
-        ({"family": "kkt", "ell": 3}, "--ell applies to subspace data only"),
+        ({"family": "kkt", "ell": 3}, "ell applies to subspace data only"),
         ({"family": "subspace", "dataset": "digits", "d": 32}, r"digits data live in R\^64"),
         ({"family": "subspace", "dataset": "sphere"}, "not part of the subspace family"),
-        ({"family": "subspace", "init_scale": 0.0}, "--init-scale must be a positive number"),
+        ({"family": "subspace", "init_scale": 0.0}, "init_scale must be a positive number"),
     ],
 )
 def test_invalid_subspace_specs_are_refused(kwargs: dict, message: str) -> None:

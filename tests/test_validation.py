@@ -94,7 +94,7 @@ def test_any_arguments_give_a_checked_spec_or_one_clean_line(argv: list[str]) ->
             return
         except SpecError as err:
             event("spec error")
-            _one_clean_line(f"marginbench: error: {err}")
+            _one_clean_line(f"marginbench: error: {err.cli}")
             return
     event("valid spec")
     for spec in specs:
@@ -186,7 +186,12 @@ def test_more_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tm
 
 
 def test_a_spec_is_checked_when_built_in_python_too() -> None:
-    with pytest.raises(SpecError, match="--d must be an integer"):
+    """A Python caller is told the field's name; the command line's wording names the option."""
+    with pytest.raises(SpecError, match=r"^d must be an integer") as err:
         ExperimentSpec(d=8.0)  # type: ignore[arg-type]
+    assert err.value.cli.startswith("--d must be an integer")
+    with pytest.raises(SpecError, match=r"^n_eval must be at least 1") as err:
+        ExperimentSpec(family="subspace", d=8, n_eval=0)
+    assert err.value.cli.startswith("--n-eval must be at least 1")
     with pytest.raises(SpecError, match="seeds must be"):
         ExperimentSpec(seeds=(True,))

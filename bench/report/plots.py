@@ -29,6 +29,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from marginbench.bench.spec import KKT
 from marginbench.bench.store import atomic_write
 
 FIGURES = ("fig1a_common_c_vs_d", "fig1b_common_c_vs_width", "fig2a_margin_fraction", "fig2b_not_on_margin", "fig4_norm_vs_init_scale")
@@ -70,8 +71,7 @@ def _alpha_label(alpha: float) -> str:
 
 
 def _trained_kkt(summary: pd.DataFrame) -> pd.DataFrame:
-    rows = summary[(summary.get("family", "kkt") == "kkt") & (summary["model"] != CONSTRUCTION)]
-    return rows
+    return summary[(summary.get("family", KKT.name) == KKT.name) & (summary["model"] != CONSTRUCTION)]
 
 
 def _fig1a(summary: pd.DataFrame) -> Figure | str:

@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from marginbench.bench.merge import read_results
 from marginbench.bench.spec import SpecError
-from marginbench.bench.store import atomic_write
+from marginbench.bench.store import atomic_write, read_provenance, read_results
 
 FORMAT = "marginbench-baseline/1"
 KEY = ("run_id", "attack")
@@ -72,15 +71,6 @@ def _numbers(summary: pd.DataFrame) -> pd.DataFrame:
     return long.dropna(subset=["value"]).reset_index(drop=True)
 
 
-def _manifest(root: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    keys = ("preset", "specs", "git_commit", "versions", "machine", "platform")
-    return {k: manifest[k] for k in keys if isinstance(manifest, dict) and k in manifest}
-
-
 def make_baseline(result_dir: str | Path) -> dict[str, Any]:
     """The baseline of one result directory: its numbers and the bands (see the module docstring)."""
     summary = read_results([result_dir]).summary
@@ -93,7 +83,7 @@ def make_baseline(result_dir: str | Path) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "rule": "pass when |value - baseline| <= abs + rel * |baseline|; '*' is the band of metrics not listed",
-        "made_from": {"dir": str(result_dir), **_manifest(Path(result_dir))},
+        "made_from": {"dir": str(result_dir), **read_provenance(result_dir)},
         "bands": {name: {"rel": b.rel, "abs": b.abs, "why": b.why} for name, b in BANDS.items()},
         "unchecked": sorted(UNCHECKED),
         "values": values,

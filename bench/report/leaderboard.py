@@ -26,13 +26,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from marginbench.bench.measure import BEST
-from marginbench.bench.merge import RUN_KEY, Results
+from marginbench.bench.measure import BEST, PASS_COLUMNS, best_of
 from marginbench.bench.spec import SpecError
+from marginbench.bench.store import RUN_KEY, Results
 
 MODEL_KEY = ["model", "dataset", "d", "n", "width"]
-# Columns of summary.csv with the forward/backward passes per example that the runner counts (AttackBench).
-PASS_COLUMNS = {"forward": "forward_passes_per_example", "backward": "backward_passes_per_example"}
 
 
 def _with_best(examples: pd.DataFrame) -> pd.DataFrame:
@@ -41,8 +39,9 @@ def _with_best(examples: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         raise SpecError("the result directories hold no attack rows")
     rows["norm"] = rows["norm"].astype(float)
-    rows["best"] = rows.groupby([*RUN_KEY, "index"])["norm"].transform("min")
-    return rows
+    example = [*RUN_KEY, "index"]
+    best = best_of(rows, example)[[*example, "norm"]].rename(columns={"norm": "best"})
+    return rows.merge(best, on=example, how="left", validate="many_to_one").set_axis(rows.index)
 
 
 def _ranks(score: pd.Series, *, ascending: bool) -> pd.Series:
@@ -104,7 +103,8 @@ def attack_table(results: Results) -> pd.DataFrame:
     n = summary["n_attacked"].astype(float) if "n_attacked" in summary else summary["n"].astype(float)
     if "attack_seconds" in summary:
         table["ms_per_example"] = (1e3 * summary["attack_seconds"] / n).groupby(summary["attack"]).median()
-    for kind, column in PASS_COLUMNS.items():
+    for column in PASS_COLUMNS:  # the forward/backward passes per example that the runner counts (AttackBench)
+        kind = column.split("_")[0]
         if column in summary:
             table[f"{kind}_per_example"] = summary[column].astype(float).groupby(summary["attack"]).median()
     table = table.rename_axis("attack").reset_index()

@@ -1,0 +1,169 @@
+"""What each ``marginbench`` subcommand does with its parsed options: build the spec, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marginbench.bench.executors import ExecutorSpec
+from marginbench.bench.presets import PRESETS
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
+from marginbench.bench.spec import SpecError, Sweep, with_options
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROG = "marginbench"
+_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device")
+_TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
+
+
+def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Sweep:
+    """``bases`` (default: the preset's sweep) with every explicitly given option replacing its value in each spec."""
+    if bases is None:
+        bases = PRESETS.get(args.preset or "default").sweep(args.scale or "small")
+    options: dict[str, Any] = {key: getattr(args, key) for key in _GRID_OPTIONS if getattr(args, key) is not None}
+    if args.n is not None:
+        options["n"] = args.n
+    if args.alpha is not None:
+        options.update(n=None, alpha=args.alpha)
+    train_options = {key: getattr(args, key) for key in _TRAIN_OPTIONS if getattr(args, key) is not None}
+    return tuple(with_options(base, options, train_options) for base in bases)
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, ExecutorSpec]:
+    """(sweep, preset, result directory, executor) for ``run``'s options; SpecError for any mistake in them.
+
+    With --resume the sweep is the one in DIR/manifest.json, and an explicit option that contradicts it is a
+    mistake.
+    """
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds)
+    if args.resume is None:
+        return specs_from_args(args), args.preset or "default", args.out, executor
+    from marginbench.bench.store import ResultStore
+    from marginbench.bench.sweep import check_same_sweep, stored_sweep
+
+    sweep, preset = stored_sweep(ResultStore.reopen(args.resume))
+    if args.preset is not None and args.preset != preset:
+        raise SpecError(f"--resume {args.resume}: --preset {args.preset} contradicts its manifest (preset {preset}); leave it out")
+    check_same_sweep(args.resume, specs_from_args(args, bases=sweep), sweep)
+    return sweep, preset, args.resume, executor
+
+
+def run(args: argparse.Namespace) -> int:
+    from marginbench.bench.executors import SweepAborted
+    from marginbench.bench.report.tables import run_table
+    from marginbench.bench.sweep import run_sweep
+
+    specs, preset, out, executor = prepare_run(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        _, summary = run_sweep(
+            specs, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, executor=executor, progress=progress
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
+        return 130
+    except SweepAborted as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
+        print(f"{PROG}: error: {err}; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
+        return 1
+    print(run_table(summary))
+    print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
+    if preset is not None and preset in PRESETS and PRESETS.get(preset).figures:
+        from marginbench.bench.store import read_results
+
+        draw_figures(read_results([str(out)]).summary, Path(out) / "figures")
+    return 0
+
+
+def throughput(args: argparse.Namespace) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from marginbench.bench.runner import resolve_device
+    from marginbench.bench.throughput import as_rows, measure
+
+    rows = as_rows(measure(device=resolve_device(args.device), sizes=args.sizes))
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    else:
+        print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4g", missingval=""))
+    return 0
+
+
+def listing(args: argparse.Namespace) -> int:
+    for registry in (DATASETS, MODELS, ATTACKS):
+        print(f"{registry.kind}s: {', '.join(registry.names())}")
+    for name in PRESETS.names():
+        print(f"preset {name}: {PRESETS.get(name).summary}")
+    return 0
+
+
+def _table_format(name: str) -> str:
+    from tabulate import tabulate_formats
+
+    if name not in tabulate_formats:
+        raise SpecError(f"--format {name!r} is not a tabulate format; choose from: {', '.join(sorted(tabulate_formats))}")
+    return name
+
+
+def leaderboard(args: argparse.Namespace) -> int:
+    from marginbench.bench.report.leaderboard import leaderboard_text
+    from marginbench.bench.store import read_results
+
+    tablefmt = _table_format(args.format)
+    print(leaderboard_text(read_results(args.dirs, need_examples=True), tablefmt=tablefmt))
+    return 0
+
+
+def baseline(args: argparse.Namespace) -> int:
+    from marginbench.bench.report.check import make_baseline, write_baseline
+
+    baseline = make_baseline(args.dir)
+    write_baseline(baseline, args.output)
+    print(f"wrote {args.output}: {len(baseline['values'])} numbers of {args.dir} with their tolerance bands")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from marginbench.bench.report.check import compare, drift_text, read_baseline
+
+    tablefmt = _table_format(args.format)
+    baseline = read_baseline(args.baseline)
+    drifted = compare(args.dir, baseline)
+    print(drift_text(drifted, checked=len(baseline["values"]), tablefmt=tablefmt))
+    return 0 if drifted.empty else 1
+
+
+def plot(args: argparse.Namespace) -> int:
+    from marginbench.bench.store import read_results
+
+    if args.out is None and len(args.dirs) > 1:
+        raise SpecError("give -o OUTDIR when plotting several result directories")
+    results = read_results(args.dirs)
+    out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"-o {out} exists and is not a directory")
+    draw_figures(results.summary, out)
+    return 0
+
+
+def draw_figures(summary: pd.DataFrame, out: Path) -> None:
+    """Write the papers' figures that ``summary`` supports into ``out``; say what was written and skipped."""
+    from marginbench.bench.report.plots import build_figures, save_figures
+
+    figures = build_figures(summary)
+    try:
+        written = save_figures(figures, out)
+    except OSError as err:
+        raise SpecError(f"cannot write figures to {out}: {err.strerror or err}") from None
+    for path in written:
+        print(f"wrote {path}")
+    for name, reason in figures.skipped.items():
+        print(f"skipped {name}: {reason}")

@@ -1,0 +1,125 @@
+"""The help text of the ``marginbench`` command: what each subcommand, family, model and attack means."""
+
+RUN_EPILOG = """\
+examples:
+  marginbench run --out runs/default
+      the default preset: d=64, n=d, width 256; vanilla and robust-construction; universal-z (~1 min on CPU)
+  marginbench run --preset smoke --out runs/smoke
+  marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
+  marginbench run --resume runs/d100
+      finish an interrupted sweep: finished runs are kept, the others run (the spec comes from its manifest)
+  marginbench run --preset smoke --seeds 0,1,2,3 --workers 4 --out runs/pool
+      four runs at a time on a local process pool
+  marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
+      one Ray task per run on the running Ray cluster (pip install 'marginbench[ray]')
+
+  marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
+  marginbench run --preset paper-fig1a --scale small --out runs/fig1a
+
+families, datasets and models (which combinations mean what):
+  kkt       Vardi et al. 2022. Data: sphere (x uniform on the sphere of radius sqrt(d), random labels).
+            All of W, b, v trained with the exponential loss and the paper's schedule (lr 1e-5,
+            x1.1 every 100 iterations, stop at loss < 1e-30); attacked at the training points.
+            vanilla              PyTorch's default init
+            small-init           the same init divided by sqrt(2d): the KKT limit should not care
+            l2                   vanilla init, loss + lambda/2 ||theta||^2 over W, b, v (lambda: --l2,
+                                 default 1e-10) with the normalized schedule, until stationary to
+                                 --stationarity (default 1e-2) or --max-iters (default 20000): its
+                                 stationary points are KKT points of the max-margin problem as lambda -> 0
+            robust-construction  Thm 3.1's closed-form net (width n, one neuron per example; --width
+                                 does not apply): nothing below (1-c)/4 sqrt(d) flips a training point
+  subspace  Melamed et al. 2023. Data: subspace (a random (d-ell)-dim subspace P, points at radius
+            sqrt(d), --label-rule random|linear) or digits (sklearn's 8x8 digits, odd vs even, on their
+            top 64-ell principal components). Only W trained (no bias, u_i = +-1/sqrt(width) fixed),
+            logistic loss, constant step (GD, or SGD with --batch-size) until every training margin
+            is >= 1; attacked at --n-eval held-out points of P.
+            vanilla     w_i ~ N(0, I/d)
+            small-init  w_i ~ N(0, beta^2 I), beta = 1/(d sqrt 2) (Cor 6.1)
+            l2          vanilla init, exactly T = --max-iters steps of loss + lambda/2 ||W||^2 with
+                        (1 - lr lambda)^T = 1/sqrt(2d) (Cor 6.2) unless --l2 sets lambda
+            --init-scale multiplies any init's standard deviation (Melamed et al. Fig. 4: 1/factor)
+attacks:
+  universal-z          Thm 4.1's direction z = sum_{i in I} y_i x_i over the margin set I (10% slack);
+                       exact minimal scale per example and the common scale that flips all of I
+  subspace-z           Melamed et al. Thm 5.1's off-manifold z (needs data on a subspace P): per example
+                       whether the theorem's own z flips and its norm against the bound (examples.csv
+                       thm51_* columns), and the exact minimal scale along its universal direction
+  pgd                  L2 PGD (8 normalized steps of 0.25 eps, 1 restart), minimal norm by bisecting eps
+                       per example to 1% relative precision: a Polyak/DeepFool walk brackets, then each round
+                       runs up to 10 budgets per example at once, warm started from the smallest flip
+  pgd-off, pgd-on      the same with every step projected onto P-perp / onto P (subspace data only;
+                       elsewhere recorded as "unavailable: does not apply")
+  fmn                  native fast minimum-norm L2 (Pintor et al. 2021, Alg. 1, with its eps-ball projection)
+  boundary-walk        exact first sign change along segments to the nearest other-side points and the
+                       local normals, then shrinking; finds flips where gradients vanish (robust-construction)
+  fb-fmn               Foolbox 3.3.4 L2FMNAttack as shipped: it never projects onto its eps-ball, so its
+                       norms are not minimal (kept for comparison; use fmn)
+  fb-ddn, fb-deepfool  Foolbox DDN (100 steps) and L2 DeepFool (2 candidates)
+  fb-cw                Foolbox Carlini-Wagner L2 with initial_const 1, stepsize 1e-3, 500 steps, 9 binary
+                       searches (Foolbox's defaults, made for [0,1] images, give norms ~100x DDN's here);
+                       the slowest gradient attack: a reference point, not a fast leaderboard entry
+  fb-boundary          Foolbox Boundary attack (2000 steps), decision-based, started at the nearest
+                       other-side point
+  fb-brendel-bethge    Foolbox L2 Brendel-Bethge (200 steps) from the nearest other-side point; needs numba
+                       (pip install 'marginbench[foolbox]'; its first call compiles for ~1 min); without it
+                       it is recorded as unavailable and the run goes on
+  Foolbox attacks use the box [min X - 10 sqrt(d), max X + 10 sqrt(d)], so no answer of norm <= 10 sqrt(d)
+  is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.
+
+Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}
+and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}.
+Every reported norm is re-verified by a forward pass; failures are +inf. A run whose training hits NaN/inf,
+or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
+"""
+
+
+LEADERBOARD_EPILOG = """\
+examples:
+  marginbench leaderboard runs/default
+  marginbench leaderboard runs/d16 runs/d32 runs/d64 --format plain
+      several result directories merged (their runs stay distinct, even with equal run_ids)
+
+Models are ranked by the median over runs (seeds) of each run's median best norm / sqrt(d), where an
+example's best norm is the smallest over every attack run on it; equal scores share a rank. Attacks are
+ranked by AttackBench's optimality: the area under the per-example best's robust-accuracy-vs-eps curve
+over the area under the attack's (1 = as good as the best on every example; failures count as the largest
+norm found on the run). Also shown: how often the attack is the best, its median ratio to the best, its
+success rate, milliseconds and (where recorded) forward/backward passes per example.
+"""
+
+
+BASELINE_EPILOG = """\
+examples:
+  marginbench run --preset baseline --out runs/baseline
+  marginbench baseline runs/baseline -o results/baseline.json
+
+The baseline holds every numeric summary.csv value of the run (not the timings) and a tolerance band per
+metric, {"rel": r, "abs": a}: a number passes when |value - baseline| <= a + r * |baseline|. Edit the bands
+in the file to tighten or loosen one metric; "*" applies to metrics without their own band.
+"""
+
+
+CHECK_EPILOG = """\
+examples:
+  marginbench check runs/baseline --baseline results/baseline.json
+
+Exit status: 0 when every number of the baseline is within its band in DIR, 1 when some drifted or are
+missing (a table names each one: run, attack, metric, baseline, value, difference, allowed), 2 on bad input.
+"""
+
+
+PLOT_EPILOG = """\
+examples:
+  marginbench plot runs/grid -o figures/
+  marginbench plot runs/d16 runs/d32 runs/d64 -o figures/
+
+Figures (each drawn only when the data supports it; the others are listed with the reason):
+  fig1a_common_c_vs_d       Vardi et al. Fig. 1a: universal-z's common c vs d per alpha, sqrt(d) line
+  fig1b_common_c_vs_width   Vardi et al. Fig. 1b: the same for n = d, one line per width
+  fig2a_margin_fraction     Vardi et al. Fig. 2a: fraction of the training set on the margin vs d
+  fig2b_not_on_margin       Vardi et al. Fig. 2b: number of examples not on the margin vs d
+  fig4_norm_vs_init_scale   Melamed et al. Fig. 4: pgd-on / pgd-off / pgd norms vs the init-scale factor
+Error bars are standard deviations over seeds.
+"""
+
+THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda"

@@ -1,0 +1,186 @@
+"""The ``marginbench`` command line: its parser, option types and option conflicts (nothing is run here)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import marginbench.bench.cli.commands as commands
+from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
+from marginbench.bench.executors import EXECUTORS
+from marginbench.bench.presets import PRESETS, SCALES
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.spec import DEVICES, FAMILIES
+from marginbench.models.datasets import LABEL_RULES
+from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
+
+PROG = "marginbench"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _names(registry: Registry[Any]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated list of registered names."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        for name in names:
+            if name not in registry:
+                raise argparse.ArgumentTypeError(f"unknown {registry.kind} {name!r}; choose from: {', '.join(registry.names())}")
+        return names
+
+    return parse
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    return seeds
+
+
+def _finite(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        return value
+
+    return parse
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Minimal adversarial perturbation norms of two-layer ReLU networks, against sqrt(d).",
+        epilog="Run `marginbench run --help` for the experiment options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="train, attack, verify and write a result directory",
+        description="Train (or construct) networks, attack them, verify every perturbation, and write DIR. "
+        "Options given explicitly override the preset's values.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="result directory to write (created if missing)")
+    where.add_argument(
+        "--resume", metavar="DIR", help="finish the sweep in DIR: keep its finished runs, redo the others; the spec comes from DIR/manifest.json"
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
+    run.add_argument("--preset", choices=PRESETS.names(), help="named experiment to start from (default: default)")
+    run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes, full is the paper's grid (default: small)")
+    grid = run.add_argument_group("experiment (override the preset)")
+    grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
+    grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
+    grid.add_argument("--d", type=_finite(int), help="input dimension (>= 2)")
+    size = grid.add_mutually_exclusive_group()
+    size.add_argument("--n", type=_finite(int), help="number of training examples (>= 2)")
+    size.add_argument("--alpha", type=_finite(float), help="n = round(d ** alpha), as in the paper's m = d^alpha")
+    grid.add_argument("--ell", type=_finite(int), help="subspace data: codimension of the data subspace P, 1 <= ell < d (default: d - d//4; digits: 54)")
+    grid.add_argument("--n-eval", type=_finite(int), help="subspace family: held-out points of P that are attacked (default 100)")
+    grid.add_argument("--label-rule", choices=LABEL_RULES, help="subspace data: random labels, or linear (a halfspace within P)")
+    grid.add_argument("--width", type=_finite(int), help="hidden neurons of trained models")
+    grid.add_argument("--init-scale", type=_finite(float), help="multiplies the initialization's standard deviation (default 1)")
+    grid.add_argument("--l2", type=_finite(float), help="lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: 1e-10)")
+    grid.add_argument("--models", type=_names(MODELS), metavar="A,B", help=f"comma-separated models: {', '.join(MODELS.names())}")
+    grid.add_argument("--attacks", type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
+    grid.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
+    grid.add_argument("--device", choices=DEVICES, help="where to train and attack (default cpu)")
+    training = run.add_argument_group("training (defaults: the family's recipe, see below)")
+    training.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="paper: step lr grad L with lr grown x1.1 every 100 iterations (kkt default); normalized: step lr grad L / L, "
+        f"the same gradient-flow path in far fewer steps (full batch; --lr defaults to {NORMALIZED_LR} and --lr-growth to 1)",
+    )
+    training.add_argument("--loss", choices=LOSSES, help="exp: e^{-q} (kkt default); logistic: log(1+e^{-q}) (subspace default)")
+    training.add_argument("--target-loss", type=_finite(float), help="stop once the training loss is below this (kkt default 1e-30)")
+    training.add_argument("--target-margin", type=_finite(float), help="stop once every training margin y N(x) is at least this (subspace default 1)")
+    training.add_argument("--target-normalized-margin", type=_finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
+    training.add_argument("--stationarity", type=_finite(float), help="l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default 1e-2)")
+    training.add_argument("--batch-size", type=_finite(int), help="SGD mini-batch size (default: full-batch GD)")
+    training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
+    training.add_argument("--max-seconds", type=_finite(float), help="cap on training wall time per run, reported as max_seconds")
+    training.add_argument("--lr", type=_finite(float), help="initial learning rate (kkt default 1e-5, subspace 0.05)")
+    training.add_argument("--lr-growth", type=_finite(float), help="factor applied to the learning rate every --growth-every iterations (kkt default 1.1, subspace 1)")
+    training.add_argument("--growth-every", type=_finite(int), help="iterations between learning-rate increases (default 100)")
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars (default: when stderr is a terminal)")
+    shown.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    scale = run.add_argument_group("execution (does not change the results)")
+    scale.add_argument("--workers", type=_finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
+    scale.add_argument(
+        "--batch-seeds",
+        action="store_true",
+        help="train the seeds of each trained model together in one batch (runs in this process only); at one torch thread the numbers are bitwise those without it",
+    )
+    scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
+    scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
+    run.set_defaults(handler=commands.run)
+
+    speed = sub.add_parser(
+        "throughput",
+        help="time the training and attack kernels against the machine's matmul rate",
+        description="Time the training step (analytic, and the plain-PyTorch autograd recipe as a yardstick), the "
+        "exact line search and minimal-norm PGD, next to the matmul rate measured in the same run at the same shapes.",
+        epilog=THROUGHPUT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    speed.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the kernels (default: %(default)s)")
+    speed.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json records")
+    speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
+    speed.set_defaults(handler=commands.throughput)
+
+    listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
+    listing.set_defaults(handler=commands.listing)
+    _add_report_commands(sub)
+    return parser
+
+
+def run_conflict(args: argparse.Namespace) -> str | None:
+    """The message for options of ``run`` that cannot go together, or None."""
+    if args.resume is not None and args.overwrite:
+        return "--overwrite cannot be combined with --resume (resume keeps the finished runs)"
+    if args.ray_address is not None and args.executor != "ray":
+        return "--ray-address needs --executor ray"
+    return None
+
+
+def _add_report_commands(sub: Any) -> None:
+    """The subcommands that read finished result directories: leaderboard, baseline, check, plot."""
+    raw = argparse.RawDescriptionHelpFormatter
+    board = sub.add_parser("leaderboard", help="rank models and attacks of one or more result directories", description="Ranked tables of models and of attacks.", epilog=LEADERBOARD_EPILOG, formatter_class=raw)
+    board.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
+    board.add_argument("--format", default="github", metavar="FMT", help="a tabulate table format: github (default), plain, simple, grid, latex, ...")
+    board.set_defaults(handler=commands.leaderboard)
+
+    base = sub.add_parser("baseline", help="write a regression baseline of a result directory", description="Write DIR's numbers and their tolerance bands to a JSON baseline.", epilog=BASELINE_EPILOG, formatter_class=raw)
+    base.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    base.add_argument("-o", "--output", required=True, metavar="PATH", help="the baseline file to write (JSON)")
+    base.set_defaults(handler=commands.baseline)
+
+    check = sub.add_parser("check", help="compare a result directory with a baseline", description="Check that every number of a baseline is within its band in DIR.", epilog=CHECK_EPILOG, formatter_class=raw)
+    check.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    check.add_argument("--baseline", required=True, metavar="PATH", help="a file written by `marginbench baseline`")
+    check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
+    check.set_defaults(handler=commands.check)
+
+    plot = sub.add_parser("plot", help="draw the papers' figures that the data supports (PNG)", description="Draw the papers' figures from one or more result directories.", epilog=PLOT_EPILOG, formatter_class=raw)
+    plot.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
+    plot.add_argument("-o", "--out", metavar="OUTDIR", help="folder for the PNG files (default: DIR/figures for one DIR; required for several)")
+    plot.set_defaults(handler=commands.plot)

@@ -1,0 +1,1 @@
+"""Reports on finished result directories: the run table, leaderboards, regression checks and figures."""

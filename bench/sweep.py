@@ -1,0 +1,199 @@
+"""The sweep: check a sweep's specs, compute its runs on an executor, and write each into the result store.
+
+Only this process writes: ``run_sweep`` saves each record (arrays, rows, then the completion marker), and
+rebuilds the tables from every finished run in the sweep's order, so the result directory is the same
+whatever the executor and whatever order the runs finish in; an interruption loses only the runs in
+progress. ``resume=True`` reads the finished runs back from their files and computes only the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import marginbench
+from marginbench.bench.executors import ExecutorSpec, SweepAborted, import_ray, make_executor
+from marginbench.bench.measure import RunRecord, sweep_tables
+from marginbench.bench.registry import DATASETS, check_names
+from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
+from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
+from marginbench.bench.store import ResultStore
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def environment() -> dict[str, Any]:
+    """Provenance: package versions, git commit, device description."""
+    versions = {"marginbench": marginbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(marginbench.__file__).parent, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    devices = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        devices["cuda"] = torch.cuda.get_device_name(0)
+    return {"versions": versions, "git_commit": commit, "machine": devices, "platform": platform.platform()}
+
+
+def check_spec(spec: ExperimentSpec) -> torch.device:
+    """Everything about ``spec`` that can be checked before any work: names, device, the data themselves.
+
+    Builds each run's dataset once on the CPU (the Dataset class rejects NaN/inf and labels outside
+    {-1, +1}) and turns what it raises into a one-line SpecError. Returns the spec's device, resolved.
+    """
+    check_names(spec)
+    device = resolve_device(spec.device)
+    seen: set[int] = set()
+    for run in spec.runs():
+        if run.seed in seen:
+            continue
+        seen.add(run.seed)
+        try:
+            DATASETS.get(run.dataset)(run)
+        except (ValueError, MemoryError) as err:
+            raise SpecError(f"dataset {run.dataset!r} (d={run.d}, n={run.n}, seed {run.seed}): {one_line(err)}") from None
+    return device
+
+
+def stored_sweep(store: ResultStore) -> tuple[Sweep, str | None]:
+    """(sweep, preset) recorded in a result directory's manifest."""
+    manifest = store.read_manifest()
+    return tuple(spec_from_dict(stored) for stored in manifest["specs"]), manifest.get("preset")
+
+
+def check_same_sweep(root: Path | str, asked: Sweep, stored: Sweep) -> None:
+    """SpecError naming the first field where ``asked`` contradicts the sweep stored in ``root``."""
+    if len(asked) != len(stored):
+        raise SpecError(f"resume {root}: the sweep has {len(asked)} settings, its manifest {len(stored)}")
+    for mine, theirs in zip(asked, stored, strict=True):
+        differ = first_difference(mine, theirs)
+        if differ is None:
+            continue
+        name, value, recorded = differ
+        option = "--n/--alpha" if name in ("n", "alpha") else "--" + name.replace("_", "-")
+        raise SpecError(
+            f"resume {root}: {name} = {_shown(value)} contradicts its manifest ({name} = {_shown(recorded)})",
+            cli=f"--resume {root}: {option} {_shown(value)} contradicts its manifest ({name} = {_shown(recorded)}); leave it out",
+        )
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _save(store: ResultStore, record: RunRecord) -> RunRecord:
+    """Write a record's files (arrays, rows, marker last) and return it as read back from them."""
+    store.forget_run(record.run_id)
+    if record.arrays:
+        state = {key: torch.from_numpy(value.copy()) for key, value in record.arrays["model.pt"].items()}  # Ray's are read-only
+        store.write_run(record.run_id, state=state, data=record.arrays["data.npz"], perturbations=record.arrays["perturbations.npz"])
+    store.write_rows(record.run_id, examples=record.examples, record=record.as_json())
+    return _read_back(store, record.index, record.run_id)
+
+
+def _read_back(store: ResultStore, index: int, run_id: str) -> RunRecord:
+    rows = store.finished_rows(run_id)
+    if rows is None:
+        raise OSError(f"the files of run {run_id} in {store.root} do not match its completion marker")
+    examples, data = rows
+    return RunRecord.from_json(index, run_id, examples, data)
+
+
+def _new_manifest(sweep: Sweep, preset: str | None, devices: Sequence[str], session: dict[str, Any], now: str) -> dict[str, Any]:
+    return {
+        "preset": preset,
+        "specs": [dataclasses.asdict(spec) for spec in sweep],
+        "seeds": sorted({seed for spec in sweep for seed in spec.seeds}),
+        "device": ", ".join(devices),
+        "started": now,
+        **session,
+    }
+
+
+def run_sweep(
+    specs: ExperimentSpec | Sequence[ExperimentSpec],
+    out: Path | str,
+    *,
+    preset: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    executor: ExecutorSpec | None = None,
+    progress: bool = False,
+    log: Log = _stderr,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every (model, seed) of each spec with its attacks on ``executor``; write DIR; return (examples, summary).
+
+    Everything the user can get wrong is checked before any work. With ``resume``, DIR must hold the
+    manifest of this very sweep: its finished runs are read back from their files and only the others run.
+    """
+    executor = executor if executor is not None else ExecutorSpec()  # None: in this process
+    sweep = (specs,) if isinstance(specs, ExperimentSpec) else tuple(specs)
+    devices = {spec.device: check_spec(spec) for spec in sweep}
+    planned = [(run, spec.attack_names) for spec in sweep for run in spec.runs()]
+    runs = [run for run, _ in planned]
+    if len({run.run_id for run in runs}) != len(runs):
+        raise SpecError("the sweep holds the same run twice; give each setting once")
+    if executor.kind == "ray":
+        import_ray()
+    store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
+    if resume:
+        # The first session's provenance stays on top; each resume adds its own (code may have changed since).
+        manifest = store.read_manifest()
+        check_same_sweep(out, sweep, stored_sweep(store)[0])
+        manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
+    else:
+        manifest = _new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), session, now)
+    manifest["status"] = "running"
+
+    finished: dict[int, RunRecord] = {}
+    if resume:
+        for index, run in enumerate(runs):
+            if store.finished_rows(run.run_id) is not None:
+                finished[index] = _read_back(store, index, run.run_id)
+        log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
+    tasks = [
+        RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress)
+        for i, (run, attacks) in enumerate(planned)
+        if i not in finished
+    ]
+
+    def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+        examples, summary = sweep_tables(list(finished.values()))
+        store.write_tables(examples=examples, summary=summary)
+        manifest["runs"] = {r.run_id: dict(r.manifest) for r in sorted(finished.values(), key=lambda r: r.index)}
+        store.write_manifest(manifest)
+        return examples, summary
+
+    with make_executor(executor, log) as pool:
+        write_tables()
+        try:
+            for record in pool.run(tasks):
+                if not pool.live:
+                    for line in record.log:
+                        log(line)
+                finished[record.index] = _save(store, record)
+                write_tables()
+        except SweepAborted as err:
+            raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
+    failed = sum(r.failed for r in finished.values())
+    manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
+    examples, summary = write_tables()
+    if failed:
+        log(f"{failed} of {len(runs)} runs failed: see the run_status and error columns of {Path(out) / 'summary.csv'}")
+    return examples, summary
