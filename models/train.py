@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -95,6 +95,13 @@ class TrainSpec:
 # schedule's network (normalized margin and KKT residual equal to 4 digits) in 1471 steps instead of 72737;
 # at lr 0.01 the margin at 1e-30 is 18% lower (the steps no longer follow gradient flow).
 NORMALIZED_LR = 0.003
+
+
+def normalized_schedule(spec: TrainSpec, **changes: Any) -> TrainSpec:
+    """``spec`` on the normalized schedule at its default step (lr NORMALIZED_LR, lr_growth 1), with ``changes``
+    on top (they may set lr too). The one place where that triple is spelled out."""
+    return replace(spec, **{"schedule": "normalized", "lr": NORMALIZED_LR, "lr_growth": 1.0, **changes})
+
 
 # Melamed et al. 2023 (Section 3.1): first layer only, logistic loss, a constant step; trained until every
 # training point has margin >= 1 (their experiments train "until reaching a constant positive margin").
@@ -222,160 +229,291 @@ def train_batch(
     seeds = tuple(seeds) if seeds is not None else (0,) * S
     if not (len(nets) == S == y.shape[0] == len(seeds)) or y.shape[1] != n:
         raise ValueError(f"{len(nets)} nets, {len(seeds)} seeds, inputs {tuple(X.shape)} and labels {tuple(y.shape)} disagree")
-    W, b, v = (torch.stack([getattr(net, name) for net in nets]) for name in ("W", "b", "v"))
-    batch = n if spec.batch_size is None else min(spec.batch_size, n)
-    per_epoch = math.ceil(n / batch)
-    shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
-    order = torch.arange(n).repeat(S, 1)  # (S, n): each net's current SGD shuffle
-    log_target = math.log(spec.target_loss) if spec.target_loss is not None else -math.inf
-    lr = spec.lr
-    decay = dict.fromkeys(range(S), 1.0)  # prod_t (1 - lr_t * l2) per net
-    last_lr = dict.fromkeys(range(S), lr)  # normalized schedule: the step size lr / L of each net's last step
-    start = time.perf_counter()
-    bar = tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False)
-    # Row k of the batched tensors belongs to net active[k]. For each net, the last parameters whose loss was
-    # finite, as (W, b, v, row, log L, min q): what it returns, so that a failure can be inspected.
-    active = list(range(S))
-    last_finite = {i: (W, b, v, i, math.inf, -math.inf) for i in active}
-    done: dict[int, tuple[TwoLayerNet, TrainReport]] = {}
-    it = 0
+    batch = _Batch.of(nets, X, y)
+    with tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False) as bar:
+        run = _Run(spec, batch, seeds, bar)
+        while batch.ids:
+            # A full pass over every net's data: loss, margins and stop rules; then the steps until the next one.
+            training = _stop_checks(run, batch, _full_pass(batch, spec))
+            _steps(run, batch, training)
+    return [run.done[i] for i in range(S)]
 
-    def finish(i: int, reason: StopReason, nonfinite_at: int | None = None) -> None:
-        W_i, b_i, v_i, row, log_L, q_min = last_finite[i]
+
+# The pieces of train_batch's loop. A net's id is its index in ``nets``. The nets still training are the rows
+# of the batched tensors in ``_Batch``, which alone removes rows; every per-net number is in a dict keyed by id.
+
+
+@dataclass
+class _Examples:
+    """One step's examples of each net still training: all n of them (GD) or an SGD mini-batch of m."""
+
+    H: Tensor  # (S, m, width) hidden activations relu(Z)
+    y: Tensor  # (S, m) labels
+    s: Tensor  # (S, m) log(-loss'(q_i))
+    X: Tensor  # (S, m, d) inputs
+    log_scale: dict[int, float]  # per net: log sum_i -loss'(q_i), a mini-batch's scaled by n / m
+    dW: Tensor | None = None  # sum_i softmax(s)_i y_i grad N(x_i) once computed: (S, width, d) ...
+    db: Tensor | None = None  # ... (S, width) ...
+    dv: Tensor | None = None  # ... (S, width)
+
+    def gradient(self) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.dW is not None and self.db is not None and self.dv is not None, "computed in _step"
+        return self.dW, self.db, self.dv
+
+
+@dataclass
+class _Batch:
+    """The nets still training: row k of every tensor belongs to net ``ids[k]``."""
+
+    ids: list[int]
+    W: Tensor  # (S, width, d)
+    b: Tensor  # (S, width)
+    v: Tensor  # (S, width)
+    X: Tensor  # (S, n, d)
+    y: Tensor  # (S, n)
+    order: Tensor  # (S, n) each net's current SGD shuffle
+    H: Tensor | None = None  # (S, n, width) relu(Z) of the last full pass
+    s: Tensor | None = None  # (S, n) log(-loss'(q_i)) of the last full pass
+    examples: _Examples | None = None  # the current step's
+
+    @classmethod
+    def of(cls, nets: Sequence[TwoLayerNet], X: Tensor, y: Tensor) -> _Batch:
+        W, b, v = (torch.stack([getattr(net, name) for net in nets]) for name in ("W", "b", "v"))
+        return cls(ids=list(range(len(nets))), W=W, b=b, v=v, X=X, y=y, order=torch.arange(X.shape[1]).repeat(len(nets), 1))
+
+    def drop(self, ids: Collection[int]) -> None:
+        """Remove the rows of the nets ``ids`` from every batched tensor, the current step's included."""
+        rows = [row for row, i in enumerate(self.ids) if i not in ids]
+        if len(rows) == len(self.ids):
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        self.ids = [self.ids[row] for row in rows]
+        for holder in [self] if self.examples is None else [self, self.examples]:
+            for field in fields(holder):
+                value = getattr(holder, field.name)
+                if isinstance(value, Tensor):
+                    setattr(holder, field.name, value.index_select(0, index.to(value.device)))
+
+
+class _Pass(NamedTuple):
+    """One net's numbers from a full pass over its data (read back in one device-to-host transfer)."""
+
+    log_L: float  # log L(theta), data loss only
+    log_scale: float  # log sum_i -loss'(q_i)
+    q_max: float  # max_i |q_i|
+    q_min: float  # min_i q_i
+    sq_norm: float | None = None  # ||theta||^2, only when a normalized-margin target needs it
+
+
+class _Finite(NamedTuple):
+    """A net's last parameters with a finite loss: row ``row`` of the batched W, b, v of that pass."""
+
+    W: Tensor
+    b: Tensor
+    v: Tensor
+    row: int
+    log_L: float
+    q_min: float
+
+
+class _StepSize(NamedTuple):
+    """One net's step: theta <- shrink * theta + e^{log_step} sum_i softmax(s)_i y_i grad N(x_i)."""
+
+    log_step: float  # log(lr_t * sum_i -loss'(q_i)), never formed apart
+    lr: float  # lr_t
+    shrink: float  # 1 - lr_t * lambda (Thm 6.2: w <- (1 - eta lambda) w - eta grad L)
+
+    @property
+    def finite(self) -> bool:
+        return self.log_step <= _LOG_FLOAT_MAX and self.shrink > 0
+
+
+class _Run:
+    """What the nets share (step count, learning rate, clock, progress bar), each net's L2 decay, last step
+    size and last finite parameters, and the results of the nets that stopped."""
+
+    def __init__(self, spec: TrainSpec, batch: _Batch, seeds: Sequence[int], bar: tqdm) -> None:
+        self.spec, self.bar = spec, bar
+        self.n = n = batch.X.shape[1]
+        self.batch_size = n if spec.batch_size is None else min(spec.batch_size, n)  # examples per step
+        self.per_epoch = math.ceil(n / self.batch_size)
+        self.steps_per_pass = self.per_epoch if spec.batch_size is not None else 1  # SGD: a full pass per epoch
+        self.shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.log_target = math.log(spec.target_loss) if spec.target_loss is not None else -math.inf
+        self.it, self.lr = 0, spec.lr
+        self.decay = dict.fromkeys(batch.ids, 1.0)  # prod_t (1 - lr_t * l2) per net
+        self.last_lr = dict.fromkeys(batch.ids, spec.lr)  # lr_t of each net's last step (normalized: lr / L)
+        # What a net returns when it stops (so that a failure can be inspected); at first its initial parameters.
+        self.last_finite = {i: _Finite(batch.W, batch.b, batch.v, i, math.inf, -math.inf) for i in batch.ids}
+        self.done: dict[int, tuple[TwoLayerNet, TrainReport]] = {}
+        self.start = time.perf_counter()
+
+    def finish(self, i: int, reason: StopReason) -> None:
+        """Net i stops: its result is its last finite parameters."""
+        W, b, v, row, log_L, q_min = self.last_finite[i]
         report = TrainReport(
-            iterations=it,
+            iterations=self.it,
             log10_loss=log_L / math.log(10),
             min_margin=q_min,
             stop_reason=reason,
-            seconds=time.perf_counter() - start,
-            final_lr=last_lr[i] if spec.schedule == "normalized" else lr,
-            weight_decay=decay[i],
-            nonfinite_iteration=nonfinite_at,
+            seconds=time.perf_counter() - self.start,
+            final_lr=self.last_lr[i] if self.spec.schedule == "normalized" else self.lr,
+            weight_decay=self.decay[i],
+            nonfinite_iteration=self.it if reason == "nonfinite" else None,
         )
-        done[i] = (TwoLayerNet(W=W_i[row].clone(), b=b_i[row].clone(), v=v_i[row].clone()), report)
+        self.done[i] = (TwoLayerNet(W=W[row].clone(), b=b[row].clone(), v=v[row].clone()), report)
 
-    try:
-        while active:
-            H = torch.relu(preactivations(X, W, b))  # (S, n, width)
-            q = y * outputs(H, v)  # (S, n) margins y_i N(x_i)
-            s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
-            # One device-to-host transfer per iteration: per net log L, log sum_i -loss'(q_i), max |q_i|, min q_i
-            # (and ||theta||^2 when a normalized-margin target needs it).
-            columns = [torch.logsumexp(log_loss_terms(q, spec.loss), 1), torch.logsumexp(s, 1), q.abs().amax(1), q.amin(1)]
-            if spec.target_normalized_margin is not None:
-                columns.append(W.square().sum((1, 2)) + b.square().sum(1) + v.square().sum(1))
-            stats = torch.stack(columns, 1).tolist()
-            out_of_time = spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds
-            keep = []
-            for row, (i, (log_L, _, q_max, q_min, *sq_norm)) in enumerate(zip(active, stats, strict=True)):
-                if not (math.isfinite(log_L) and math.isfinite(q_max)):
-                    finish(i, "nonfinite", it)
-                    continue
-                last_finite[i] = (W, b, v, row, log_L, q_min)
-                if log_L < log_target:
-                    finish(i, "target_loss")
-                elif spec.target_margin is not None and q_min >= spec.target_margin:
-                    finish(i, "target_margin")
-                elif sq_norm and q_min >= spec.target_normalized_margin * sq_norm[0]:
-                    finish(i, "target_normalized_margin")
-                elif it >= spec.max_iters:
-                    finish(i, "max_iters")
-                elif out_of_time:
-                    finish(i, "max_seconds")
-                else:
-                    keep.append(row)
-            log_scale = [stats[row][1] for row in keep]
-            # The normalized schedule's step is lr / L (in logs, since L goes far below 1e-308); the paper's is lr.
-            log_norm = [stats[row][0] for row in keep] if spec.schedule == "normalized" else [0.0] * len(keep)
-            if len(keep) < len(active):
-                active = [active[row] for row in keep]
-                W, b, v, X, y, H, s, order = _rows(keep, W, b, v, X, y, H, s, order)
-            if not active:
-                break
-            for _ in range(per_epoch if spec.batch_size is not None else 1):
-                if spec.batch_size is not None:
-                    if it % per_epoch == 0:
-                        order = torch.stack([torch.randperm(n, generator=shuffles[i]) for i in active])
-                    rows = order[:, (it % per_epoch) * batch : (it % per_epoch + 1) * batch].to(X.device)  # (S, batch)
-                    nets_of = torch.arange(len(active), device=X.device)[:, None]
-                    Hb, yb, sb, Xb = H[nets_of, rows], y[nets_of, rows], s[nets_of, rows], X[nets_of, rows]
-                    if it % per_epoch != 0:  # the first batch of an epoch reuses the full pass above
-                        Hb = torch.relu(preactivations(Xb, W, b))
-                        sb = log_neg_loss_derivative(yb * outputs(Hb, v), spec.loss)
-                    log_scale_b = [value + math.log(n / rows.shape[1]) for value in torch.logsumexp(sb, 1).tolist()]
-                else:
-                    Hb, yb, sb, log_scale_b, Xb = H, y, s, log_scale, X
-                # Per net: log lr_t, and log(lr_t * sum_i -loss'(q_i)), never formed apart. The learning rate
-                # enters here only.
-                log_lr = [math.log(lr) - value for value in log_norm]
-                log_step = [a + value for a, value in zip(log_lr, log_scale_b, strict=True)]
-                lr_now = [lr] * len(log_lr) if spec.schedule == "paper" else [math.exp(min(a, _LOG_FLOAT_MAX)) for a in log_lr]
-                shrink = [1.0 - value * spec.l2 for value in lr_now]  # Thm 6.2: w <- (1 - eta lambda) w - eta grad L
-                fine = [row for row, value in enumerate(log_step) if value <= _LOG_FLOAT_MAX and shrink[row] > 0]
-                if len(fine) < len(active):
-                    for row in sorted(set(range(len(active))) - set(fine)):
-                        finish(active[row], "nonfinite", it)
-                    active, log_norm, lr_now, log_step, shrink, log_scale_b = (
-                        [values[row] for row in fine] for values in (active, log_norm, lr_now, log_step, shrink, log_scale_b)
-                    )
-                    W, b, v, X, y, H, s, order, Hb, yb, sb, Xb = _rows(fine, W, b, v, X, y, H, s, order, Hb, yb, sb, Xb)
-                    if not active:
-                        break
-                dW, db, dv = margin_gradient_step(Hb, Xb, v, torch.softmax(sb, 1) * yb)
-                if spec.stationarity is not None and spec.l2 > 0:
-                    moving = [row for row, flag in enumerate(_stationary(W, b, v, dW, db, dv, log_scale_b, spec)) if not flag]
-                    if len(moving) < len(active):
-                        for row in sorted(set(range(len(active))) - set(moving)):
-                            finish(active[row], "stationary")
-                        active, log_norm, lr_now, log_step, shrink = (
-                            [values[row] for row in moving] for values in (active, log_norm, lr_now, log_step, shrink)
-                        )
-                        W, b, v, X, y, H, s, order, dW, db, dv = _rows(moving, W, b, v, X, y, H, s, order, dW, db, dv)
-                        if not active:
-                            break
-                step = torch.tensor([math.exp(value) for value in log_step], dtype=W.dtype, device=W.device)  # (S,)
-                if spec.l2 > 0:  # only the trained weights decay (layers "first": b and v stay as initialized)
-                    factor = torch.tensor(shrink, dtype=W.dtype, device=W.device)  # (S,)
-                    W = factor[:, None, None] * W
-                    if spec.layers == "all":
-                        b, v = factor[:, None] * b, factor[:, None] * v
-                W = W + step[:, None, None] * dW
-                if spec.layers == "all":
-                    b, v = b + step[:, None] * db, v + step[:, None] * dv
-                for i, value, factor_i in zip(active, lr_now, shrink, strict=True):
-                    decay[i] *= factor_i
-                    last_lr[i] = value
-                it += 1
-                if it % spec.growth_every == 0:
-                    lr *= spec.lr_growth
-                if progress and it % 1000 == 0:
-                    bar.update(1000)
-                    worst = max(stats[row][0] for row in keep) / math.log(10)
-                    bar.set_postfix(log10_loss=f"{worst:.2f}", training=len(active), refresh=False)
-                if it >= spec.max_iters:
-                    break
-    finally:
-        bar.close()
-    return [done[i] for i in range(S)]
+    def advance(self, training: dict[int, _Pass], left: int) -> None:
+        """Count a step: the learning rate grows every growth_every steps; the bar shows the worst loss."""
+        self.it += 1
+        if self.it % self.spec.growth_every == 0:
+            self.lr *= self.spec.lr_growth
+        if not self.bar.disable and self.it % 1000 == 0:
+            self.bar.update(1000)
+            worst = max(stats.log_L for stats in training.values()) / math.log(10)
+            self.bar.set_postfix(log10_loss=f"{worst:.2f}", training=left, refresh=False)
 
 
-def _stationary(W: Tensor, b: Tensor, v: Tensor, dW: Tensor, db: Tensor, dv: Tensor, log_scale: list[float], spec: TrainSpec) -> list[bool]:
-    """Per net: ||grad (L + lambda/2 ||theta||^2)|| <= spec.stationarity * lambda ||theta|| over the trained weights.
+def _full_pass(batch: _Batch, spec: TrainSpec) -> dict[int, _Pass]:
+    """Every net on all its data: keeps relu(Z) and log(-loss'(q)) in the batch, returns each net's numbers."""
+    batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
+    q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
+    batch.s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
+    columns = [torch.logsumexp(log_loss_terms(q, spec.loss), 1), torch.logsumexp(batch.s, 1), q.abs().amax(1), q.amin(1)]
+    if spec.target_normalized_margin is not None:
+        columns.append(batch.W.square().sum((1, 2)) + batch.b.square().sum(1) + batch.v.square().sum(1))
+    return {i: _Pass(*values) for i, values in zip(batch.ids, torch.stack(columns, 1).tolist(), strict=True)}
+
+
+def _stop_checks(run: _Run, batch: _Batch, stats: dict[int, _Pass]) -> dict[int, _Pass]:
+    """Stops the nets whose loss is not finite or that reached a target or a cap; returns the others' numbers."""
+    out_of_time = run.spec.max_seconds is not None and time.perf_counter() - run.start > run.spec.max_seconds
+    reasons: dict[int, StopReason] = {}
+    for row, i in enumerate(batch.ids):
+        reason = _stop_reason(stats[i], run, out_of_time)
+        if reason != "nonfinite":
+            run.last_finite[i] = _Finite(batch.W, batch.b, batch.v, row, stats[i].log_L, stats[i].q_min)
+        if reason is not None:
+            reasons[i] = reason
+    _stop(run, batch, reasons)
+    return {i: stats[i] for i in batch.ids}
+
+
+def _stop_reason(stats: _Pass, run: _Run, out_of_time: bool) -> StopReason | None:
+    """The first stop rule, in the order below, that a net with these numbers meets (None: it trains on)."""
+    spec = run.spec
+    if not (math.isfinite(stats.log_L) and math.isfinite(stats.q_max)):
+        return "nonfinite"
+    if stats.log_L < run.log_target:
+        return "target_loss"
+    if spec.target_margin is not None and stats.q_min >= spec.target_margin:
+        return "target_margin"
+    if spec.target_normalized_margin is not None and stats.sq_norm is not None and stats.q_min >= spec.target_normalized_margin * stats.sq_norm:
+        return "target_normalized_margin"
+    if run.it >= spec.max_iters:
+        return "max_iters"
+    if out_of_time:
+        return "max_seconds"
+    return None
+
+
+def _stop(run: _Run, batch: _Batch, reasons: dict[int, StopReason]) -> None:
+    """The nets in ``reasons`` stop, each for its reason, and leave the batch."""
+    for i, reason in reasons.items():
+        run.finish(i, reason)
+    batch.drop(reasons)
+
+
+def _steps(run: _Run, batch: _Batch, training: dict[int, _Pass]) -> None:
+    """The steps until the next full pass: one (GD), or the epoch's mini-batches (SGD); none past max_iters."""
+    for _ in range(run.steps_per_pass):
+        if not _step(run, batch, training):
+            return
+        run.advance(training, len(batch.ids))
+        if run.it >= run.spec.max_iters:
+            return
+
+
+def _step(run: _Run, batch: _Batch, training: dict[int, _Pass]) -> bool:
+    """One GD or SGD step of every net in the batch; False, and no step, once no net is left to take it."""
+    spec = run.spec
+    if not batch.ids:
+        return False
+    batch.examples = examples = _examples(run, batch, training)  # batch.drop filters it in place
+    sizes = {i: _step_size(run.lr, training[i].log_L, examples.log_scale[i], spec) for i in batch.ids}
+    _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})  # the step would overflow
+    if not batch.ids:
+        return False
+    examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, torch.softmax(examples.s, 1) * examples.y)
+    if spec.stationarity is not None and spec.l2 > 0:
+        _stop(run, batch, dict.fromkeys(_stationary(batch, examples, spec), "stationary"))
+        if not batch.ids:
+            return False
+    _update(batch, examples, [sizes[i] for i in batch.ids], spec)
+    for i in batch.ids:
+        run.decay[i] *= sizes[i].shrink
+        run.last_lr[i] = sizes[i].lr
+    batch.examples = None
+    return True
+
+
+def _examples(run: _Run, batch: _Batch, training: dict[int, _Pass]) -> _Examples:
+    """This step's examples: all of them (GD), or the next mini-batch of each net's seeded shuffle (SGD)."""
+    assert batch.H is not None and batch.s is not None, "set by _full_pass"
+    if run.spec.batch_size is None:
+        return _Examples(batch.H, batch.y, batch.s, batch.X, {i: training[i].log_scale for i in batch.ids})
+    k = run.it % run.per_epoch  # the k-th mini-batch of the epoch
+    if k == 0:
+        batch.order = torch.stack([torch.randperm(run.n, generator=run.shuffles[i]) for i in batch.ids])
+    rows = batch.order[:, k * run.batch_size : (k + 1) * run.batch_size].to(batch.X.device)  # (S, m)
+    nets_of = torch.arange(len(batch.ids), device=batch.X.device)[:, None]
+    X, y = batch.X[nets_of, rows], batch.y[nets_of, rows]
+    if k == 0:  # the first mini-batch of an epoch reuses the full pass
+        H, s = batch.H[nets_of, rows], batch.s[nets_of, rows]
+    else:
+        H = torch.relu(preactivations(X, batch.W, batch.b))
+        s = log_neg_loss_derivative(y * outputs(H, batch.v), run.spec.loss)
+    log_scale = [value + math.log(run.n / rows.shape[1]) for value in torch.logsumexp(s, 1).tolist()]
+    return _Examples(H, y, s, X, dict(zip(batch.ids, log_scale, strict=True)))
+
+
+def _step_size(lr: float, log_L: float, log_scale: float, spec: TrainSpec) -> _StepSize:
+    """A net's step at learning rate lr, in logs (L goes far below 1e-308): the paper schedule's lr_t is lr,
+    the normalized schedule's lr / L. The learning rate enters the update here only."""
+    if spec.schedule == "paper":
+        log_lr, lr_now = math.log(lr), lr
+    else:
+        log_lr = math.log(lr) - log_L
+        lr_now = math.exp(min(log_lr, _LOG_FLOAT_MAX))
+    return _StepSize(log_step=log_lr + log_scale, lr=lr_now, shrink=1.0 - lr_now * spec.l2)
+
+
+def _update(batch: _Batch, examples: _Examples, sizes: list[_StepSize], spec: TrainSpec) -> None:
+    """Each net's (row's) step; new tensors, not in place, since the last finite parameters may be the old ones."""
+    W, (dW, db, dv) = batch.W, examples.gradient()
+    step = torch.tensor([math.exp(size.log_step) for size in sizes], dtype=W.dtype, device=W.device)  # (S,)
+    if spec.l2 > 0:  # only the trained weights decay (layers "first": b and v stay as initialized)
+        factor = torch.tensor([size.shrink for size in sizes], dtype=W.dtype, device=W.device)  # (S,)
+        batch.W = factor[:, None, None] * batch.W
+        if spec.layers == "all":
+            batch.b, batch.v = factor[:, None] * batch.b, factor[:, None] * batch.v
+    batch.W = batch.W + step[:, None, None] * dW
+    if spec.layers == "all":
+        batch.b, batch.v = batch.b + step[:, None] * db, batch.v + step[:, None] * dv
+
+
+def _stationary(batch: _Batch, examples: _Examples, spec: TrainSpec) -> list[int]:
+    """The nets with ||grad (L + lambda/2 ||theta||^2)|| <= spec.stationarity * lambda ||theta|| over the trained weights.
 
     grad L = -sum_i -loss'(q_i) y_i grad N(x_i) = -e^{log_scale} (dW, db, dv), so the ratio is
     ||theta - c (dW, db, dv)|| / ||theta|| with c = e^{log_scale} / lambda. At a stationary point
     theta = sum_i (-loss'(q_i) / lambda) y_i grad N(x_i): the KKT stationarity of Vardi et al.'s problem (2),
     with multipliers -loss'(q_i) / lambda >= 0 (up to the rescaling that makes min_i q_i = 1).
-    W, dW: (S, width, d); b, v, db, dv: (S, width); log_scale: S floats.
     """
-    c = torch.tensor([math.exp(min(value - math.log(spec.l2), _LOG_FLOAT_MAX)) for value in log_scale], dtype=W.dtype, device=W.device)
+    W, b, v, (dW, db, dv) = batch.W, batch.b, batch.v, examples.gradient()
+    log_c = [examples.log_scale[i] - math.log(spec.l2) for i in batch.ids]
+    c = torch.tensor([math.exp(min(value, _LOG_FLOAT_MAX)) for value in log_c], dtype=W.dtype, device=W.device)
     pairs = [(W, dW, (1, 2))] if spec.layers == "first" else [(W, dW, (1, 2)), (b, db, 1), (v, dv, 1)]
     residual = sum((p - c.view(-1, *[1] * (p.dim() - 1)) * g).square().sum(dims) for p, g, dims in pairs)
     size = sum(p.square().sum(dims) for p, _, dims in pairs)
-    return (residual <= spec.stationarity**2 * size).tolist()
-
-
-def _rows(rows: list[int], *batched: Tensor) -> tuple[Tensor, ...]:
-    """The given rows (nets) of each batched tensor, in order."""
-    index = torch.tensor(rows, dtype=torch.long)
-    return tuple(t.index_select(0, index.to(t.device)) for t in batched)
+    return [i for i, flag in zip(batch.ids, (residual <= spec.stationarity**2 * size).tolist(), strict=True) if flag]
