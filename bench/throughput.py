@@ -41,7 +41,8 @@ from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.measure import verify
 from marginbench.bench.timing import clocked
 from marginbench.models.datasets import sphere
-from marginbench.models.train import NORMALIZED_LR, TrainSpec, train, train_batch
+from marginbench.models.reference import autograd_recipe, autograd_steps
+from marginbench.models.train import TrainSpec, normalized_schedule, train, train_batch
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
@@ -101,35 +102,6 @@ def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch
     return 2e-9 * n * d * width * reps / timed(run, device)
 
 
-def autograd_steps(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-    """The plain-PyTorch recipe for ``steps`` steps, at the paper's first lr (it grows after 100 steps only)."""
-    autograd_recipe(net, X, y, steps=steps)
-
-
-def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, *, steps: int | None = None, target_loss: float | None = None) -> tuple[TwoLayerNet, int]:
-    """The paper's recipe as a user would write it: nn.Linear layers, autograd, the exponential loss summed,
-    SGD with lr 1e-5 x1.1 every 100 iterations, full batch; for ``steps`` steps, or until the loss is below
-    ``target_loss`` (read back every step only then). Returns (net, iterations)."""
-    first = torch.nn.Linear(net.d, net.width, dtype=X.dtype, device=X.device)
-    second = torch.nn.Linear(net.width, 1, bias=False, dtype=X.dtype, device=X.device)
-    with torch.no_grad():
-        first.weight.copy_(net.W), first.bias.copy_(net.b), second.weight.copy_(net.v[None, :])
-    optimizer = torch.optim.SGD([first.weight, first.bias, second.weight], lr=1e-5)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=1.1)
-    iterations = 0
-    while steps is None or iterations < steps:
-        optimizer.zero_grad()
-        loss = torch.exp(-y * second(torch.relu(first(X))).squeeze(1)).sum()
-        if target_loss is not None and (loss.item() < target_loss or not math.isfinite(loss.item())):
-            break
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        iterations += 1
-    trained = TwoLayerNet(W=first.weight.detach().clone(), b=first.bias.detach().clone(), v=second.weight.detach()[0].clone())
-    return trained, iterations
-
-
 def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SHAPE) -> list[Record]:
     """Seconds to the normalized margin of the paper's recipe at loss 1e-30, at shape (d, n, width) (see the module doc)."""
     d, n, width = shape
@@ -153,8 +125,8 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
     to_target = dict(target_loss=None, target_normalized_margin=target)
     for kernel, spec, dtype in (
         ("paper schedule, analytic step, fp64", TrainSpec(**to_target), torch.float64),
-        ("normalized schedule, fp64", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float64),
-        ("normalized schedule, fp32", TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, **to_target), torch.float32),
+        ("normalized schedule, fp64", normalized_schedule(TrainSpec(**to_target)), torch.float64),
+        ("normalized schedule, fp32", normalized_schedule(TrainSpec(**to_target)), torch.float32),
     ):
         (net, report), seconds = clocked(partial(train, init.to(device, dtype), data.X.to(dtype), data.y.to(dtype), spec), device)
         kernel = kernel if report.reached_target else f"{kernel} (stopped: {report.stop_reason})"

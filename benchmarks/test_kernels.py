@@ -20,7 +20,6 @@ from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.throughput import (
     SEEDS,
     TRAIN_STEPS,
-    autograd_steps,
     matmul_gflops,
     median_norm_over_sqrt_d,
     pgd_against_fb_fmn,
@@ -28,6 +27,7 @@ from marginbench.bench.throughput import (
     time_to_margin,
 )
 from marginbench.models.datasets import sphere
+from marginbench.models.reference import autograd_steps
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train, train_batch
 from marginbench.models.two_layer import pytorch_default_init
 

@@ -150,6 +150,7 @@ def _exit_code(argv: list[str]) -> int:
         return int(stop.code or 0)
 
 
+@pytest.mark.slow
 def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -172,6 +173,7 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     assert 0 < pgd["median_norm_over_sqrt_d"] <= fmn["median_norm_over_sqrt_d"] < math.inf
 
 
+@pytest.mark.slow
 def test_time_to_margin_records_reach_the_recipes_margin() -> None:
     """The paper recipe (plain PyTorch) sets the target margin; every schedule's record says how far it got."""
     from marginbench.bench.throughput import time_to_margin

@@ -47,6 +47,7 @@ def test_kkt_residual_is_zero_at_a_kkt_point() -> None:
     assert kkt_residual(moved, X, y) > 1e-2
 
 
+@pytest.mark.slow
 def test_training_moves_towards_kkt_and_raises_the_normalized_margin(trained_vanilla: Trained) -> None:
     from marginbench.models.two_layer import pytorch_default_init
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -10,9 +12,10 @@ from marginbench.bench.build import RunContext
 from marginbench.bench.measure import verify
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import FAMILIES, ExperimentSpec, SpecError
-from marginbench.models.datasets import sphere
+from marginbench.bench.spec import FAMILIES, ExperimentSpec, RunSpec, SpecError
+from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.train import TrainSpec
+from marginbench.models.two_layer import TwoLayerNet
 
 
 def test_the_public_names_are_those_of_design_md() -> None:
@@ -42,15 +45,21 @@ def test_every_registered_model_belongs_to_a_family() -> None:
     assert sorted({model for _, model in FAMILY_MODEL_PAIRS}) == MODELS.names()
 
 
+@functools.cache
+def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet]:
+    """One small net per (family, model), trained once for all attacks."""
+    sizes = {"d": 12, "n": 10} if family == "kkt" else {"d": 16, "ell": 10, "n": 10, "n_eval": 8}
+    train = TrainSpec(max_iters=3000) if family == "kkt" else None
+    spec = ExperimentSpec(family=family, width=16, models=(model,), train=train, **sizes)
+    (run,) = spec.runs()
+    data = DATASETS.get(run.dataset)(run)
+    return run, data, MODELS.get(model)(data, RunContext.of(run)).net
+
+
 @pytest.mark.parametrize(("family", "model"), FAMILY_MODEL_PAIRS)
 @pytest.mark.parametrize("attack", ATTACKS.names())
 def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str, attack: str) -> None:
-    sizes = {"d": 12, "n": 10} if family == "kkt" else {"d": 16, "ell": 10, "n": 10, "n_eval": 8}
-    train = TrainSpec(max_iters=3000) if family == "kkt" else None
-    spec = ExperimentSpec(family=family, width=16, models=(model,), attacks=(attack,), train=train, **sizes)
-    (run,) = spec.runs()
-    data = DATASETS.get(run.dataset)(run)
-    net = MODELS.get(model)(data, RunContext.of(run)).net
+    run, data, net = _built(family, model)
     X, y = data.attacked
     try:
         result = ATTACKS.get(attack)(data, RunContext.of(run))(net, X, y)

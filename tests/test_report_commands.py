@@ -85,6 +85,7 @@ def test_committed_baseline_holds_for_a_fresh_run(tmp_path: Path, capsys: pytest
     assert "ok: all" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_default_preset_reproduces_its_committed_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`marginbench run` with no options (every kkt model x attack, about a minute) against results/default-baseline.json."""
     out = tmp_path / "default"

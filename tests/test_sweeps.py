@@ -151,6 +151,7 @@ def _worker_pids(parent: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's workers through /proc")
 def test_a_killed_pool_worker_ends_the_sweep_in_one_line_and_resume_finishes_it(tmp_path: Path, reference_sweep: Path) -> None:
     out = tmp_path / "pool"
@@ -183,6 +184,7 @@ def test_a_killed_pool_worker_ends_the_sweep_in_one_line_and_resume_finishes_it(
     assert_same_tables(reference_sweep, out)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_tasks_resume_a_sweep_to_the_same_results(tmp_path: Path, reference_sweep: Path) -> None:
     pytest.importorskip("ray", reason="ray is optional: pip install -c constraints.txt -e '.[test,ray]'")

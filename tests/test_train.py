@@ -12,10 +12,11 @@ import torch
 
 from conftest import Trained
 from marginbench.models.datasets import sphere, subspace
-from marginbench.models.train import SUBSPACE_TRAIN, TrainReport, TrainSpec, train, train_batch
+from marginbench.models.train import NORMALIZED_LR, SUBSPACE_TRAIN, TrainReport, TrainSpec, normalized_schedule, train, train_batch
 from marginbench.models.two_layer import TwoLayerNet, gaussian_init, pytorch_default_init
 
 
+@pytest.mark.slow
 def test_paper_schedule_reaches_1e_minus_30_without_nan(trained_vanilla: Trained) -> None:
     report, net, data = trained_vanilla.report, trained_vanilla.net, trained_vanilla.data
     assert report.stop_reason == "target_loss" and report.reached_target
@@ -62,6 +63,14 @@ def test_divergent_step_is_caught_and_last_finite_parameters_returned() -> None:
     assert report.stop_reason == "nonfinite" and report.nonfinite_iteration is not None
     assert all(torch.isfinite(t).all() for t in (net.W, net.b, net.v))
     assert math.isfinite(report.log10_loss)
+
+
+def test_normalized_schedule_sets_the_triple_and_keeps_the_rest() -> None:
+    spec = normalized_schedule(TrainSpec(target_loss=None), l2=1e-2, max_iters=10)  # l2 > 0 only with a constant lr
+    assert spec == TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, l2=1e-2, max_iters=10)
+    assert normalized_schedule(TrainSpec(), lr=0.01).lr == 0.01
+    with pytest.raises(ValueError):  # validated like any spec: the normalized schedule is full-batch only
+        normalized_schedule(TrainSpec(batch_size=4))
 
 
 # Batched training (train_batch): each net gets exactly the iterations train() gives it alone.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from conftest import Trained
@@ -12,6 +13,7 @@ from marginbench.bench.measure import verify, verify_shared
 from marginbench.models.diagnostics import margin_set
 
 
+@pytest.mark.slow
 def test_trained_net_is_flipped_far_below_sqrt_d(trained_vanilla: Trained) -> None:
     net, data = trained_vanilla.net, trained_vanilla.data
     result = UniversalZ()(net, data.X, data.y)
@@ -28,6 +30,7 @@ def test_trained_net_is_flipped_far_below_sqrt_d(trained_vanilla: Trained) -> No
     assert torch.all(checked.norm[on_margin] <= common * (1 + 1e-6))
 
 
+@pytest.mark.slow
 def test_direction_is_the_theorem_4_1_direction(trained_vanilla: Trained) -> None:
     net, data = trained_vanilla.net, trained_vanilla.data
     result = UniversalZ()(net, data.X, data.y)
@@ -39,6 +42,7 @@ def test_direction_is_the_theorem_4_1_direction(trained_vanilla: Trained) -> Non
     assert torch.allclose(cos, -data.y[found], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_shared_perturbation_is_checked_not_trusted(trained_vanilla: Trained) -> None:
     net, data = trained_vanilla.net, trained_vanilla.data
     result = UniversalZ()(net, data.X, data.y)
