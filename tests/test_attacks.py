@@ -37,7 +37,7 @@ from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 AGREEMENT_FACTOR = 1.1  # pgd (1% bisection), fmn (final gamma 0.1%) and fb-ddn (gamma 5%) agree within 10%
 SUBSPACE_ATTACKS = ("subspace-z", "pgd-off", "pgd-on")
-SLOW = ("fb-brendel-bethge",)  # numba compilation on first use
+SLOW = ("fb-brendel-bethge", "fb-cw", "fb-boundary")  # numba compilation on first use; 500- and 2000-step searches
 
 
 def _params(names: list[str]) -> list[object]:

@@ -45,6 +45,9 @@ def test_every_registered_model_belongs_to_a_family() -> None:
     assert sorted({model for _, model in FAMILY_MODEL_PAIRS}) == MODELS.names()
 
 
+SLOW_ATTACKS = ("fb-cw", "fb-boundary", "fb-brendel-bethge")  # seconds each, numba's compilation a minute
+
+
 @functools.cache
 def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet]:
     """One small net per (family, model), trained once for all attacks."""
@@ -57,7 +60,7 @@ def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet]:
 
 
 @pytest.mark.parametrize(("family", "model"), FAMILY_MODEL_PAIRS)
-@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("attack", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_ATTACKS else name for name in ATTACKS.names()])
 def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str, attack: str) -> None:
     run, data, net = _built(family, model)
     X, y = data.attacked

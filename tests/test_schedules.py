@@ -25,6 +25,7 @@ def _problem(d: int = 16, width: int = 32, seed: int = 0):
     return data, pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_normalized_schedule_reaches_the_paper_schedules_network_in_fewer_steps() -> None:
     """Gradient flow on L and on log L trace one path: at the same loss, both schedules give the same margin."""
     data, init = _problem()
@@ -105,6 +106,7 @@ def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys)
     assert math.isfinite(summary.loc["l2", "kkt_residual"]) and math.isfinite(summary.loc["l2", "normalized_margin"])
 
 
+@pytest.mark.slow
 def test_clarke_kkt_residual_certifies_the_l2_point_that_the_one_sided_residual_cannot() -> None:
     """The kkt l2 model's equilibrium sits on ReLU kinks, where GD chatters: with relu'(0) free in [0, 1]
     (Clarke, Vardi et al. Appendix A) it is a KKT point; with relu'(0) = 0 it does not look like one. The

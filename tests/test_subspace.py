@@ -127,6 +127,7 @@ def test_invalid_subspace_specs_are_refused(kwargs: dict, message: str) -> None:
         ExperimentSpec(**kwargs)
 
 
+@pytest.mark.slow
 def test_kkt_residual_falls_as_training_runs_longer() -> None:
     from marginbench.models.datasets import sphere
     from marginbench.models.diagnostics import kkt_residual

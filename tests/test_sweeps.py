@@ -79,7 +79,7 @@ def test_resume_refuses_options_that_contradict_the_manifest(
     extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "o"
-    assert run_cli(["run", "--d", "8", "--models", "robust-construction", "--no-progress", "--out", str(out)]) == 0
+    assert run_cli(["run", "--d", "8", "--models", "robust-construction", "--attacks", "universal-z", "--no-progress", "--out", str(out)]) == 0
     before = (out / "manifest.json").read_bytes()
     capsys.readouterr()
     assert run_cli(["run", "--resume", str(out), *extra]) == 2
@@ -128,6 +128,7 @@ def test_batch_seeds_with_a_process_pool_is_one_line(tmp_path: Path, capsys: pyt
     assert capsys.readouterr().err.strip().endswith("--batch-seeds applies to runs in this process only (--executor local, --workers 1)")
 
 
+@pytest.mark.slow
 def test_a_process_pool_writes_the_same_results(tmp_path: Path, reference_sweep: Path) -> None:
     out = tmp_path / "pool"
     assert run_cli(["run", *SWEEP, "--workers", "2", "--out", str(out)]) == 0

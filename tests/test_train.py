@@ -103,6 +103,7 @@ def _assert_batched_equals_single(cases: list[tuple[TwoLayerNet, torch.Tensor, t
     return [report for _, report in batched]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_batched_kkt_training_equals_single_runs_bit_for_bit() -> None:
     """Vardi et al.'s recipe (growth every 10 iterations: ~7500 steps) to loss < 1e-30, float64 and float32."""
