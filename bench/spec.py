@@ -165,7 +165,7 @@ class ExperimentSpec:
         if self.d < 2:
             raise field_error("d", f"must be at least 2, got {self.d}")
         if self.dataset_name == "digits" and self.d != DIGITS_DIM:
-            raise field_error("d", f"must be 64: digits data live in R^64, got {self.d}")
+            raise SpecError(f"digits data live in R^64: d must be 64, got {self.d}", cli=f"digits data live in R^64: --d must be 64, got {self.d}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise field_error("alpha", f"must be a positive number, got {self.alpha}")
         if self.n is None and self.alpha * math.log(self.d) > math.log(MAX_EXAMPLES):
