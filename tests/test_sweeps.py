@@ -108,6 +108,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_seeds_trained_in_one_batch_write_the_same_tables_and_resume_trains_only_the_unfinished(tmp_path: Path) -> None:
     plain, batched = tmp_path / "plain", tmp_path / "batched"

@@ -137,6 +137,7 @@ def test_nets_that_stop_leave_the_batch_with_their_own_reason_and_iteration() ->
     assert reports[0].iterations == 1500 and reports[1].iterations < reports[2].iterations < 1500
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_nonfinite_nets_stop_alone_with_their_last_finite_parameters() -> None:
     """One net starts with NaN, one diverges (its data scaled by 1e150 make the step overflow); the third trains on."""
