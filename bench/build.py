@@ -124,7 +124,7 @@ KKT_L2_MAX_ITERS = 20_000  # unless max_iters is given: directions converge slow
 
 def kkt_l2_spec(train: TrainSpec, lam: float) -> TrainSpec:
     """The user's kkt spec turned into the regularized recipe above (normalized schedule, stop when stationary)."""
-    if train.schedule == "paper":
+    if train.schedule != "normalized":  # the paper's step grows past 1/lambda; arc's steps do not shrink to rest
         train = normalized_schedule(train)
     max_iters = train.max_iters if train.max_iters is not None else KKT_L2_MAX_ITERS
     stationarity = train.stationarity or KKT_L2_STATIONARITY

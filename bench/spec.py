@@ -18,7 +18,9 @@ from typing import Any
 
 from marginbench.models.datasets import DIGITS_DIM, DIGITS_ELL, LABEL_RULES
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec, normalized_schedule
+from marginbench.models.train_spec import arc_schedule
 
+SCHEDULE_DEFAULTS = {"normalized": normalized_schedule, "arc": arc_schedule}  # a schedule's own lr and growth
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -273,16 +275,18 @@ def with_options(spec: ExperimentSpec, options: Mapping[str, Any], train_options
     """``spec`` with the given fields replaced, and the given fields of its training spec.
 
     ``options`` may hold any ExperimentSpec field (``n=None`` with ``alpha`` switches to n = d^alpha);
-    ``train_options`` any TrainSpec field. Asking for the normalized schedule brings its own step size and
-    no growth (``normalized_schedule``), unless they are given too. SpecError for an invalid result.
+    ``train_options`` any TrainSpec field. Asking for the normalized or arc schedule brings its own step size
+    and no growth (``normalized_schedule``, ``arc_schedule``), unless they are given too. SpecError for an
+    invalid result.
     """
     changed = dataclasses.replace(spec, **options)
     if not train_options:
         return changed
     train = changed.train_spec
     try:
-        if train_options.get("schedule") == "normalized":
-            train = normalized_schedule(train)
+        schedule = SCHEDULE_DEFAULTS.get(train_options.get("schedule", ""))
+        if schedule is not None:  # the schedule brings its own step and no growth, unless they are given too
+            train = schedule(train)
         return dataclasses.replace(changed, train=dataclasses.replace(train, **train_options))
     except ValueError as err:
         raise SpecError(str(err)) from None

@@ -43,6 +43,7 @@ from marginbench.bench.timing import clocked
 from marginbench.models.datasets import sphere
 from marginbench.models.reference import autograd_recipe, autograd_steps
 from marginbench.models.train import TrainSpec, normalized_schedule, train, train_batch
+from marginbench.models.train_spec import arc_schedule
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
@@ -68,6 +69,7 @@ class Record:
     normalized_margin: float | None = None  # time-to-margin records: min_i q_i / ||theta||^2 at the end
     common_c_over_sqrt_d: float | None = None  # time-to-margin records: universal-z's common c / sqrt(d)
     speedup_over_recipe: float | None = None  # time-to-margin records: the plain-PyTorch recipe's seconds / these
+    steps: int | None = None  # time-to-margin records: training steps taken
 
 
 def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
@@ -109,7 +111,7 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
     data = sphere(d=d, n=n, seed=0).to(device)
     init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
 
-    def record(kernel: str, seconds: float, net: TwoLayerNet, recipe_seconds: float) -> Record:
+    def record(kernel: str, seconds: float, net: TwoLayerNet, recipe_seconds: float, steps: int) -> Record:
         net = net.to(device, torch.float64)
         q = data.y * net(data.X)
         shared = UniversalZ()(net, data.X, data.y).shared
@@ -117,20 +119,24 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
         return Record(
             kernel=kernel, shape=label, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=n / seconds,
             normalized_margin=float(q.min()) / net.sq_norm(), common_c_over_sqrt_d=common, speedup_over_recipe=recipe_seconds / seconds,
+            steps=steps,
         )  # fmt: skip
 
-    (recipe_net, _), recipe_s = clocked(partial(autograd_recipe, init, data.X, data.y, target_loss=1e-30), device)
+    (recipe_net, recipe_steps), recipe_s = clocked(partial(autograd_recipe, init, data.X, data.y, target_loss=1e-30), device)
     target = float((data.y * recipe_net(data.X)).min()) / recipe_net.sq_norm()
-    records = [record("paper recipe, plain PyTorch autograd, fp64", recipe_s, recipe_net, recipe_s)]
+    records = [record("paper recipe, plain PyTorch autograd, fp64", recipe_s, recipe_net, recipe_s, recipe_steps)]
     to_target = dict(target_loss=None, target_normalized_margin=target)
     for kernel, spec, dtype in (
         ("paper schedule, analytic step, fp64", TrainSpec(**to_target), torch.float64),
         ("normalized schedule, fp64", normalized_schedule(TrainSpec(**to_target)), torch.float64),
         ("normalized schedule, fp32", normalized_schedule(TrainSpec(**to_target)), torch.float32),
+        # The arc schedule stops where the recipe does, at loss 1e-30: at the recipe's margin it is off the path.
+        ("arc schedule, fp64 (to loss 1e-30)", arc_schedule(TrainSpec()), torch.float64),
+        ("arc schedule, fp32 (to loss 1e-30)", arc_schedule(TrainSpec()), torch.float32),
     ):
         (net, report), seconds = clocked(partial(train, init.to(device, dtype), data.X.to(dtype), data.y.to(dtype), spec), device)
         kernel = kernel if report.reached_target else f"{kernel} (stopped: {report.stop_reason})"
-        records.append(record(kernel, seconds, net, recipe_s))
+        records.append(record(kernel, seconds, net, recipe_s, report.iterations))
     return records
 
 

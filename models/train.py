@@ -168,11 +168,17 @@ def _step(run: Run, batch: Batch, training: dict[int, Pass]) -> bool:
     if not batch.ids:
         return False
     batch.examples = examples = _examples(run, batch, training)  # batch.drop filters it in place
-    sizes = {i: _step_size(run.lr, training[i].log_L, examples.log_scale[i], spec) for i in batch.ids}
-    _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})  # the step would overflow
-    if not batch.ids:
-        return False
+    if spec.schedule != "arc":  # the arc step needs the gradient's norm: sized below
+        sizes = {i: _step_size(run.lr, training[i].log_L, examples.log_scale[i], spec) for i in batch.ids}
+        _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})  # the step would overflow
+        if not batch.ids:
+            return False
     examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, torch.softmax(examples.s, 1) * examples.y)
+    if spec.schedule == "arc":
+        sizes = _arc_sizes(run.lr, batch, examples, spec)
+        _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})
+        if not batch.ids:
+            return False
     if spec.stationarity is not None and spec.l2 > 0:
         _stop(run, batch, dict.fromkeys(_stationary(batch, examples, spec), "stationary"))
         if not batch.ids:
@@ -214,6 +220,19 @@ def _step_size(lr: float, log_L: float, log_scale: float, spec: TrainSpec) -> St
         log_lr = math.log(lr) - log_L
         lr_now = math.exp(min(log_lr, LOG_FLOAT_MAX))
     return StepSize(log_step=log_lr + log_scale, lr=lr_now, shrink=1.0 - lr_now * spec.l2)
+
+
+def _arc_sizes(rho: float, batch: Batch, examples: Examples, spec: TrainSpec) -> dict[int, StepSize]:
+    """The arc schedule's steps: length rho ||theta|| along G = (dW, db, dv) = -grad L / L' (so along -grad log L),
+    over the trained weights: e^{log_step} = rho ||theta|| / ||G||, and lr_t = that / L' for the report."""
+    dW, db, dv = examples.gradient()
+    pairs = [(batch.W, dW, (1, 2))] if spec.layers == "first" else [(batch.W, dW, (1, 2)), (batch.b, db, 1), (batch.v, dv, 1)]
+    sq = torch.stack([sum(p.square().sum(dims) for p, _, dims in pairs), sum(g.square().sum(dims) for _, g, dims in pairs)], 1)  # (S, 2)
+    sizes = {}
+    for i, (theta_sq, g_sq) in zip(batch.ids, sq.tolist(), strict=True):
+        log_step = math.log(rho) + 0.5 * (math.log(theta_sq) - math.log(g_sq)) if theta_sq > 0 and g_sq > 0 else math.inf
+        sizes[i] = StepSize(log_step=log_step, lr=math.exp(min(log_step - examples.log_scale[i], LOG_FLOAT_MAX)), shrink=1.0)
+    return sizes
 
 
 def _update(batch: Batch, examples: Examples, sizes: list[StepSize], spec: TrainSpec) -> None:

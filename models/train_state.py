@@ -161,7 +161,7 @@ class Run:
             min_margin=q_min,
             stop_reason=reason,
             seconds=time.perf_counter() - self.start,
-            final_lr=self.last_lr[i] if self.spec.schedule == "normalized" else self.lr,
+            final_lr=self.last_lr[i] if self.spec.schedule != "paper" else self.lr,
             weight_decay=self.decay[i],
             nonfinite_iteration=self.it if reason == "nonfinite" else None,
         )

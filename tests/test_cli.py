@@ -158,7 +158,7 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     records = json.loads(capsys.readouterr().out)
     assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
     for record in records:
-        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe"}
+        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe", "steps"}
         assert record["seconds"] > 0 and record["examples_per_s"] > 0
         assert record["shape"] == "d=64 n=64 width=256"
     # The rates follow from the shape and the seconds: a training step is two (n, d) x (d, width) products.
@@ -181,8 +181,16 @@ def test_time_to_margin_records_reach_the_recipes_margin() -> None:
     records = time_to_margin(torch.device("cpu"), shape=(8, 8, 16))
     recipe, *others = records
     assert recipe.kernel.startswith("paper recipe") and recipe.speedup_over_recipe == 1
-    assert [r.kernel for r in others] == ["paper schedule, analytic step, fp64", "normalized schedule, fp64", "normalized schedule, fp32"]
-    for record in others:
+    assert [r.kernel for r in others] == [
+        "paper schedule, analytic step, fp64", "normalized schedule, fp64", "normalized schedule, fp32",
+        "arc schedule, fp64 (to loss 1e-30)", "arc schedule, fp32 (to loss 1e-30)",
+    ]  # fmt: skip
+    margin_targeted, arc = others[:3], others[3:]
+    for record in margin_targeted:
         assert record.normalized_margin >= recipe.normalized_margin * (1 - 1e-6)  # fp32: the margin in fp64 of fp32 weights
+    for record in arc:  # stopped at the recipe's loss, not its margin: the same network to within 1%
+        assert record.normalized_margin == pytest.approx(recipe.normalized_margin, rel=0.01)
+        assert record.steps is not None and record.steps < recipe.steps / 10
+    for record in others:
         assert record.seconds > 0 and 0 < record.speedup_over_recipe < math.inf
         assert record.common_c_over_sqrt_d == pytest.approx(recipe.common_c_over_sqrt_d, rel=0.1)

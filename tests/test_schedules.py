@@ -3,8 +3,11 @@ margin and on stationarity say what they claim; the kkt family's l2 model trains
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +18,7 @@ from marginbench.bench.spec import ExperimentSpec
 from marginbench.models.datasets import sphere
 from marginbench.models.diagnostics import kkt_residual, normalized_margin
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train
+from marginbench.models.train_spec import ARC_STEP, arc_schedule
 from marginbench.models.two_layer import pytorch_default_init
 
 NORMALIZED = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0)
@@ -106,6 +110,18 @@ def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys)
     assert math.isfinite(summary.loc["l2", "kkt_residual"]) and math.isfinite(summary.loc["l2", "normalized_margin"])
 
 
+def test_cli_runs_the_arc_schedule_to_the_papers_stopping_point(tmp_path: Path) -> None:
+    out = tmp_path / "arc"
+    args = ["run", "--d", "16", "--width", "32", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule", "arc", "--max-iters", "2000", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
+    assert summary.loc["vanilla", "train_stop_reason"] == "target_loss" and summary.loc["vanilla", "train_log10_loss"] < -30
+    assert summary.loc["vanilla", "train_iterations"] < 1000  # the paper schedule takes ~72,000
+    assert summary.loc["l2", "run_status"] == "ok"  # the l2 model keeps the normalized schedule
+    train = json.loads((out / "manifest.json").read_text())["specs"][0]["train"]
+    assert (train["schedule"], train["lr"], train["lr_growth"]) == ("arc", ARC_STEP, 1.0)
+
+
 @pytest.mark.slow
 def test_clarke_kkt_residual_certifies_the_l2_point_that_the_one_sided_residual_cannot() -> None:
     """The kkt l2 model's equilibrium sits on ReLU kinks, where GD chatters: with relu'(0) free in [0, 1]
@@ -140,3 +156,25 @@ def test_clarke_kkt_residual_certifies_the_l2_point_that_the_one_sided_residual_
     constraints = [{"type": "ineq", "fun": (lambda z, i=i, c=c: z[i] - z[8 + c])} for c, (i, _) in enumerate(pairs)]
     res = minimize(lambda z: 0.5 * np.sum((theta - M @ z) ** 2), np.zeros(8 + k), jac=lambda z: -M.T @ (theta - M @ z), bounds=[(0, None)] * (8 + k), constraints=constraints, method="SLSQP", options={"maxiter": 2000, "ftol": 1e-16})
     assert clarke == pytest.approx(np.sqrt(2 * res.fun) / np.linalg.norm(theta), abs=1e-4)
+
+
+# The arc schedule: theta <- theta - rho ||theta|| g / ||g||, g = grad log L (issue 12's fast path).
+def test_an_arc_step_has_length_rho_theta_along_minus_the_gradient() -> None:
+    data = sphere(d=8, n=8, seed=0)
+    init = pytorch_default_init(8, 16, generator=torch.Generator().manual_seed(0))
+    net, report = train(init, data.X, data.y, arc_schedule(TrainSpec(), lr=0.05, target_loss=None, max_iters=1))
+    step = torch.cat([(net.W - init.W).flatten(), net.b - init.b, net.v - init.v])
+    theta = torch.cat([init.W.flatten(), init.b, init.v])
+    assert report.iterations == 1
+    assert float(step.norm()) == pytest.approx(0.05 * float(theta.norm()), rel=1e-12)
+    params = [t.clone().requires_grad_(True) for t in (init.W, init.b, init.v)]
+    W, b, v = params
+    loss = torch.exp(-data.y * (torch.relu(data.X @ W.T + b) @ v)).sum().log()
+    grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+    assert float(torch.nn.functional.cosine_similarity(step, -grad, dim=0)) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=4), dict(lr=1.5), dict(l2=1e-3), dict(lr_growth=1.1)])
+def test_bad_arc_specs_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="arc"):
+        arc_schedule(TrainSpec(), **bad)

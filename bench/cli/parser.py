@@ -15,6 +15,7 @@ from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, FAMILIES
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
+from marginbench.models.train_spec import ARC_STEP
 
 PROG = "marginbench"
 
@@ -106,7 +107,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--schedule",
         choices=SCHEDULES,
         help="paper: step lr grad L with lr grown x1.1 every 100 iterations (kkt default); normalized: step lr grad L / L, "
-        f"the same gradient-flow path in far fewer steps (full batch; --lr defaults to {NORMALIZED_LR} and --lr-growth to 1)",
+        f"the same gradient-flow path in far fewer steps (full batch; --lr defaults to {NORMALIZED_LR} and --lr-growth to 1); "
+        f"arc: steps of length lr ||theta|| along -grad log L, the same network at loss 1e-30 in a few hundred steps "
+        f"(full batch; --lr defaults to {ARC_STEP})",
     )
     training.add_argument("--loss", choices=LOSSES, help="exp: e^{-q} (kkt default); logistic: log(1+e^{-q}) (subspace default)")
     training.add_argument("--target-loss", type=_finite(float), help="stop once the training loss is below this (kkt default 1e-30)")
