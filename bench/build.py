@@ -17,7 +17,8 @@ import torch
 from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import Onto, SubspaceProjection
-from marginbench.bench.spec import KKT, RunSpec
+from marginbench.bench.families import KKT
+from marginbench.bench.spec import RunSpec
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from marginbench.bench.build import RunContext, train_plans
+from marginbench.bench.errors import SpecError
 from marginbench.bench.measure import RunRecord
 from marginbench.bench.registry import TRAINING_PLANS
 from marginbench.bench.runner import Log, Prebuilt, RunTask, compute_run, make_data, one_line
-from marginbench.bench.spec import SpecError
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 RAY_INSTALL = "pip install 'marginbench[ray]' (or: pip install ray)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from torch import Tensor
 
 from marginbench.attacks.base import AttackResult, SharedPerturbation
 from marginbench.models.two_layer import TwoLayerNet
+
+if TYPE_CHECKING:
+    from marginbench.bench.spec import RunSpec
 
 EXAMPLE_COLUMNS = ["run_id", "family", "dataset", "model", "attack", "seed", "index", "label", "margin", "on_margin", "norm", "success"]
 SUMMARY_COLUMNS = [
@@ -79,6 +82,10 @@ class RunKeys:
     dataset: str
     model: str
     seed: int
+
+    @classmethod
+    def of(cls, run: RunSpec) -> RunKeys:
+        return cls(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
 
 
 @dataclass(frozen=True, kw_only=True)

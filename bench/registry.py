@@ -17,7 +17,9 @@ from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbC
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench import build
 from marginbench.bench.build import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
-from marginbench.bench.spec import FAMILIES, ExperimentSpec, SpecError
+from marginbench.bench.errors import SpecError
+from marginbench.bench.families import FAMILIES
+from marginbench.bench.spec import ExperimentSpec
 
 F = TypeVar("F")
 

@@ -21,9 +21,11 @@ from torch import Tensor
 from marginbench.attacks.base import AttackResult, AttackUnavailable
 from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.counting import CountingNet
+from marginbench.bench.errors import SpecError
+from marginbench.bench.families import KKT
 from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attack_row, best_rows, example_rows, failed_record, verify, verify_shared
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
-from marginbench.bench.spec import KKT, RunSpec, SpecError
+from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, thm51_assumption
@@ -142,14 +144,13 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _attack_all(task: RunTask, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
+def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
     """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
     verified perturbations and each attack's seconds."""
     run, net = task.run, built.net
     X, y = data.attacked
     margins = y * net(X)
     on_margin = margin_set(margins)
-    keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
     frames, rows, perturbations, seconds = [], [], {}, {}
     for name in task.attacks:
         counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
@@ -193,7 +194,8 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
     diagnostics, per_example = theory_diagnostics(run, data, built)
     row.update(diagnostics)
     seconds["diagnostics"] = time.perf_counter() - start
-    frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, context, data, built, per_example, log)
+    keys = RunKeys.of(run)
+    frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, keys, context, data, built, per_example, log)
     status, error = "ok", ""
     if built.train is not None and built.train.stop_reason == "nonfinite":
         status, error = "failed", f"training hit NaN/inf at iteration {built.train.nonfinite_iteration}; rows are for the last finite parameters"
@@ -204,7 +206,6 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         "data.npz": data.arrays(),
         "perturbations.npz": perturbations,
     }
-    keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
     examples = pd.concat(frames, ignore_index=True)
     return RunRecord(index=task.index, keys=keys, examples=examples, run_row={**row, "run_status": status, "run_error": error}, attack_rows=attack_rows, manifest=manifest, arrays=arrays)
 
@@ -229,7 +230,7 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
     except Exception as err:  # a failed run is recorded and the sweep goes on
         error = one_line(err)
         log(f"  failed: {error}")
-        keys = RunKeys(run_id=run.run_id, family=run.family, dataset=run.dataset, model=run.model, seed=run.seed)
+        keys = RunKeys.of(run)
         manifest = {"wall_seconds": time.perf_counter() - start, "run_status": "failed", "error": error}
         return failed_record(task.index, keys, {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
     status = {"run_status": record.run_row["run_status"], "error": record.run_row["run_error"]}

@@ -5,7 +5,8 @@ expands it into ``RunSpec``s, one trained (or constructed) network each. A prese
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
 registries by ``marginbench.bench.registry.check_names`` before any work starts.
 
-Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in ``FAMILIES``.
+Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in
+``marginbench.bench.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).
 """
 
 from __future__ import annotations
@@ -16,83 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from marginbench.models.datasets import DIGITS_DIM, DIGITS_ELL, LABEL_RULES
-from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec, normalized_schedule
-from marginbench.models.train_spec import arc_schedule
+from marginbench.bench.errors import SpecError, field_error
+from marginbench.bench.families import FAMILIES, KKT, FamilySpec, family_of
+from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
+from marginbench.models.train import TrainSpec
+from marginbench.models.train_spec import on_schedule
 
-SCHEDULE_DEFAULTS = {"normalized": normalized_schedule, "arc": arc_schedule}  # a schedule's own lr and growth
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-
-
-class SpecError(ValueError):
-    """A user-facing mistake; its message is one line that says what to fix.
-
-    ``str(err)`` names the spec's fields, for a Python caller; ``cli`` says the same with the command line's
-    options, for ``marginbench`` to print.
-    """
-
-    def __init__(self, message: str, *, cli: str | None = None) -> None:
-        super().__init__(message)
-        self.cli = cli if cli is not None else message
-
-
-def field_error(name: str, problem: str) -> SpecError:
-    """``name problem`` for Python, ``--name problem`` for the command line (e.g. "d must be at least 2")."""
-    return SpecError(f"{name} {problem}", cli=f"--{name.replace('_', '-')} {problem}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FamilySpec:
-    """One experiment family: the paper it follows and every default of its experiments."""
-
-    name: str
-    paper: str
-    datasets: tuple[str, ...]  # built-in datasets; the first is the default
-    models: tuple[str, ...]  # built-in models of the family
-    default_models: tuple[str, ...]
-    default_attacks: tuple[str, ...]
-    train: TrainSpec  # the family's training recipe
-    on_subspace: bool  # data lie on a subspace P of codimension ell; held-out points of P are attacked
-
-    def default_ell(self, dataset: str, d: int) -> int | None:
-        """The codimension of P where the spec gives none: digits keep 10 components, the others d // 4."""
-        if not self.on_subspace:
-            return None
-        return DIGITS_ELL if dataset == "digits" else d - d // 4
-
-
-KKT = FamilySpec(
-    name="kkt",
-    paper="Vardi et al. 2022",
-    datasets=("sphere",),
-    models=("vanilla", "small-init", "l2", "robust-construction"),
-    default_models=("vanilla", "robust-construction"),
-    # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
-    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
-    train=TrainSpec(),
-    on_subspace=False,
-)
-SUBSPACE = FamilySpec(
-    name="subspace",
-    paper="Melamed et al. 2023",
-    datasets=("subspace", "digits"),
-    models=("vanilla", "small-init", "l2"),
-    default_models=("vanilla", "small-init", "l2"),
-    default_attacks=("subspace-z", "pgd", "pgd-off", "pgd-on"),
-    train=SUBSPACE_TRAIN,
-    on_subspace=True,
-)
-FAMILIES: dict[str, FamilySpec] = {family.name: family for family in (KKT, SUBSPACE)}
-
-
-def family_of(name: str) -> FamilySpec:
-    """The family called ``name``; SpecError naming the choices otherwise."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise field_error("family", f"{name!r} is unknown; choose one of: {', '.join(FAMILIES)}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,18 +208,16 @@ def with_options(spec: ExperimentSpec, options: Mapping[str, Any], train_options
     """``spec`` with the given fields replaced, and the given fields of its training spec.
 
     ``options`` may hold any ExperimentSpec field (``n=None`` with ``alpha`` switches to n = d^alpha);
-    ``train_options`` any TrainSpec field. Asking for the normalized or arc schedule brings its own step size
-    and no growth (``normalized_schedule``, ``arc_schedule``), unless they are given too. SpecError for an
-    invalid result.
+    ``train_options`` any TrainSpec field. Asking for a schedule brings its own step size and growth
+    (``on_schedule``), unless they are given too. SpecError for an invalid result.
     """
     changed = dataclasses.replace(spec, **options)
     if not train_options:
         return changed
     train = changed.train_spec
     try:
-        schedule = SCHEDULE_DEFAULTS.get(train_options.get("schedule", ""))
-        if schedule is not None:  # the schedule brings its own step and no growth, unless they are given too
-            train = schedule(train)
+        if "schedule" in train_options:  # a schedule brings its own step and growth, unless they are given too
+            train = on_schedule(train, train_options["schedule"])
         return dataclasses.replace(changed, train=dataclasses.replace(train, **train_options))
     except ValueError as err:
         raise SpecError(str(err)) from None

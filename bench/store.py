@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from marginbench.bench.spec import SpecError
+from marginbench.bench.errors import SpecError
 
 RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
 ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")

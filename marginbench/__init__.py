@@ -38,7 +38,7 @@ _EXPORTS = {
     "train": "marginbench.models.train",
     "RunSpec": "marginbench.bench.spec",
     "ExperimentSpec": "marginbench.bench.spec",
-    "SpecError": "marginbench.bench.spec",
+    "SpecError": "marginbench.bench.errors",
     "ExecutorSpec": "marginbench.bench.executors",
     "run_sweep": "marginbench.bench.sweep",
     "read_results": "marginbench.bench.store",
@@ -76,11 +76,12 @@ __all__ = [
 if TYPE_CHECKING:
     from marginbench.attacks.base import Attack, AttackResult, AttackUnavailable, SharedPerturbation
     from marginbench.bench.build import BuiltModel, RunContext, TrainingPlan
+    from marginbench.bench.errors import SpecError
     from marginbench.bench.executors import ExecutorSpec
     from marginbench.bench.measure import verify
     from marginbench.bench.presets import PRESETS
     from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
-    from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+    from marginbench.bench.spec import ExperimentSpec, RunSpec
     from marginbench.bench.store import read_results
     from marginbench.bench.sweep import run_sweep
     from marginbench.models.datasets import Dataset

@@ -222,11 +222,18 @@ def _step_size(lr: float, log_L: float, log_scale: float, spec: TrainSpec) -> St
     return StepSize(log_step=log_lr + log_scale, lr=lr_now, shrink=1.0 - lr_now * spec.l2)
 
 
+def _trained(batch: Batch, examples: Examples, spec: TrainSpec) -> list[tuple[Tensor, Tensor, tuple[int, ...]]]:
+    """(parameter, its gradient direction, the dims that sum over one net) for each trained layer: W, and b, v
+    unless only the first layer trains."""
+    dW, db, dv = examples.gradient()
+    pairs = [(batch.W, dW, (1, 2))]
+    return pairs if spec.layers == "first" else [*pairs, (batch.b, db, (1,)), (batch.v, dv, (1,))]
+
+
 def _arc_sizes(rho: float, batch: Batch, examples: Examples, spec: TrainSpec) -> dict[int, StepSize]:
     """The arc schedule's steps: length rho ||theta|| along G = (dW, db, dv) = -grad L / L' (so along -grad log L),
     over the trained weights: e^{log_step} = rho ||theta|| / ||G||, and lr_t = that / L' for the report."""
-    dW, db, dv = examples.gradient()
-    pairs = [(batch.W, dW, (1, 2))] if spec.layers == "first" else [(batch.W, dW, (1, 2)), (batch.b, db, 1), (batch.v, dv, 1)]
+    pairs = _trained(batch, examples, spec)
     sq = torch.stack([sum(p.square().sum(dims) for p, _, dims in pairs), sum(g.square().sum(dims) for _, g, dims in pairs)], 1)  # (S, 2)
     sizes = {}
     for i, (theta_sq, g_sq) in zip(batch.ids, sq.tolist(), strict=True):
@@ -257,10 +264,9 @@ def _stationary(batch: Batch, examples: Examples, spec: TrainSpec) -> list[int]:
     theta = sum_i (-loss'(q_i) / lambda) y_i grad N(x_i): the KKT stationarity of Vardi et al.'s problem (2),
     with multipliers -loss'(q_i) / lambda >= 0 (up to the rescaling that makes min_i q_i = 1).
     """
-    W, b, v, (dW, db, dv) = batch.W, batch.b, batch.v, examples.gradient()
     log_c = [examples.log_scale[i] - math.log(spec.l2) for i in batch.ids]
-    c = torch.tensor([math.exp(min(value, LOG_FLOAT_MAX)) for value in log_c], dtype=W.dtype, device=W.device)
-    pairs = [(W, dW, (1, 2))] if spec.layers == "first" else [(W, dW, (1, 2)), (b, db, 1), (v, dv, 1)]
+    c = torch.tensor([math.exp(min(value, LOG_FLOAT_MAX)) for value in log_c], dtype=batch.W.dtype, device=batch.W.device)
+    pairs = _trained(batch, examples, spec)
     residual = sum((p - c.view(-1, *[1] * (p.dim() - 1)) * g).square().sum(dims) for p, g, dims in pairs)
     size = sum(p.square().sum(dims) for p, _, dims in pairs)
     return [i for i, flag in zip(batch.ids, (residual <= spec.stationarity**2 * size).tolist(), strict=True) if flag]

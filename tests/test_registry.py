@@ -9,10 +9,11 @@ import torch
 
 from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.build import RunContext
+from marginbench.bench.families import FAMILIES
 from marginbench.bench.measure import verify
 from marginbench.bench.presets import PRESETS
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import FAMILIES, ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.train import TrainSpec
 from marginbench.models.two_layer import TwoLayerNet

@@ -10,9 +10,10 @@ from typing import Any, NoReturn
 import marginbench.bench.cli.commands as commands
 from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
 from marginbench.bench.executors import EXECUTORS
+from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES, FAMILIES
+from marginbench.bench.spec import DEVICES
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 from marginbench.models.train_spec import ARC_STEP

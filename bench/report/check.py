@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from marginbench.bench.spec import SpecError
+from marginbench.bench.errors import SpecError
 from marginbench.bench.store import atomic_write, read_provenance, read_results
 
 FORMAT = "marginbench-baseline/1"

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from marginbench.bench.errors import SpecError
 from marginbench.bench.measure import BEST, PASS_COLUMNS, best_of
-from marginbench.bench.spec import SpecError
 from marginbench.bench.store import RUN_KEY, Results
 
 MODEL_KEY = ["model", "dataset", "d", "n", "width"]

@@ -1,0 +1,61 @@
+"""The experiment families: the paper each follows and every default of its experiments, decided once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marginbench.bench.errors import field_error
+from marginbench.models.datasets import DIGITS_ELL
+from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class FamilySpec:
+    """One experiment family: the paper it follows and every default of its experiments."""
+
+    name: str
+    paper: str
+    datasets: tuple[str, ...]  # built-in datasets; the first is the default
+    models: tuple[str, ...]  # built-in models of the family
+    default_models: tuple[str, ...]
+    default_attacks: tuple[str, ...]
+    train: TrainSpec  # the family's training recipe
+    on_subspace: bool  # data lie on a subspace P of codimension ell; held-out points of P are attacked
+
+    def default_ell(self, dataset: str, d: int) -> int | None:
+        """The codimension of P where the spec gives none: digits keep 10 components, the others d // 4."""
+        if not self.on_subspace:
+            return None
+        return DIGITS_ELL if dataset == "digits" else d - d // 4
+
+
+KKT = FamilySpec(
+    name="kkt",
+    paper="Vardi et al. 2022",
+    datasets=("sphere",),
+    models=("vanilla", "small-init", "l2", "robust-construction"),
+    default_models=("vanilla", "robust-construction"),
+    # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
+    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
+    train=TrainSpec(),
+    on_subspace=False,
+)
+SUBSPACE = FamilySpec(
+    name="subspace",
+    paper="Melamed et al. 2023",
+    datasets=("subspace", "digits"),
+    models=("vanilla", "small-init", "l2"),
+    default_models=("vanilla", "small-init", "l2"),
+    default_attacks=("subspace-z", "pgd", "pgd-off", "pgd-on"),
+    train=SUBSPACE_TRAIN,
+    on_subspace=True,
+)
+FAMILIES: dict[str, FamilySpec] = {family.name: family for family in (KKT, SUBSPACE)}
+
+
+def family_of(name: str) -> FamilySpec:
+    """The family called ``name``; SpecError naming the choices otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise field_error("family", f"{name!r} is unknown; choose one of: {', '.join(FAMILIES)}") from None
