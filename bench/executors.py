@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -49,12 +50,15 @@ class ExecutorSpec:
             (None: as many as the cluster schedules) and, for a local Ray, the CPUs it may use.
         ray_address: the cluster to join (e.g. "auto" or "ray://head:10001"); None starts a local Ray.
         batch_seeds: sequential only: train the seeds of one model and setting in one batch.
+        gpus_per_run: ray only: the GPUs each run asks Ray for (a fraction packs several runs on one GPU);
+            None: 1 for runs on cuda, 0 for runs on the CPU.
     """
 
     kind: str = "local"
     workers: int | None = None
     ray_address: str | None = None
     batch_seeds: bool = False
+    gpus_per_run: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EXECUTORS:
@@ -63,6 +67,12 @@ class ExecutorSpec:
             raise SpecError(f"workers must be a positive integer, got {self.workers!r}", cli=f"--workers must be a positive integer, got {self.workers!r}")
         if self.ray_address is not None and self.kind != "ray":
             raise SpecError("a ray_address applies to the ray executor only", cli="--ray-address applies to --executor ray only")
+        if self.gpus_per_run is not None:
+            if self.kind != "ray":
+                raise SpecError("gpus_per_run applies to the ray executor only", cli="--gpus-per-run applies to --executor ray only")
+            g = self.gpus_per_run
+            if not (math.isfinite(g) and g > 0 and (g < 1 or g == int(g))):
+                raise SpecError(f"gpus_per_run must be a fraction below 1 or a whole number of GPUs, got {g}", cli=f"--gpus-per-run must be a fraction below 1 (e.g. 0.25) or a whole number, got {g}")
         if self.batch_seeds and (self.kind != "local" or (self.workers or 1) > 1):
             raise SpecError("batch_seeds applies to runs in this process only (local, one worker)", cli="--batch-seeds applies to runs in this process only (--executor local, --workers 1)")
 
@@ -168,10 +178,17 @@ class RayExecutor:
 
     live = False
 
-    def __init__(self, address: str | None, workers: int | None) -> None:
+    def __init__(self, address: str | None, workers: int | None, gpus_per_run: float | None = None) -> None:
         self.address = address
         self.workers = workers
+        self.gpus_per_run = gpus_per_run
         self._started = False
+
+    def gpus(self, task: RunTask) -> float:
+        """The GPUs ``task`` asks Ray for: --gpus-per-run, else one for a run on cuda and none on the CPU."""
+        if self.gpus_per_run is not None:
+            return self.gpus_per_run
+        return 1.0 if task.device.type == "cuda" else 0.0
 
     def __enter__(self) -> RayExecutor:
         ray = import_ray()
@@ -191,18 +208,26 @@ class RayExecutor:
 
     def run(self, tasks: Sequence[RunTask]) -> Iterator[RunRecord]:
         ray = import_ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(compute_run)
+        remote = ray.remote(num_cpus=1, max_retries=0)(compute_on_ray)
         waiting = list(tasks)
         in_flight: list[Any] = []
         limit = self.workers or len(waiting)
         while waiting or in_flight:
             while waiting and len(in_flight) < limit:
-                in_flight.append(remote.remote(waiting.pop(0)))
+                task = waiting.pop(0)
+                in_flight.append(remote.options(num_gpus=self.gpus(task)).remote(task))
             done, in_flight = ray.wait(in_flight, num_returns=1)
             try:
                 yield ray.get(done[0])
             except ray.exceptions.RayError as err:
                 raise SweepAborted(f"a Ray task failed ({one_line(err).splitlines()[0][:ERROR_CHARS]})") from None
+
+
+def compute_on_ray(task: RunTask) -> RunRecord:
+    """``compute_run`` in a Ray worker; the run's manifest entry records the GPU ids Ray gave it (Ray sets
+    CUDA_VISIBLE_DEVICES to them, so torch's cuda device is the run's own GPU)."""
+    record = compute_run(task)
+    return dataclasses.replace(record, manifest={**record.manifest, "ray_gpu_ids": [str(i) for i in import_ray().get_gpu_ids()]})
 
 
 def import_ray() -> Any:
@@ -217,7 +242,7 @@ def import_ray() -> Any:
 def make_executor(spec: ExecutorSpec, log: Log) -> SequentialExecutor | PoolExecutor | RayExecutor:
     """The executor for ``spec``; ``log`` receives the log lines of runs computed in this process as they come."""
     if spec.kind == "ray":
-        return RayExecutor(spec.ray_address, spec.workers)
+        return RayExecutor(spec.ray_address, spec.workers, spec.gpus_per_run)
     if (spec.workers or 1) > 1:
         return PoolExecutor(spec.workers or 1)
     return SequentialExecutor(log, batch_seeds=spec.batch_seeds)

@@ -1,8 +1,9 @@
 """Named experiments: ``marginbench run --preset NAME [--scale small|full]``.
 
 A preset is a sweep, a tuple of ExperimentSpecs written into one result directory. The papers' presets come
-in two scales: ``small`` runs on 2 CPU cores in minutes; ``full`` is the paper's grid, meant for a GPU
-(``--device cuda``).
+in three scales: ``small`` runs on 2 CPU cores in minutes (d <= 64); ``medium`` is the papers' own width and
+d = 100 ... 300, trained with the arc schedule in float32 (certified against the paper's schedule by
+``--twin paper``), sized for one CPU; ``full`` is the paper's grid, meant for a GPU (``--device cuda``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Literal
 from marginbench.bench.registry import Registry
 from marginbench.bench.spec import ExperimentSpec, Sweep
 from marginbench.models.train import TrainSpec
+from marginbench.models.train_spec import arc_schedule
 
-Scale = Literal["small", "full"]
-SCALES: tuple[str, ...] = ("small", "full")
+Scale = Literal["small", "medium", "full"]
+SCALES: tuple[str, ...] = ("small", "medium", "full")
+
+# The medium scale's training: the arc schedule (a few hundred to a few thousand steps instead of ~72,000),
+# computing in float32, stopped where the paper stops (loss 1e-30).
+FAST_TRAIN = arc_schedule(TrainSpec(), precision="float32")
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,21 @@ def smoke(scale: Scale) -> Sweep:
     return (ExperimentSpec(family="kkt", d=16, alpha=1.0, width=32, attacks=("universal-z",), seeds=(0, 1)),)
 
 
+PAPER_ALPHAS = (0.5, 0.8, 1.0, 1.2, 1.5)  # Vardi et al. Section 6: n = d^alpha
+PAPER_SEEDS = (0, 1, 2, 3, 4)
+MEDIUM_DIMS = (100, 200, 300)
+
+
 def _fig1a(scale: Scale) -> Sweep:
+    train = FAST_TRAIN if scale == "medium" else None
     if scale == "full":  # Vardi et al. Section 6: d in {100, ..., 1000}, n = d^alpha, width 1000, 5 seeds
-        dims, alphas, width, seeds = tuple(range(100, 1001, 100)), (0.5, 0.8, 1.0, 1.2, 1.5), 1000, (0, 1, 2, 3, 4)
+        dims, alphas, width, seeds = tuple(range(100, 1001, 100)), PAPER_ALPHAS, 1000, PAPER_SEEDS
+    elif scale == "medium":
+        dims, alphas, width, seeds = MEDIUM_DIMS, PAPER_ALPHAS, 1000, PAPER_SEEDS
     else:
         dims, alphas, width, seeds = (16, 32, 64), (0.5, 1.0, 1.2), 128, (0, 1)
     return tuple(
-        ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=seeds)
+        ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=seeds, train=train)
         for a in alphas
         for d in dims
     )
@@ -82,18 +96,27 @@ def paper_fig2(scale: Scale) -> Sweep:
     return _fig1a(scale)
 
 
+PAPER_WIDTHS = (100, 500, 1000, 2000, 4000, 8000)  # Vardi et al. Figure 1b
+
+
 @preset("paper-fig1b", figures=True)
 def paper_fig1b(scale: Scale) -> Sweep:
     """Vardi et al. Figure 1b: universal-z's common c vs d for n = d at widths 100 ... 8000."""
+    train = FAST_TRAIN if scale == "medium" else None
     if scale == "full":
-        dims, widths, seeds = tuple(range(100, 1001, 100)), (100, 500, 1000, 2000, 4000, 8000), (0, 1, 2, 3, 4)
+        dims, widths, seeds = tuple(range(100, 1001, 100)), PAPER_WIDTHS, PAPER_SEEDS
+    elif scale == "medium":
+        dims, widths, seeds = MEDIUM_DIMS, PAPER_WIDTHS, PAPER_SEEDS
     else:
         dims, widths, seeds = (16, 32, 64), (32, 128, 512), (0, 1)
     return tuple(
-        ExperimentSpec(family="kkt", d=d, alpha=1.0, width=w, models=("vanilla",), attacks=("universal-z",), seeds=seeds)
+        ExperimentSpec(family="kkt", d=d, alpha=1.0, width=w, models=("vanilla",), attacks=("universal-z",), seeds=seeds, train=train)
         for w in widths
         for d in dims
     )
+
+
+MEDIUM_FACTORS, MEDIUM_FIG4_SEEDS = (1, 2, 4, 8, 16, 32), (0, 1, 2)  # all of the full scale's: ~10 s a run
 
 
 @preset("melamed-fig4", figures=True)
@@ -106,6 +129,8 @@ def melamed_fig4(scale: Scale) -> Sweep:
     """
     if scale == "full":
         d, ell, n, n_eval, width, factors, seeds, digits_ell = 784, 756, 1000, 200, 1000, (1, 2, 4, 8, 16, 32), (0, 1, 2), 32
+    elif scale == "medium":  # the full scale's settings, every divisor and seed (they fit: ~10 s a sphere run)
+        d, ell, n, n_eval, width, factors, seeds, digits_ell = 784, 756, 1000, 200, 1000, MEDIUM_FACTORS, MEDIUM_FIG4_SEEDS, 32
     else:
         d, ell, n, n_eval, width, factors, seeds, digits_ell = 196, 189, 100, 50, 100, (1, 4, 16), (0,), 48
     attacks = ("pgd-on", "pgd-off", "pgd")
@@ -118,8 +143,8 @@ def melamed_fig4(scale: Scale) -> Sweep:
     )
     digits_part = tuple(
         ExperimentSpec(
-            family="subspace", dataset="digits", d=64, ell=digits_ell, n=n if scale == "full" else 300,
-            n_eval=n_eval if scale == "full" else 100, width=width, init_scale=1.0 / f, models=("vanilla",),
+            family="subspace", dataset="digits", d=64, ell=digits_ell, n=n if scale != "small" else 300,
+            n_eval=n_eval if scale != "small" else 100, width=width, init_scale=1.0 / f, models=("vanilla",),
             attacks=attacks, seeds=seeds,
         )
         for f in factors

@@ -27,6 +27,7 @@ from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attac
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
+from marginbench.bench.twin import COMPARED, twin_facts
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, thm51_assumption
 from marginbench.models.two_layer import TwoLayerNet
@@ -194,6 +195,11 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
     diagnostics, per_example = theory_diagnostics(run, data, built)
     row.update(diagnostics)
     seconds["diagnostics"] = time.perf_counter() - start
+    twin, seconds["twin"] = clocked(lambda: twin_facts(run, data, built, context), task.device)
+    row.update(twin)
+    if "twin_iterations" in twin:
+        diffs = ", ".join(f"{key.replace('_', ' ')} {100 * twin[f'twin_{key}_rel_diff']:+.2f}%" for key in COMPARED)
+        log(f"  twin ({run.twin} schedule): {twin['twin_iterations']} iterations in {twin['twin_seconds']:.1f} s; {diffs}: {twin['twin_status']}")
     keys = RunKeys.of(run)
     frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, keys, context, data, built, per_example, log)
     status, error = "ok", ""

@@ -26,6 +26,7 @@ from marginbench.models.train_spec import on_schedule
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+TWINS: tuple[str, ...] = ("paper",)  # --twin: the schedules a fast-trained net can be certified against
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +48,7 @@ class RunSpec:
     label_rule: str = "random"
     init_scale: float = 1.0  # multiplies the initialization's standard deviation
     l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/build.py)
+    twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/twin.py)
 
     @property
     def family_spec(self) -> FamilySpec:
@@ -87,6 +89,7 @@ class ExperimentSpec:
     seeds: tuple[int, ...] = (0,)
     device: str = "cpu"
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
+    twin: str | None = None  # "paper": every trained net again with Vardi et al.'s schedule, compared (kkt only)
 
     def __post_init__(self) -> None:
         # One check per line, in the order a user reads the options; each names the field and what is wrong.
@@ -132,6 +135,10 @@ class ExperimentSpec:
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
         if family is KKT and "l2" in self.model_names and self.l2 == 0:
             raise field_error("l2", "0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default 1e-10)")
+        if self.twin is not None and self.twin not in TWINS:
+            raise field_error("twin", f"{self.twin!r} is unknown; choose one of: {', '.join(TWINS)}")
+        if self.twin is not None and family is not KKT:
+            raise field_error("twin", f"applies to the kkt family only (the {family.name} family trains with its paper's own constant step)")
         if self.device not in DEVICES:
             raise field_error("device", f"{self.device!r} is unknown; choose one of: {', '.join(DEVICES)}")
 
@@ -186,6 +193,7 @@ class ExperimentSpec:
                 label_rule=self.label_rule,
                 init_scale=self.init_scale,
                 l2=self.l2,
+                twin=self.twin,
             )
             for model in self.model_names
             for seed in self.seeds

@@ -22,12 +22,14 @@ import pandas as pd
 import torch
 
 import marginbench
+from marginbench.bench.estimate import SweepProgress, sweep_cost
 from marginbench.bench.executors import ExecutorSpec, SweepAborted, import_ray, make_executor
 from marginbench.bench.measure import RunRecord, sweep_tables
-from marginbench.bench.registry import DATASETS, check_names
+from marginbench.bench.registry import DATASETS, TRAINING_PLANS, check_names
 from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
 from marginbench.bench.store import ResultStore
+from marginbench.bench.twin import twin_report
 
 
 def _stderr(line: str) -> None:
@@ -180,18 +182,25 @@ def run_sweep(
         store.write_manifest(manifest)
         return examples, summary
 
-    with make_executor(executor, log) as pool:
+    cost, weights = sweep_cost(sweep, frozenset(TRAINING_PLANS.names()))
+    log(cost.line())
+    with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
         write_tables()
         try:
             for record in pool.run(tasks):
                 if not pool.live:
                     for line in record.log:
-                        log(line)
+                        bar.around(log)(line)
                 finished[record.index] = _save(store, record)
                 write_tables()
+                bar.done(record.index)
         except SweepAborted as err:
             raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
     failed = sum(r.failed for r in finished.values())
+    for record in sorted(finished.values(), key=lambda r: r.index):
+        line = twin_report(record.run_id, record.run_row)
+        if line is not None:
+            log(line)
     manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
     examples, summary = write_tables()
     if failed:

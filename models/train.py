@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -92,6 +93,11 @@ def train_batch(
     seeds = tuple(seeds) if seeds is not None else (0,) * S
     if not (len(nets) == S == y.shape[0] == len(seeds)) or y.shape[1] != n:
         raise ValueError(f"{len(nets)} nets, {len(seeds)} seeds, inputs {tuple(X.shape)} and labels {tuple(y.shape)} disagree")
+    if spec.precision is not None:  # compute in spec.precision; hand the nets back in the dtype they came in
+        dtype, given = getattr(torch, spec.precision), X.dtype
+        cast = [net.to(X.device, dtype) for net in nets]
+        trained = train_batch(cast, X.to(dtype), y.to(dtype), replace(spec, precision=None), seeds=seeds, progress=progress, description=description)
+        return [(net.to(X.device, given), report) for net, report in trained]
     batch = Batch.of(nets, X, y)
     with tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False) as bar:
         run = Run(spec, batch, seeds, bar)

@@ -32,6 +32,8 @@ LOSSES: tuple[str, ...] = ("exp", "logistic")
 Layers = Literal["all", "first"]
 Schedule = Literal["paper", "normalized", "arc"]
 SCHEDULES: tuple[str, ...] = ("paper", "normalized", "arc")
+Precision = Literal["float64", "float32"]
+PRECISIONS: tuple[str, ...] = ("float64", "float32")
 StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite"]
 MAX_ITERS = 2_000_000  # the cap of a spec that gives none: far past the paper schedule's ~72,000 steps
 LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
@@ -55,6 +57,7 @@ class TrainSpec:
     layers: Layers = "all"  # all: W, b, v trained; first: only W (b and v stay as initialized)
     l2: float = 0.0  # lambda of lambda/2 ||trained weights||^2 (Melamed et al. Section 6.2)
     batch_size: int | None = None  # None: full-batch GD; else SGD on seeded shuffles, gradient scaled by n/batch
+    precision: Precision | None = None  # the dtype training computes in (nets come back in their own); None: theirs
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -85,6 +88,8 @@ class TrainSpec:
             raise ValueError(f"l2 must be >= 0 with lr * l2 < 1, got l2={self.l2}, lr={self.lr}")
         if self.l2 > 0 and self.lr_growth != 1:
             raise ValueError("l2 needs a constant lr (lr_growth 1): the paper schedule's step grows past 1/l2, and Cor 6.2's (1 - lr*l2)^T assumes one step")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PROG = "marginbench"
-_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device")
-_TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every")
+_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin")
+_TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every", "precision")
 
 
 def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Sweep:
@@ -39,7 +39,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     With --resume the sweep is the one in DIR/manifest.json, and an explicit option that contradicts it is a
     mistake.
     """
-    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds)
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run)
     if args.resume is None:
         return specs_from_args(args), args.preset or "default", args.out, executor
     from marginbench.bench.store import ResultStore

@@ -13,10 +13,10 @@ from marginbench.bench.executors import EXECUTORS
 from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES
+from marginbench.bench.spec import DEVICES, TWINS
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
-from marginbench.models.train_spec import ARC_STEP
+from marginbench.models.train_spec import ARC_STEP, PRECISIONS
 
 PROG = "marginbench"
 
@@ -103,6 +103,13 @@ def make_parser() -> argparse.ArgumentParser:
     grid.add_argument("--attacks", type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
     grid.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
     grid.add_argument("--device", choices=DEVICES, help="where to train and attack (default cpu)")
+    grid.add_argument(
+        "--twin",
+        choices=TWINS,
+        help="kkt family: train every net a second time with the paper's schedule (float64) and put both side by side in "
+        "summary.csv (twin_* columns: common c, normalized margin, margin fraction, relative differences, twin_status); "
+        "a twin more than 1%% off is reported at the end",
+    )
     training = run.add_argument_group("training (defaults: the family's recipe, see below)")
     training.add_argument(
         "--schedule",
@@ -117,6 +124,11 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument("--target-margin", type=_finite(float), help="stop once every training margin y N(x) is at least this (subspace default 1)")
     training.add_argument("--target-normalized-margin", type=_finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
     training.add_argument("--stationarity", type=_finite(float), help="l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default 1e-2)")
+    training.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="the dtype training computes in (default: float64); the trained nets are attacked and checked in float64",
+    )
     training.add_argument("--batch-size", type=_finite(int), help="SGD mini-batch size (default: full-batch GD)")
     training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
     training.add_argument("--max-seconds", type=_finite(float), help="cap on training wall time per run, reported as max_seconds")
@@ -135,6 +147,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
+    scale.add_argument(
+        "--gpus-per-run",
+        type=_finite(float),
+        metavar="G",
+        help="ray: the GPUs each run asks Ray for; a fraction packs runs onto one GPU, e.g. 0.25 for four (default: 1 with --device cuda, else 0)",
+    )
     run.set_defaults(handler=commands.run)
 
     speed = sub.add_parser(
@@ -162,6 +180,8 @@ def run_conflict(args: argparse.Namespace) -> str | None:
         return "--overwrite cannot be combined with --resume (resume keeps the finished runs)"
     if args.ray_address is not None and args.executor != "ray":
         return "--ray-address needs --executor ray"
+    if args.gpus_per_run is not None and args.executor != "ray":
+        return "--gpus-per-run needs --executor ray"
     return None
 
 

@@ -1,0 +1,148 @@
+"""What a sweep will cost, said before it starts (trainings, FLOPs of training, minutes at this machine's
+rate), and how far it has come while it runs (``SweepProgress``: one line with an ETA).
+
+A training step of a width-m net on n examples in R^d costs about 4 n d m FLOPs (the forward product X W^T
+and the backward A^T X, both (n, d, m)). The number of steps is a measured rule per schedule (below), so the
+minutes are an estimate, said as one; the sweep's progress line corrects it with the real pace as runs finish.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from marginbench.bench.build import KKT_L2_MAX_ITERS
+from marginbench.bench.spec import RunSpec, Sweep
+from marginbench.models.train_spec import ARC_STEP, NORMALIZED_LR, TrainSpec
+
+# Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
+#   arc (rho 0.003): 129 (r 0.1), 196 (0.4), 264 (1), 468 (2.5), 1473 (10), 1977 (14), 2274 (17.3)
+#   ~ 264 r^0.33 below r = 1 and 264 r^0.75 above; fewer steps with a longer step, about in proportion.
+#   normalized (lr 0.003): 1,437-1,570 at r = 1; paper: 72,737 at d = n = 100.
+# Constant steps to a margin (Melamed et al.'s recipe, lr 0.05 to margin 1): 88-102 steps at d = 784, n = 1000,
+# width 1000, init divided by 1 ... 32; 31 on the digits.
+ARC_STEPS_AT_R1 = 264
+NORMALIZED_STEPS_AT_R1 = 1500
+PAPER_STEPS = 73_000
+MARGIN_STEPS = 100
+TRAINING_EFFICIENCY = 0.5  # the training step's share of the matmul rate (0.2-0.65 measured, by d)
+
+
+def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
+    """Rough number of training steps of ``train`` on n examples in R^d (capped by its iteration cap)."""
+    r = n / d
+    growth = r**0.75 if r >= 1 else r ** (1 / 3)
+    if train.schedule == "arc":
+        steps = ARC_STEPS_AT_R1 * growth * ARC_STEP / train.lr
+    elif train.schedule == "normalized":
+        steps = NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
+    elif train.target_loss is not None and train.lr_growth > 1:
+        steps = PAPER_STEPS
+    elif train.target_margin is not None and train.l2 == 0:
+        steps = MARGIN_STEPS
+    else:  # a fixed number of steps (the l2 recipes) or no rule measured: the cap
+        steps = train.iteration_cap
+    return int(min(steps, train.iteration_cap))
+
+
+def run_gflop(run: RunSpec, trained: bool) -> float:
+    """GFLOPs of one run's training (and of its --twin's), 0 for a construction."""
+    if not trained:
+        return 0.0
+    step = 4e-9 * run.n * run.d * run.width
+    twin = steps_estimate(TrainSpec(target_loss=run.train.target_loss), run.n, run.d) if run.twin is not None else 0
+    if run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/build.py's l2_plan
+        steps = run.train.iteration_cap if run.family_spec.on_subspace else (run.train.max_iters or KKT_L2_MAX_ITERS)
+    else:
+        steps = steps_estimate(run.train, run.n, run.d)
+    return step * (steps + twin)
+
+
+@functools.cache
+def machine_gflops(device: str, dtype: str) -> float:
+    """This machine's matmul rate at a training-sized product (measured once per process, ~0.2 s)."""
+    from marginbench.bench.throughput import matmul_gflops
+
+    return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype))
+
+
+@dataclass(frozen=True)
+class SweepCost:
+    runs: int
+    trainings: int
+    gflop: float
+    minutes: float
+    rate: float  # GFLOP/s of the matmul yardstick
+    dtype: str
+
+    def line(self) -> str:
+        """The line printed before the sweep starts."""
+        work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
+        when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
+        return (
+            f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated at "
+            f"{TRAINING_EFFICIENCY:.0%} of this machine's {self.rate:.0f} GFLOP/s {self.dtype} matmul rate (attacks not counted)"
+        )
+
+
+def sweep_cost(sweep: Sweep, trained_models: frozenset[str]) -> tuple[SweepCost, list[float]]:
+    """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep)."""
+    runs = [run for spec in sweep for run in spec.runs()]
+    per_run = [run_gflop(run, run.model in trained_models) for run in runs]
+    dtype = next((run.train.precision for run in runs if run.train.precision), "float64")
+    rate = machine_gflops(runs[0].device if runs else "cpu", dtype)
+    seconds = sum(per_run) / (TRAINING_EFFICIENCY * rate)
+    trainings = sum((1 + (run.twin is not None)) * (run.model in trained_models) for run in runs)
+    return SweepCost(
+        runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60 if math.isfinite(seconds) else math.inf, rate=rate, dtype=dtype
+    ), per_run
+
+
+class SweepProgress:
+    """One progress line for a whole sweep: its share of the estimated work done, runs finished, and an ETA.
+
+    Each run counts by its estimated training FLOPs (every run at least 1% of the mean, so attack-only runs
+    move the bar too); finished runs of a resumed sweep count as done from the start.
+    """
+
+    def __init__(self, weights: Sequence[float], finished: Collection[int], *, enabled: bool) -> None:
+        floor = 0.01 * (sum(weights) / len(weights)) if weights and sum(weights) > 0 else 1.0
+        self.weights = [max(w, floor) for w in weights]
+        self.count, self.total = len(finished), len(weights)
+        self.bar = tqdm(
+            total=sum(self.weights),
+            initial=sum(self.weights[i] for i in finished),
+            disable=not enabled,
+            desc="sweep",
+            bar_format="{desc}: {percentage:3.0f}% of the estimated work|{bar:20}| {postfix} [{elapsed} elapsed, ETA {remaining}]",
+            file=sys.stderr,
+        )
+        self.bar.set_postfix_str(f"{self.count}/{self.total} runs", refresh=False)
+
+    def __enter__(self) -> SweepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def done(self, index: int) -> None:
+        self.count += 1
+        self.bar.set_postfix_str(f"{self.count}/{self.total} runs", refresh=False)
+        self.bar.update(self.weights[index])
+
+    def around(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` writing above the bar instead of through it."""
+        if self.bar.disable:
+            return log
+
+        def write(line: str) -> None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(line)
+
+        return write

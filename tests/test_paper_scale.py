@@ -1,0 +1,172 @@
+"""The papers at their own scale: float32 training, the certification twin, the sweep's cost and progress line,
+the medium presets, and Ray runs that ask for GPUs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import marginbench.bench.twin as twin_module
+from conftest import SWEEP, assert_same_tables, read_json, run_cli
+from marginbench.bench.errors import SpecError
+from marginbench.bench.estimate import ARC_STEPS_AT_R1, steps_estimate
+from marginbench.bench.executors import ExecutorSpec
+from marginbench.bench.presets import FAST_TRAIN, PRESETS
+from marginbench.bench.spec import ExperimentSpec
+from marginbench.bench.twin import TWIN_TOLERANCE, relative_difference, twin_report
+from marginbench.models.datasets import sphere
+from marginbench.models.train import TrainSpec, train
+from marginbench.models.train_spec import arc_schedule
+from marginbench.models.two_layer import pytorch_default_init
+
+# --- float32 training -------------------------------------------------------------------------------------
+
+
+def test_float32_training_hands_back_float64_nets_on_the_float64_path() -> None:
+    data = sphere(d=16, n=16, seed=0)
+    init = pytorch_default_init(16, 64, generator=torch.Generator().manual_seed(0))
+    margins = {}
+    for precision in ("float64", "float32"):
+        net, report = train(init, data.X, data.y, arc_schedule(TrainSpec(), precision=precision))
+        assert net.W.dtype == torch.float64 and report.stop_reason == "target_loss"
+        margins[precision] = float((data.y * net(data.X)).min()) / net.sq_norm()
+    assert margins["float32"] != margins["float64"]  # it did compute in float32 ...
+    assert margins["float32"] == pytest.approx(margins["float64"], rel=1e-3)  # ... and landed on the same net
+
+
+def test_an_unknown_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        TrainSpec(precision="float16")  # type: ignore[arg-type]
+    assert run_cli(["run", "--d", "8", "--precision", "float16", "--out", "unused"]) == 2
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+# --- the certification twin ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_twin_paper_puts_the_paper_schedules_net_beside_the_arc_schedules(tmp_path: Path) -> None:
+    """d = 8, width 16: the twin's 72,000 paper-schedule steps take about 30 s."""
+    out = tmp_path / "twin"
+    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--twin", "paper", "--models", "vanilla,robust-construction", "--attacks", "universal-z", "--out", str(out), "--no-progress"]
+    assert run_cli(args) == 0
+    summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
+    fast = summary.loc["vanilla"]
+    assert fast["twin_stop_reason"] == "target_loss" and fast["twin_iterations"] > 50 * fast["train_iterations"]
+    assert fast["twin_status"] == "ok"
+    for key in ("common_c", "normalized_margin", "margin_fraction"):
+        assert abs(fast[f"twin_{key}_rel_diff"]) <= TWIN_TOLERANCE
+    # the fast net's common c is the universal-z row's; the twin's is the paper-schedule net's
+    assert fast["twin_common_c_rel_diff"] == pytest.approx(relative_difference(fast["common_c"], fast["twin_common_c"]), rel=1e-9)
+    assert summary.loc["robust-construction", "twin_status"] == "does not apply"
+
+
+def test_a_twin_that_differs_is_marked_and_reported_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A twin on a quick growing schedule (the baseline preset's) against arc steps 100 times the default: off the path.
+    monkeypatch.setattr(twin_module, "twin_spec", lambda run: TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10))
+    out = tmp_path / "differs"
+    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--lr", "0.3", "--twin", "paper", "--models", "vanilla", "--attacks", "universal-z", "--seeds", "0,1", "--out", str(out), "--no-progress"]
+    assert run_cli(args) == 0
+    summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'")
+    assert set(summary["twin_status"]) <= {"ok", "differs"} and "differs" in set(summary["twin_status"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("twin differs")]
+    assert [line.split(": ")[1] for line in lines] == summary.query("twin_status == 'differs'")["run_id"].tolist()
+    assert all("common c" in line and "normalized margin" in line for line in lines)
+
+
+def test_twin_report_and_relative_difference() -> None:
+    row = {"twin_status": "differs", "twin_common_c_rel_diff": 0.021, "twin_normalized_margin_rel_diff": -0.004, "twin_margin_fraction_rel_diff": 0.0, "twin_stop_reason": "max_iters"}
+    line = twin_report("r", row)
+    assert line is not None and "common c +2.10%" in line and "normalized margin -0.40%" in line and "the twin stopped: max_iters" in line
+    assert twin_report("r", {**row, "twin_status": "ok"}) is None
+    assert relative_difference(1.01, 1.0) == pytest.approx(0.01)
+    assert math.isnan(relative_difference(math.inf, 1.0)) and math.isnan(relative_difference(1.0, 0.0))
+
+
+def test_twin_applies_to_the_kkt_family_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SpecError, match="twin applies to the kkt family only"):
+        ExperimentSpec(family="subspace", d=16, twin="paper")
+    with pytest.raises(SpecError, match="twin 'adam' is unknown"):
+        ExperimentSpec(d=16, twin="adam")
+    assert run_cli(["run", "--family", "subspace", "--d", "16", "--twin", "paper", "--out", "unused"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# --- the sweep's size, estimate and progress line ---------------------------------------------------------
+
+
+def test_steps_estimate_follows_the_measured_rule() -> None:
+    arc = arc_schedule(TrainSpec())
+    assert steps_estimate(arc, 100, 100) == ARC_STEPS_AT_R1
+    assert steps_estimate(arc, 1000, 100) == pytest.approx(1473, rel=0.05)  # measured at d = 100, n = 1000
+    assert steps_estimate(arc, 10, 100) == pytest.approx(129, rel=0.1)
+    assert steps_estimate(arc_schedule(TrainSpec(), max_iters=50), 1000, 100) == 50
+    assert steps_estimate(TrainSpec(), 100, 100) > 50_000  # the paper's schedule
+
+
+def test_a_sweep_says_its_size_first_and_shows_one_progress_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["run", *SWEEP[:-1], "--progress", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    first = err.lstrip().splitlines()[0]
+    assert first.startswith("sweep: 6 runs, 3 trainings, ~") and "GFLOP/s float64 matmul rate" in first
+    assert "of the estimated work" in err and "6/6 runs" in err and "ETA" in err
+
+
+# --- the medium scale -------------------------------------------------------------------------------------
+
+
+def test_the_medium_presets_are_the_issues_grids() -> None:
+    fig1a = PRESETS.get("paper-fig1a").sweep("medium")
+    runs = [run for spec in fig1a for run in spec.runs()]
+    assert len(runs) == 75 and {r.d for r in runs} == {100, 200, 300} and {r.width for r in runs} == {1000}
+    assert {r.alpha for r in runs} == {0.5, 0.8, 1.0, 1.2, 1.5} and {r.seed for r in runs} == {0, 1, 2, 3, 4}
+    assert {r.train for r in runs} == {FAST_TRAIN} and FAST_TRAIN.schedule == "arc" and FAST_TRAIN.precision == "float32"
+    fig1b = [run for spec in PRESETS.get("paper-fig1b").sweep("medium") for run in spec.runs()]
+    assert {r.width for r in fig1b} == {100, 500, 1000, 2000, 4000, 8000} and all(r.n == r.d for r in fig1b) and len(fig1b) == 90
+    fig4 = [run for spec in PRESETS.get("melamed-fig4").sweep("medium") for run in spec.runs()]
+    assert {(r.dataset, r.d) for r in fig4} == {("subspace", 784), ("digits", 64)}
+    assert PRESETS.get("paper-fig2").sweep("medium") == PRESETS.get("paper-fig1a").sweep("medium")
+
+
+# --- Ray runs that ask for GPUs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gpus_per_run": 0.5}, "gpus_per_run applies to the ray executor only"),
+        ({"kind": "ray", "gpus_per_run": 1.5}, "a fraction below 1 or a whole number"),
+        ({"kind": "ray", "gpus_per_run": 0.0}, "a fraction below 1 or a whole number"),
+    ],
+)
+def test_bad_gpus_per_run_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        ExecutorSpec(**changes)
+
+
+def test_gpus_per_run_without_ray_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["run", "--d", "8", "--gpus-per-run", "0.25", "--out", "unused"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--gpus-per-run needs --executor ray" in line
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_schedules_each_run_on_its_share_of_the_declared_gpus(tmp_path: Path, reference_sweep: Path) -> None:
+    ray = pytest.importorskip("ray", reason="ray is optional: pip install -c constraints.txt -e '.[test,ray]'")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)  # GPUs declared on a CPU machine
+    try:
+        out = tmp_path / "gpus"
+        assert run_cli(["run", *SWEEP, "--executor", "ray", "--gpus-per-run", "0.5", "--out", str(out)]) == 0
+    finally:
+        ray.shutdown()
+    assert_same_tables(reference_sweep, out)  # the runs themselves on the CPU: the sequential sweep's numbers
+    manifest = read_json(out / "manifest.json")
+    assert manifest["execution"]["gpus_per_run"] == 0.5
+    ids = [run["ray_gpu_ids"] for run in manifest["runs"].values()]
+    assert len(ids) == 6 and all(len(i) == 1 and i[0] in ("0", "1") for i in ids)
+
