@@ -99,6 +99,20 @@ def paper_fig2(scale: Scale) -> Sweep:
 PAPER_WIDTHS = (100, 500, 1000, 2000, 4000, 8000)  # Vardi et al. Figure 1b
 
 
+@preset("paper-twin")
+def paper_twin(scale: Scale) -> Sweep:
+    """The arc schedule certified: d = 100, every alpha, width 1000, seed 0, each net also on the paper's schedule.
+
+    The medium scale's training (arc, float32), with --twin paper: every net trained again with Vardi et al.'s
+    schedule in float64 and compared (small: d = 16, width 128).
+    """
+    d, width = (16, 128) if scale == "small" else (100, 1000)
+    return tuple(
+        ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=(0,), train=FAST_TRAIN, twin="paper")
+        for a in PAPER_ALPHAS
+    )
+
+
 @preset("paper-fig1b", figures=True)
 def paper_fig1b(scale: Scale) -> Sweep:
     """Vardi et al. Figure 1b: universal-z's common c vs d for n = d at widths 100 ... 8000."""
