@@ -22,6 +22,7 @@ from marginbench.bench.spec import RunSpec
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset
+from marginbench.models.three_layer import ThreeLayerNet, three_layer_init, train_three_layer
 from marginbench.models.train import TrainReport, TrainSpec, normalized_schedule, train_batch
 from marginbench.models.two_layer import TwoLayerNet, gaussian_init, pytorch_default_init
 
@@ -52,9 +53,9 @@ class BuiltModel:
         facts: scalars about the model (init scale beta, L2 lambda, Theorem 3.1's c and radius, ...).
     """
 
-    net: TwoLayerNet
+    net: TwoLayerNet | ThreeLayerNet
     train: TrainReport | None = None
-    init: TwoLayerNet | None = None
+    init: TwoLayerNet | ThreeLayerNet | None = None
     facts: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -178,6 +179,17 @@ def trained(plan: PlanFactory) -> ModelFactory:
 
     model.__doc__ = plan.__doc__
     return model
+
+
+def three_layer_model(data: Dataset, context: RunContext) -> BuiltModel:
+    """Melamed et al. Figure 4's net: two hidden ReLU layers of --width, PyTorch's init with the first layer's
+    multiplied by --init-scale (1 / the paper's divisor), every layer trained with the family's loss, step and
+    stopping rule (subspace family: logistic loss, lr 0.05, until every training margin is >= 1)."""
+    run = context.run
+    init = three_layer_init(data.d, run.width, generator=torch.Generator().manual_seed(run.seed), first_scale=run.init_scale)
+    init = init.to(context.device)
+    net, report = train_three_layer(init, data.X, data.y, dataclasses.replace(run.train, layers="all"))
+    return BuiltModel(net=net, train=report, init=init, facts={"init_factor": run.init_scale})
 
 
 def robust_construction_model(data: Dataset, context: RunContext) -> BuiltModel:

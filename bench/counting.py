@@ -1,5 +1,7 @@
 """Counting the model queries an attack makes, by a wrapper around the network (as AttackBench does).
 
+(``CountingAutogradNet`` below does the same for a net without a closed form, at its two entry points.)
+
 Every forward pass of a two-layer net goes through ``preactivations``; the wrapper counts the rows it sees
 there, and, where the result takes part in autograd, registers a hook that counts the rows again when a
 gradient flows back through it (one backward pass per row). The closed-form input gradient
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -55,3 +58,35 @@ class CountingNet(TwoLayerNet):
         out = super().value_and_input_grad(X)
         self.counts.add_backward(int(X.shape[0]))
         return out
+
+
+@dataclass(frozen=True)
+class CountingAutogradNet:
+    """The counter for a net without a closed form (``ThreeLayerNet``): attacks reach it through ``__call__``
+    (n forward rows) and ``value_and_input_grad`` (n forward and n backward rows) only."""
+
+    net: ThreeLayerNet
+    counts: PassCounts = field(default_factory=PassCounts, compare=False)
+
+    @property
+    def d(self) -> int:
+        return self.net.d
+
+    @property
+    def width(self) -> int:
+        return self.net.width
+
+    def __call__(self, X: Tensor) -> Tensor:
+        self.counts.forward += int(X.shape[0])
+        return self.net(X)
+
+    def value_and_input_grad(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        rows = int(X.shape[0])
+        self.counts.forward += rows
+        self.counts.add_backward(rows)
+        return self.net.value_and_input_grad(X)
+
+
+def counting(net: TwoLayerNet | ThreeLayerNet) -> CountingNet | CountingAutogradNet:
+    """``net`` wrapped in the counter that fits it."""
+    return CountingNet.wrap(net) if isinstance(net, TwoLayerNet) else CountingAutogradNet(net)

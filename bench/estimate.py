@@ -9,7 +9,6 @@ minutes are an estimate, said as one; the sweep's progress line corrects it with
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from marginbench.bench.build import KKT_L2_MAX_ITERS
+from marginbench.bench.registry import CONSTRUCTED_MODELS
 from marginbench.bench.spec import RunSpec, Sweep
 from marginbench.models.train_spec import ARC_STEP, NORMALIZED_LR, TrainSpec
 
@@ -31,6 +31,7 @@ ARC_STEPS_AT_R1 = 264
 NORMALIZED_STEPS_AT_R1 = 1500
 PAPER_STEPS = 73_000
 MARGIN_STEPS = 100
+THREE_LAYER_STEPS = 300  # the three-layer net, mean loss, step 0.5, to margin 1: 254 steps (d = 784, init / 1); more at / 32
 TRAINING_EFFICIENCY = 0.5  # the training step's share of the matmul rate (0.2-0.65 measured, by d)
 
 
@@ -57,7 +58,10 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
         return 0.0
     step = 4e-9 * run.n * run.d * run.width
     twin = steps_estimate(TrainSpec(target_loss=run.train.target_loss), run.n, run.d) if run.twin is not None else 0
-    if run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/build.py's l2_plan
+    if run.model == "three-layer":  # the second hidden layer's (width, width) products, and autograd's overhead
+        step = 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
+        steps = min(THREE_LAYER_STEPS, run.train.iteration_cap)
+    elif run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/build.py's l2_plan
         steps = run.train.iteration_cap if run.family_spec.on_subspace else (run.train.max_iters or KKT_L2_MAX_ITERS)
     else:
         steps = steps_estimate(run.train, run.n, run.d)
@@ -74,34 +78,35 @@ def machine_gflops(device: str, dtype: str) -> float:
 
 @dataclass(frozen=True)
 class SweepCost:
+    """A sweep's size and its estimated training time."""
+
     runs: int
     trainings: int
     gflop: float
     minutes: float
-    rate: float  # GFLOP/s of the matmul yardstick
-    dtype: str
+    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype of the sweep
 
     def line(self) -> str:
         """The line printed before the sweep starts."""
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
         when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
+        rates = " and ".join(f"{rate:.0f} GFLOP/s {dtype}" for dtype, rate in self.rates.items())
         return (
             f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated at "
-            f"{TRAINING_EFFICIENCY:.0%} of this machine's {self.rate:.0f} GFLOP/s {self.dtype} matmul rate (attacks not counted)"
+            f"{TRAINING_EFFICIENCY:.0%} of this machine's matmul rate ({rates}; attacks not counted)"
         )
 
 
-def sweep_cost(sweep: Sweep, trained_models: frozenset[str]) -> tuple[SweepCost, list[float]]:
+def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
     """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep)."""
     runs = [run for spec in sweep for run in spec.runs()]
-    per_run = [run_gflop(run, run.model in trained_models) for run in runs]
-    dtype = next((run.train.precision for run in runs if run.train.precision), "float64")
-    rate = machine_gflops(runs[0].device if runs else "cpu", dtype)
-    seconds = sum(per_run) / (TRAINING_EFFICIENCY * rate)
-    trainings = sum((1 + (run.twin is not None)) * (run.model in trained_models) for run in runs)
-    return SweepCost(
-        runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60 if math.isfinite(seconds) else math.inf, rate=rate, dtype=dtype
-    ), per_run
+    trained = [run.model not in CONSTRUCTED_MODELS for run in runs]
+    per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
+    dtypes = [run.train.precision or "float64" for run in runs]
+    rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
+    seconds = sum(gflop / (TRAINING_EFFICIENCY * rates[dtype]) for gflop, dtype in zip(per_run, dtypes, strict=True))
+    trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
+    return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=rates), per_run
 
 
 class SweepProgress:

@@ -64,7 +64,7 @@ TRAINING_PLANS: Registry[PlanFactory] = Registry(
 )
 MODELS: Registry[ModelFactory] = Registry(
     "model",
-    {**{name: build.trained(TRAINING_PLANS.get(name)) for name in TRAINING_PLANS.names()}, "robust-construction": build.robust_construction_model},
+    {**{name: build.trained(TRAINING_PLANS.get(name)) for name in TRAINING_PLANS.names()}, "robust-construction": build.robust_construction_model, "three-layer": build.three_layer_model},
 )
 ATTACKS: Registry[AttackFactory] = Registry(
     "attack",
@@ -84,6 +84,10 @@ ATTACKS: Registry[AttackFactory] = Registry(
         "fb-brendel-bethge": build.seeded(FbBrendelBethge),
     },
 )
+CONSTRUCTED_MODELS = frozenset({"robust-construction"})  # built in closed form: nothing trained
+
+# The attacks that need only N(x) and its input gradient: they take nets without a closed form (three-layer).
+AUTOGRAD_ATTACKS: tuple[str, ...] = ("pgd", "pgd-on", "pgd-off")
 
 
 def check_names(spec: ExperimentSpec) -> None:

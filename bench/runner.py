@@ -20,16 +20,16 @@ from torch import Tensor
 
 from marginbench.attacks.base import AttackResult, AttackUnavailable
 from marginbench.bench.build import BuiltModel, RunContext
-from marginbench.bench.counting import CountingNet
+from marginbench.bench.counting import CountingAutogradNet, counting
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import KKT
 from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attack_row, best_rows, example_rows, failed_record, verify, verify_shared
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
+from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
 from marginbench.bench.twin import COMPARED, twin_facts
 from marginbench.models.datasets import Dataset
-from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, thm51_assumption
+from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
 from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
@@ -84,6 +84,9 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     if data.P_basis is None or built.init is None:
         return {}, {}
     X0, _ = data.attacked
+    if not isinstance(net, TwoLayerNet):  # no closed form, no bounds: the off-manifold gradient by autograd
+        g_off = project_off(data.P_basis, net.value_and_input_grad(X0)[1]).norm(dim=1)
+        return {"median_g_off": float(g_off.median())}, {"g_off": g_off}
     decay = built.train.weight_decay if built.train is not None else 1.0
     grads = off_manifold_gradients(net, X0, data.P_basis, beta=built.facts["init_beta"] * decay)
     per_example = {"k": grads.k, "g_off": grads.g_off, "g_off_lower": grads.lower, "g_off_upper": grads.upper}
@@ -118,7 +121,7 @@ def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: flo
     return row
 
 
-def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerNet) -> tuple[AttackResult, str, str]:
+def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerNet | CountingAutogradNet) -> tuple[AttackResult, str, str]:
     """(result, status, error) of attack ``name`` on the run's attacked points.
 
     status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
@@ -128,6 +131,8 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     """
     X, y = data.attacked
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
+    if not isinstance(net, TwoLayerNet) and name not in AUTOGRAD_ATTACKS:
+        return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(AUTOGRAD_ATTACKS)}"
     try:
         result = ATTACKS.get(name)(data, context)(net, X, y)
         if result.delta.shape != X.shape or result.found.shape != y.shape:
@@ -154,7 +159,7 @@ def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset
     on_margin = margin_set(margins)
     frames, rows, perturbations, seconds = [], [], {}, {}
     for name in task.attacks:
-        counted = CountingNet.wrap(net)  # counts the attack's forward and backward passes
+        counted = counting(net)  # counts the attack's forward and backward passes
         (result, status, error), elapsed = clocked(lambda name=name, counted=counted: attempt_attack(name, data, context, counted), task.device)
         if status != "ok":
             log(f"  {name}: {status}: {error}")

@@ -25,7 +25,7 @@ import marginbench
 from marginbench.bench.estimate import SweepProgress, sweep_cost
 from marginbench.bench.executors import ExecutorSpec, SweepAborted, import_ray, make_executor
 from marginbench.bench.measure import RunRecord, sweep_tables
-from marginbench.bench.registry import DATASETS, TRAINING_PLANS, check_names
+from marginbench.bench.registry import DATASETS, check_names
 from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
 from marginbench.bench.store import ResultStore
@@ -182,7 +182,7 @@ def run_sweep(
         store.write_manifest(manifest)
         return examples, summary
 
-    cost, weights = sweep_cost(sweep, frozenset(TRAINING_PLANS.names()))
+    cost, weights = sweep_cost(sweep)
     log(cost.line())
     with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
         write_tables()

@@ -112,7 +112,7 @@ def test_a_sweep_says_its_size_first_and_shows_one_progress_line(tmp_path: Path,
     assert run_cli(["run", *SWEEP[:-1], "--progress", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     first = err.lstrip().splitlines()[0]
-    assert first.startswith("sweep: 6 runs, 3 trainings, ~") and "GFLOP/s float64 matmul rate" in first
+    assert first.startswith("sweep: 6 runs, 3 trainings, ~") and "GFLOP/s float64; attacks not counted" in first
     assert "of the estimated work" in err and "6/6 runs" in err and "ETA" in err
 
 
@@ -129,6 +129,7 @@ def test_the_medium_presets_are_the_issues_grids() -> None:
     assert {r.width for r in fig1b} == {100, 500, 1000, 2000, 4000, 8000} and all(r.n == r.d for r in fig1b) and len(fig1b) == 90
     fig4 = [run for spec in PRESETS.get("melamed-fig4").sweep("medium") for run in spec.runs()]
     assert {(r.dataset, r.d) for r in fig4} == {("subspace", 784), ("digits", 64)}
+    assert {r.model for r in fig4} == {"vanilla", "three-layer"} and len([r for r in fig4 if r.model == "vanilla"]) == 36
     assert PRESETS.get("paper-fig2").sweep("medium") == PRESETS.get("paper-fig1a").sweep("medium")
 
 

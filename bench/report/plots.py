@@ -11,7 +11,7 @@ Each figure is drawn only when the merged summary supports it; otherwise the rea
   d per alpha.
 - ``fig4_norm_vs_init_scale``: Melamed et al. Figure 4. The median verified norm of ``pgd-on``, ``pgd-off``
   and ``pgd`` against the factor the first layer's init is divided by (1 / ``init_scale``), one panel per
-  dataset, mean and standard deviation over seeds; settings where over half the points were not flipped
+  dataset and model (two-layer vanilla, three-layer), mean and standard deviation over seeds; settings where over half the points were not flipped
   (median +inf) are named in the legend instead of plotted.
 """
 
@@ -141,16 +141,17 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     if rows["init_scale"].nunique() < 2:
         return f"needs two or more init scales; found {sorted(rows['init_scale'].unique().tolist())}"
     rows["divisor"] = 1.0 / rows["init_scale"]  # the paper's x-axis: the factor the init is divided by
-    datasets = sorted(rows["dataset"].unique())  # one panel per dataset, as the paper's 4a (sphere) and 4b (MNIST)
-    fig = Figure(figsize=(5.0 * len(datasets), 4.0), layout="constrained")
+    # one panel per dataset, as the paper's 4a (sphere) and 4b (MNIST); one row of panels per model
+    datasets, models = sorted(rows["dataset"].unique()), sorted(rows["model"].unique())
+    fig = Figure(figsize=(5.0 * len(datasets), 4.0 * len(models)), layout="constrained")
     fig.suptitle("Melamed et al. Fig. 4: distance to the boundary vs init divisor")
     names = {"pgd-on": "projected on P", "pgd-off": "projected on P⊥", "pgd": "no projection"}
-    for i, dataset in enumerate(datasets):
-        ax = fig.add_subplot(1, len(datasets), i + 1)
-        ax.set(title=f"{dataset} (mean ± std over seeds)", xlabel="first-layer init divided by", ylabel="median verified L2 norm")
+    for i, (model, dataset) in enumerate((m, d) for m in models for d in datasets):
+        ax = fig.add_subplot(len(models), len(datasets), i + 1)
+        ax.set(title=f"{model} net, {dataset} data (mean ± std over seeds)", xlabel="first-layer init divided by", ylabel="median verified L2 norm")
         ax.grid(alpha=0.3)
         for attack in PROJECTED:
-            part = rows[(rows["dataset"] == dataset) & (rows["attack"] == attack)]
+            part = rows[(rows["model"] == model) & (rows["dataset"] == dataset) & (rows["attack"] == attack)]
             finite = part[np.isfinite(part["median_norm"])]
             stats = _mean_std(finite, "divisor", "median_norm")
             dropped = sorted(set(part["divisor"]) - set(finite["divisor"]))

@@ -1,0 +1,145 @@
+"""Melamed et al. 2023's Figure 4 network: three layers (two hidden ReLU layers), every layer trained.
+
+N(x) = v . relu(W2 relu(W1 x + b1) + b2) + c. Section 6.3: "We trained a 3-layer network, initialized using
+standard initialization except for the first layer which is divided by the factor represented in the X-axis"
+(PyTorch's nn.Linear initialization; ``first_scale`` = 1 / factor multiplies W1 and b1). The paper gives no
+width for it; marginbench uses the run's width for both hidden layers.
+
+Unlike the two-layer net there is no closed form for anything: the input gradient and the training step go
+through autograd. Training follows the family's recipe (``TrainSpec``: loss, constant step, stop at a margin
+or after max_iters), full-batch GD over all of W1, b1, W2, b2, v, c on the *mean* of the losses: the
+authors' code (github.com/odeliamel/off-manifold-robustness) trains its deeper nets with SGD on nn.BCELoss,
+a mean; on the sum, the family's step 0.05 diverges within 3 steps at n = 1000.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from marginbench.models.train_spec import TrainReport, TrainSpec, log_loss_terms
+
+
+@dataclass(frozen=True)
+class ThreeLayerNet:
+    """N(x) = v . relu(W2 relu(W1 x + b1) + b2) + c.
+
+    Attributes:
+        W1: (width, d), b1: (width,) the first layer; W2: (width2, width), b2: (width2,) the second;
+        v: (width2,), c: () the output layer.
+    """
+
+    W1: Tensor
+    b1: Tensor
+    W2: Tensor
+    b2: Tensor
+    v: Tensor
+    c: Tensor
+
+    @property
+    def d(self) -> int:
+        return int(self.W1.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.W1.shape[0])
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def __call__(self, X: Tensor) -> Tensor:
+        """X: (n, d) -> N(X): (n,)."""
+        H1 = torch.relu(X @ self.W1.T + self.b1)  # (n, width)
+        return torch.relu(H1 @ self.W2.T + self.b2) @ self.v + self.c
+
+    def value_and_input_grad(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """X: (n, d) -> (N(X): (n,), grad_x N(X): (n, d)), by autograd (one forward and one backward pass)."""
+        with torch.enable_grad():
+            Xg = X.detach().requires_grad_(True)
+            out = self(Xg)
+            (grad,) = torch.autograd.grad(out.sum(), Xg)
+        return out.detach(), grad
+
+    def sq_norm(self) -> float:
+        return float(sum(t.pow(2).sum() for t in self.tensors()))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ThreeLayerNet:
+        return ThreeLayerNet(*(t.to(device=device, dtype=dtype) for t in self.tensors()))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The tensors saved as ``model.pt``, on the CPU."""
+        return {f.name: getattr(self, f.name).detach().cpu() for f in fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> ThreeLayerNet:
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
+
+
+def three_layer_init(d: int, width: int, *, generator: torch.Generator, first_scale: float = 1.0, dtype: torch.dtype = torch.float64) -> ThreeLayerNet:
+    """nn.Linear(d, width), nn.Linear(width, width), nn.Linear(width, 1)'s initialization (weights and biases
+    from U(-1/sqrt(fan_in), 1/sqrt(fan_in))), the first layer multiplied by ``first_scale``."""
+
+    def uniform(shape: tuple[int, ...], fan_in: int, scale: float = 1.0) -> Tensor:
+        return ((torch.rand(shape, generator=generator, dtype=torch.float64) * 2.0 - 1.0) * scale / math.sqrt(fan_in)).to(dtype)
+
+    return ThreeLayerNet(
+        W1=uniform((width, d), d, first_scale),
+        b1=uniform((width,), d, first_scale),
+        W2=uniform((width, width), width),
+        b2=uniform((width,), width),
+        v=uniform((width,), width),
+        c=uniform((), width),
+    )
+
+
+def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec) -> tuple[ThreeLayerNet, TrainReport]:
+    """Full-batch GD with a constant step on the mean loss (1/n) sum_i loss(y_i N(x_i)) (what PyTorch's BCELoss
+    minimizes in the authors' code), every layer trained; stops at
+    spec.target_margin (min_i y_i N(x_i)), spec.target_loss or after spec.iteration_cap steps.
+
+    Args:
+        net: initial parameters (not modified).
+        X: (n, d) inputs; y: (n,) labels in {-1, +1}.
+        spec: the family's recipe; schedules other than a constant step, L2 and mini-batches are refused.
+    """
+    if spec.lr_growth != 1 or spec.schedule != "paper" or spec.l2 > 0 or spec.batch_size is not None or spec.layers != "all":
+        raise ValueError("the three-layer net trains with a constant-step, full-batch GD on all its layers (no growth, schedule, l2 or batch size)")
+    given = X.dtype
+    if spec.precision is not None:  # compute in spec.precision, hand the net back in the dtype it came in
+        X, y, net = X.to(getattr(torch, spec.precision)), y.to(getattr(torch, spec.precision)), net.to(X.device, getattr(torch, spec.precision))
+    params = [t.detach().clone().requires_grad_(True) for t in net.tensors()]
+    start, it, reason, nonfinite_at = time.perf_counter(), 0, "max_iters", None
+    last = [p.detach().clone() for p in params]  # the last finite parameters, returned if NaN/inf appear
+    while True:
+        q = y * ThreeLayerNet(*params)(X)  # (n,)
+        log_L = float(torch.logsumexp(log_loss_terms(q.detach(), spec.loss), 0))
+        q_min = float(q.detach().min())
+        if not (math.isfinite(log_L) and math.isfinite(q_min)):
+            reason, nonfinite_at = "nonfinite", it
+            break
+        last = [p.detach().clone() for p in params]
+        if spec.target_margin is not None and q_min >= spec.target_margin:
+            reason = "target_margin"
+            break
+        if spec.target_loss is not None and log_L < math.log(spec.target_loss):
+            reason = "target_loss"
+            break
+        if it >= spec.iteration_cap or (spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds):
+            reason = "max_iters" if it >= spec.iteration_cap else "max_seconds"
+            break
+        loss = torch.exp(log_loss_terms(q, spec.loss)).mean()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= spec.lr * g
+        it += 1
+    trained = ThreeLayerNet(*last).to(X.device, given)
+    report = TrainReport(
+        iterations=it, log10_loss=log_L / math.log(10), min_margin=q_min, stop_reason=reason, seconds=time.perf_counter() - start,
+        final_lr=spec.lr, nonfinite_iteration=nonfinite_at,
+    )  # fmt: skip
+    return trained, report
