@@ -133,8 +133,12 @@ OWN_STEP = {"normalized": NORMALIZED_LR, "arc": ARC_STEP}
 
 def on_schedule(spec: TrainSpec, schedule: Schedule, **changes: Any) -> TrainSpec:
     """``spec`` on ``schedule``, at that schedule's own default step and no growth where it has one (OWN_STEP;
-    the paper schedule keeps the spec's lr and growth), with ``changes`` on top."""
+    the paper schedule keeps the spec's lr and growth, or takes the paper's from a schedule with its own step),
+    with ``changes`` on top."""
     own = {"lr": OWN_STEP[schedule], "lr_growth": 1.0} if schedule in OWN_STEP else {}
+    if schedule == "paper" and spec.schedule in OWN_STEP:  # back from a step of its own: the paper's lr and growth
+        paper = TrainSpec()
+        own = {"lr": paper.lr, "lr_growth": paper.lr_growth, "growth_every": paper.growth_every}
     return replace(spec, **{"schedule": schedule, **own, **changes})
 
 

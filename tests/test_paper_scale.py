@@ -171,3 +171,12 @@ def test_ray_schedules_each_run_on_its_share_of_the_declared_gpus(tmp_path: Path
     ids = [run["ray_gpu_ids"] for run in manifest["runs"].values()]
     assert len(ids) == 6 and all(len(i) == 1 and i[0] in ("0", "1") for i in ids)
 
+
+
+def test_the_paper_schedule_asked_of_a_medium_preset_is_the_papers() -> None:
+    from marginbench.bench.cli.commands import specs_from_args
+    from marginbench.bench.cli.parser import make_parser
+
+    args = make_parser().parse_args(["run", "--preset", "paper-fig1b", "--scale", "medium", "--schedule", "paper", "--out", "x"])
+    train = specs_from_args(args)[0].train_spec
+    assert (train.schedule, train.lr, train.lr_growth, train.growth_every, train.precision) == ("paper", 1e-5, 1.1, 100, "float32")

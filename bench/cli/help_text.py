@@ -15,6 +15,15 @@ examples:
 
   marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
   marginbench run --preset paper-fig1a --scale small --out runs/fig1a
+  marginbench run --preset paper-fig1b --scale medium --out runs/fig1b
+      the paper's width and d = 100...300 on a CPU: arc schedule in float32 (~9 min on 2 cores)
+  marginbench run --preset paper-twin --scale medium --out runs/twin
+      the arc schedule certified: every net trained again with the paper's schedule (--twin paper)
+  marginbench run --preset paper-fig1a --scale full --device cuda --executor ray --gpus-per-run 0.25 --out runs/full
+      the paper's grid on a Ray cluster's GPUs, four runs per GPU
+
+Before a sweep starts it prints its size (runs, trainings, estimated FLOPs and minutes at this machine's
+measured matmul rate); with --progress one line follows the whole sweep with an ETA.
 
 families, datasets and models (which combinations mean what):
   kkt       Vardi et al. 2022. Data: sphere (x uniform on the sphere of radius sqrt(d), random labels).
@@ -37,6 +46,9 @@ families, datasets and models (which combinations mean what):
             small-init  w_i ~ N(0, beta^2 I), beta = 1/(d sqrt 2) (Cor 6.1)
             l2          vanilla init, exactly T = --max-iters steps of loss + lambda/2 ||W||^2 with
                         (1 - lr lambda)^T = 1/sqrt(2d) (Cor 6.2) unless --l2 sets lambda
+            three-layer Melamed et al. Fig. 4's own net: two hidden ReLU layers of --width, PyTorch's init
+                        with the first layer's multiplied by --init-scale, every layer trained (mean
+                        logistic loss, constant step); only pgd, pgd-on, pgd-off apply (autograd)
             --init-scale multiplies any init's standard deviation (Melamed et al. Fig. 4: 1/factor)
 attacks:
   universal-z          Thm 4.1's direction z = sum_{i in I} y_i x_i over the margin set I (10% slack);

@@ -85,7 +85,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
     run.add_argument("--preset", choices=PRESETS.names(), help="named experiment to start from (default: default)")
-    run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes, full is the paper's grid (default: small)")
+    run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes (d <= 64); medium is the paper's width at d = 100...300, "
+        "arc schedule in float32, sized for one CPU; full is the paper's grid, for a GPU (default: small)")
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
