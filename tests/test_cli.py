@@ -44,7 +44,7 @@ def test_python_dash_m_works() -> None:
         (["--width", "0"], "--width must be at least 1"),
         (["--alpha", "-1"], "--alpha must be a positive number"),
         (["--alpha", "nan"], "finite number"),
-        (["--models", "vanila"], "unknown model 'vanila'; choose from: l2, robust-construction, small-init, vanilla"),
+        (["--models", "vanila"], "unknown model 'vanila'; choose from: l2, robust-construction, small-init, three-layer, vanilla"),
         (["--attacks", "pgdd"], "unknown attack 'pgdd'"),
         (["--seeds", "0,x"], "seeds must be comma-separated integers"),
         (["--seeds", "-1"], "non-negative integers"),

@@ -12,16 +12,18 @@ from marginbench.bench.build import RunContext
 from marginbench.bench.families import FAMILIES
 from marginbench.bench.measure import verify
 from marginbench.bench.presets import PRESETS
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.runner import attempt_attack
 from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.models.datasets import Dataset, sphere
+from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.train import TrainSpec
 from marginbench.models.two_layer import TwoLayerNet
 
 
 def test_the_public_names_are_those_of_design_md() -> None:
     assert DATASETS.names() == ["digits", "sphere", "subspace"]
-    assert MODELS.names() == ["l2", "robust-construction", "small-init", "vanilla"]
+    assert MODELS.names() == ["l2", "robust-construction", "small-init", "three-layer", "vanilla"]
     fb = ["fb-boundary", "fb-brendel-bethge", "fb-cw", "fb-ddn", "fb-deepfool", "fb-fmn"]
     assert ATTACKS.names() == ["boundary-walk", *fb, "fmn", "pgd", "pgd-off", "pgd-on", "subspace-z", "universal-z"]
     assert {"default", "smoke", "baseline", "paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"} <= set(PRESETS.names())
@@ -50,7 +52,7 @@ SLOW_ATTACKS = ("fb-cw", "fb-boundary", "fb-brendel-bethge")  # seconds each, nu
 
 
 @functools.cache
-def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet]:
+def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet | ThreeLayerNet]:
     """One small net per (family, model), trained once for all attacks."""
     sizes = {"d": 12, "n": 10} if family == "kkt" else {"d": 16, "ell": 10, "n": 10, "n_eval": 8}
     train = TrainSpec(max_iters=3000) if family == "kkt" else None
@@ -65,6 +67,10 @@ def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet]:
 def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str, attack: str) -> None:
     run, data, net = _built(family, model)
     X, y = data.attacked
+    if not isinstance(net, TwoLayerNet) and attack not in AUTOGRAD_ATTACKS:  # the three-layer net: refused in one line
+        _, status, error = attempt_attack(attack, data, RunContext.of(run), net)
+        assert status == "unavailable" and error.startswith("needs the two-layer net's closed form")
+        return
     try:
         result = ATTACKS.get(attack)(data, RunContext.of(run))(net, X, y)
     except AttackUnavailable as err:  # only a subspace attack on data without a subspace may say so
