@@ -166,12 +166,13 @@ def test_every_figure_is_drawn_with_its_series_and_saved_as_png(tmp_path: Path) 
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
 
 
-def test_fig4_has_one_panel_per_dataset_and_names_settings_where_most_points_did_not_flip() -> None:
+def test_fig4_has_one_panel_per_dataset_and_model_and_names_settings_where_most_points_did_not_flip() -> None:
     summary = _figure_summary()
     digits = summary[summary["family"] == "subspace"].assign(dataset="digits", source="z")
     digits.loc[(digits["attack"] == "pgd-off") & (digits["init_scale"] == 16.0), "median_norm"] = np.inf
     fig = build_figures(pd.concat([summary, digits], ignore_index=True)).drawn["fig4_norm_vs_init_scale"]
-    assert [ax.get_title() for ax in fig.axes] == ["digits (mean ± std over seeds)", "subspace (mean ± std over seeds)"]
+    models = sorted(summary.loc[summary["family"] == "subspace", "model"].unique())
+    assert [ax.get_title() for ax in fig.axes] == [f"{m} net, {d} data (mean ± std over seeds)" for m in models for d in ("digits", "subspace")]
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "pgd-off (projected on P⊥); median inf (over half not flipped) at 0.0625" in labels
     assert sorted(fig.axes[1].containers[0].lines[0].get_xdata()) == [0.0625, 0.25, 1.0]  # 1 / init_scale
