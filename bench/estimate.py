@@ -19,11 +19,13 @@ from tqdm.auto import tqdm
 from marginbench.bench.build import KKT_L2_MAX_ITERS
 from marginbench.bench.registry import CONSTRUCTED_MODELS
 from marginbench.bench.spec import RunSpec, Sweep
+from marginbench.bench.twin import twin_spec
 from marginbench.models.train_spec import ARC_STEP, NORMALIZED_LR, TrainSpec
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
 #   arc (rho 0.003): 129 (r 0.1), 196 (0.4), 264 (1), 468 (2.5), 1473 (10), 1977 (14), 2274 (17.3)
-#   ~ 264 r^0.33 below r = 1 and 264 r^0.75 above; fewer steps with a longer step, about in proportion.
+#   ~ 264 r^0.33 below r = 1 and 264 r^0.75 above. Scaled by ARC_STEP / rho for other steps, which over-counts
+#   them: past r ~ 3 the count hardly moves with rho (d = 200, n = 577: 761, 544, 465 steps at rho 0.0015, 0.003, 0.006).
 #   normalized (lr 0.003): 1,437-1,570 at r = 1; paper: 72,737 at d = n = 100.
 # Constant steps to a margin (Melamed et al.'s recipe, lr 0.05 to margin 1): 88-102 steps at d = 784, n = 1000,
 # width 1000, init divided by 1 ... 32; 31 on the digits.
@@ -57,7 +59,7 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
     if not trained:
         return 0.0
     step = 4e-9 * run.n * run.d * run.width
-    twin = steps_estimate(TrainSpec(target_loss=run.train.target_loss), run.n, run.d) if run.twin is not None else 0
+    twin = steps_estimate(twin_spec(run), run.n, run.d) if run.twin is not None else 0
     if run.model == "three-layer":  # the second hidden layer's (width, width) products, and autograd's overhead
         step = 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
         steps = min(THREE_LAYER_STEPS, run.train.iteration_cap)
