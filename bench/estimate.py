@@ -9,6 +9,7 @@ minutes are an estimate, said as one; the sweep's progress line corrects it with
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from marginbench.bench.build import KKT_L2_MAX_ITERS
 from marginbench.bench.registry import CONSTRUCTED_MODELS
 from marginbench.bench.spec import RunSpec, Sweep
 from marginbench.bench.twin import twin_spec
-from marginbench.models.train_spec import ARC_STEP, NORMALIZED_LR, TrainSpec
+from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
 #   arc (rho 0.003): 129 (r 0.1), 196 (0.4), 264 (1), 468 (2.5), 1473 (10), 1977 (14), 2274 (17.3)
 #   ~ 264 r^0.33 below r = 1 and 264 r^0.75 above. Scaled by ARC_STEP / rho for other steps, which over-counts
 #   them: past r ~ 3 the count hardly moves with rho (d = 200, n = 577: 761, 544, 465 steps at rho 0.0015, 0.003, 0.006).
 #   normalized (lr 0.003): 1,437-1,570 at r = 1; paper: 72,737 at d = n = 100.
+# LATE_EXTRA: the arc schedule's late step (0.0007 below loss 1e-10) multiplies the count by 1.73 at r = 2.5
+#   (468 -> 808) and 1.14 at r = 10 (1473 -> 1675), d = 100: ~1.73 (r / 2.5)^-0.3, at least 1.
 # Constant steps to a margin (Melamed et al.'s recipe, lr 0.05 to margin 1): 88-102 steps at d = 784, n = 1000,
 # width 1000, init divided by 1 ... 32; 31 on the digits.
 ARC_STEPS_AT_R1 = 264
@@ -43,6 +46,8 @@ def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
     growth = r**0.75 if r >= 1 else r ** (1 / 3)
     if train.schedule == "arc":
         steps = ARC_STEPS_AT_R1 * growth * ARC_STEP / train.lr
+        if train.late_lr is not None and train.late_lr < train.lr:  # the late phase's extra steps (LATE_EXTRA above)
+            steps *= max(1.0, 1.73 * (r / 2.5) ** -0.3) ** (math.log(train.lr / train.late_lr) / math.log(ARC_STEP / ARC_LATE_STEP))
     elif train.schedule == "normalized":
         steps = NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
     elif train.target_loss is not None and train.lr_growth > 1:

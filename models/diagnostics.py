@@ -45,30 +45,83 @@ def kkt_multipliers(net: TwoLayerNet, X: Tensor, y: Tensor) -> tuple[np.ndarray,
     The least squares run on the n x n Gram matrix G = A^T A of the gradients A = [grad q_1 ... grad q_n]:
     G_ij = y_i y_j ((x_i.x_j + 1) sum_k v_k^2 a_ik a_jk + h_i.h_j) with a the activation pattern and h the
     hidden layer, and A^T theta = 2 q by Euler's theorem for degree-2 homogeneous functions; so it needs
-    O(n^2 width) work and never forms the (width (d + 2)) x n matrix A.
+    O(n^2 width) work and never forms the (width (d + 2)) x n matrix A. The nonnegative least squares
+    themselves are ``nnls_gram``'s.
     """
-    from scipy.optimize import nnls
-
     Z = net.preactivations(X)
     active = (Z > 0).to(X.dtype)  # (n, width)
     H = torch.relu(Z)
     G = (y[:, None] * y[None, :]) * ((X @ X.T + 1.0) * ((active * net.v.pow(2)) @ active.T) + H @ H.T)
     q = y * net(X)
-    c = (2.0 * q).cpu().numpy()
-    G_np = G.cpu().numpy()
+    c = (2.0 * q).double().cpu().numpy()
+    G_np = G.double().cpu().numpy()
     theta_sq = net.sq_norm()
-    # ||theta - A lam||^2 = theta^2 - 2 lam.c + lam^T G lam. Factor G = R^T R on its range (c lies in it):
-    # then it equals theta^2 - |b|^2 + |R lam - b|^2 with b = R^{-T} c, a standard NNLS in lam.
-    evals, evecs = np.linalg.eigh(G_np)
+    lam = nnls_gram(G_np, c)
+    # ||theta - A lam||^2 = theta^2 - 2 lam.c + lam^T G lam
+    residual_sq = max(theta_sq - 2.0 * float(lam @ c) + float(lam @ (G_np @ lam)), 0.0)
+    return lam, math.sqrt(residual_sq / theta_sq)
+
+
+def nnls_gram(G: np.ndarray, c: np.ndarray, *, max_iter: int = 200) -> np.ndarray:
+    """argmin_{lam >= 0} lam^T G lam - 2 c.lam for a symmetric positive semidefinite G: (n, n), c: (n,).
+
+    Block principal pivoting (Kim & Park, "Fast nonnegative matrix factorization: an active-set-like method
+    and comparisons", SIAM J. Sci. Comput. 33(6), 2011, Algorithm 1) on the normal equations: solve on a
+    guessed free set F, then move every index that breaks a KKT condition (lam_F < 0, or a negative
+    gradient G lam - c off F) across at once, falling back to one index at a time when that stops reducing
+    the count. The free set starts full: at trained nets nearly every multiplier is positive (2817 of 2828 at
+    d = 200, n = 2828), so it converges in a few Cholesky solves where Lawson-Hanson (scipy's nnls) adds one
+    index per iteration (30 s there, against ~1 s). The answer is the same exact optimum; where G_FF is not
+    positive definite (a rank-deficient G) or pivoting does not settle, it falls back to ``_nnls_eig``.
+    """
+    import scipy.linalg
+
+    n = len(c)
+    scale = float(np.abs(c).max()) if n else 0.0
+    if n == 0 or scale == 0.0:
+        return np.zeros(n)
+    tol = 1e-12 * max(scale, float(np.abs(G).max()))
+    free = np.ones(n, dtype=bool)
+    best, backup = n + 1, 3
+    for _ in range(max_iter):
+        lam = np.zeros(n)
+        if free.any():
+            try:
+                lam[free] = scipy.linalg.cho_solve(scipy.linalg.cho_factor(G[np.ix_(free, free)]), c[free])
+            except np.linalg.LinAlgError:
+                return _nnls_eig(G, c)
+        gradient = G @ lam - c
+        wrong = (free & (lam < -tol)) | (~free & (gradient < -tol))
+        count = int(wrong.sum())
+        if count == 0:
+            return np.clip(lam, 0.0, None)
+        if count < best:
+            best, backup = count, 3
+        elif backup > 0:
+            backup -= 1
+        else:  # Murty's rule: only the largest wrong index moves, which cannot cycle
+            wrong = np.zeros(n, dtype=bool)
+            wrong[np.flatnonzero((free & (lam < -tol)) | (~free & (gradient < -tol)))[-1]] = True
+        free ^= wrong
+    return _nnls_eig(G, c)
+
+
+def _nnls_eig(G: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``nnls_gram`` by scipy's Lawson-Hanson NNLS, for any positive semidefinite G (slow at large n).
+
+    Factor G = R^T R on its range (c lies in it): lam^T G lam - 2 c.lam = |R lam - b|^2 - |b|^2 with
+    b = R^{-T} c, a standard NNLS in lam.
+    """
+    from scipy.optimize import nnls
+
+    evals, evecs = np.linalg.eigh(G)
     keep = evals > evals.max() * 1e-12 if evals.max() > 0 else np.zeros_like(evals, dtype=bool)
     if not keep.any():
-        return np.zeros(len(c)), 1.0
+        return np.zeros(len(c))
     sqrt_evals = np.sqrt(evals[keep])
     R = sqrt_evals[:, None] * evecs[:, keep].T
     b = (evecs[:, keep].T @ c) / sqrt_evals
-    lam, rnorm = nnls(R, b, maxiter=50 * R.shape[1])
-    residual_sq = max(theta_sq - float(b @ b) + rnorm**2, 0.0)
-    return lam, math.sqrt(residual_sq / theta_sq)
+    return nnls(R, b, maxiter=50 * R.shape[1])[0]
 
 
 KINK_TOL = 1e-2  # |w_j.x_i + b_j| <= KINK_TOL (||w_j|| ||x_i|| + |b_j|): relu'(z) may be anything in [0, 1]

@@ -181,7 +181,7 @@ def _step(run: Run, batch: Batch, training: dict[int, Pass]) -> bool:
             return False
     examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, torch.softmax(examples.s, 1) * examples.y)
     if spec.schedule == "arc":
-        sizes = _arc_sizes(run.lr, batch, examples, spec)
+        sizes = _arc_sizes(run.lr, batch, examples, spec, training)
         _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})
         if not batch.ids:
             return False
@@ -236,14 +236,17 @@ def _trained(batch: Batch, examples: Examples, spec: TrainSpec) -> list[tuple[Te
     return pairs if spec.layers == "first" else [*pairs, (batch.b, db, (1,)), (batch.v, dv, (1,))]
 
 
-def _arc_sizes(rho: float, batch: Batch, examples: Examples, spec: TrainSpec) -> dict[int, StepSize]:
+def _arc_sizes(rho: float, batch: Batch, examples: Examples, spec: TrainSpec, training: dict[int, Pass]) -> dict[int, StepSize]:
     """The arc schedule's steps: length rho ||theta|| along G = (dW, db, dv) = -grad L / L' (so along -grad log L),
-    over the trained weights: e^{log_step} = rho ||theta|| / ||G||, and lr_t = that / L' for the report."""
+    over the trained weights: e^{log_step} = rho ||theta|| / ||G||, and lr_t = that / L' for the report. A net
+    whose loss is below spec.late_below steps spec.late_lr instead of rho, where the spec sets one."""
     pairs = _trained(batch, examples, spec)
     sq = torch.stack([sum(p.square().sum(dims) for p, _, dims in pairs), sum(g.square().sum(dims) for _, g, dims in pairs)], 1)  # (S, 2)
+    log_late = math.log(spec.late_below)
     sizes = {}
     for i, (theta_sq, g_sq) in zip(batch.ids, sq.tolist(), strict=True):
-        log_step = math.log(rho) + 0.5 * (math.log(theta_sq) - math.log(g_sq)) if theta_sq > 0 and g_sq > 0 else math.inf
+        step = spec.late_lr if spec.late_lr is not None and training[i].log_L < log_late else rho
+        log_step = math.log(step) + 0.5 * (math.log(theta_sq) - math.log(g_sq)) if theta_sq > 0 and g_sq > 0 else math.inf
         sizes[i] = StepSize(log_step=log_step, lr=math.exp(min(log_step - examples.log_scale[i], LOG_FLOAT_MAX)), shrink=1.0)
     return sizes
 

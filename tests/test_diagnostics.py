@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import nnls
 
 from conftest import Trained, random_net
-from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin
+from marginbench.models.diagnostics import _nnls_eig, kkt_residual, margin_set, nnls_gram, normalized_margin
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -31,6 +31,22 @@ def test_kkt_residual_matches_explicit_nnls(seed: int) -> None:
     X = torch.randn(8, 6, generator=g, dtype=torch.float64)
     y = torch.where(net(X) > 0, 1.0, -1.0).to(torch.float64)
     assert kkt_residual(net, X, y) == pytest.approx(_explicit_residual(net, X, y), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_pivoting_finds_the_lawson_hanson_optimum(seed: int) -> None:
+    """The Gram-form solver against scipy's NNLS, on problems where about half the multipliers are pinned at 0
+    (a random target), and on a rank-deficient G (more unknowns than rows); and the Lawson-Hanson fallback too."""
+    rng = np.random.default_rng(seed)
+    for rows, cols in ((40, 25), (10, 25)):
+        A, target = rng.normal(size=(rows, cols)), rng.normal(size=rows)
+        G, c = A.T @ A, A.T @ target
+        lam = nnls_gram(G, c)
+        expected, _ = nnls(A, target, maxiter=5000)
+        assert (lam >= 0).all() and 0 < (lam == 0).sum() < cols
+        best = expected @ G @ expected - 2 * c @ expected
+        for found in (lam, _nnls_eig(G, c)):
+            assert found @ G @ found - 2 * c @ found == pytest.approx(best, rel=1e-9, abs=1e-9)
 
 
 def test_kkt_residual_is_zero_at_a_kkt_point() -> None:

@@ -3,6 +3,7 @@ the medium presets, and Ray runs that ask for GPUs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from marginbench.bench.spec import ExperimentSpec
 from marginbench.bench.twin import TWIN_TOLERANCE, relative_difference, twin_report
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
-from marginbench.models.train_spec import arc_schedule
+from marginbench.models.train_spec import ARC_LATE_STEP, arc_schedule
 from marginbench.models.two_layer import pytorch_default_init
 
 # --- float32 training -------------------------------------------------------------------------------------
@@ -124,7 +125,10 @@ def test_the_medium_presets_are_the_issues_grids() -> None:
     runs = [run for spec in fig1a for run in spec.runs()]
     assert len(runs) == 75 and {r.d for r in runs} == {100, 200, 300} and {r.width for r in runs} == {1000}
     assert {r.alpha for r in runs} == {0.5, 0.8, 1.0, 1.2, 1.5} and {r.seed for r in runs} == {0, 1, 2, 3, 4}
-    assert {r.train for r in runs} == {FAST_TRAIN} and FAST_TRAIN.schedule == "arc" and FAST_TRAIN.precision == "float32"
+    assert FAST_TRAIN.schedule == "arc" and FAST_TRAIN.precision == "float32" and FAST_TRAIN.late_lr is None
+    late = {(r.d, r.alpha) for r in runs if r.train == dataclasses.replace(FAST_TRAIN, late_lr=ARC_LATE_STEP)}
+    assert late == {(d, a) for d in (100, 200, 300) for a in (1.2, 1.5)}  # n > 2d: the late step
+    assert all(r.train == FAST_TRAIN for r in runs if (r.d, r.alpha) not in late)
     fig1b = [run for spec in PRESETS.get("paper-fig1b").sweep("medium") for run in spec.runs()]
     assert {r.width for r in fig1b} == {100, 500, 1000, 2000, 4000, 8000} and all(r.n == r.d for r in fig1b) and len(fig1b) == 90
     fig4 = [run for spec in PRESETS.get("melamed-fig4").sweep("medium") for run in spec.runs()]

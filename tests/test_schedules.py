@@ -3,6 +3,7 @@ margin and on stationarity say what they claim; the kkt family's l2 model trains
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from marginbench.bench.spec import ExperimentSpec
 from marginbench.models.datasets import sphere
 from marginbench.models.diagnostics import kkt_residual, normalized_margin
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train
-from marginbench.models.train_spec import ARC_STEP, arc_schedule
+from marginbench.models.train_spec import ARC_STEP, arc_schedule, on_schedule
 from marginbench.models.two_layer import pytorch_default_init
 
 NORMALIZED = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0)
@@ -178,3 +179,33 @@ def test_an_arc_step_has_length_rho_theta_along_minus_the_gradient() -> None:
 def test_bad_arc_specs_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="arc"):
         arc_schedule(TrainSpec(), **bad)
+
+
+def test_the_late_arc_step_applies_below_its_loss_and_only_there() -> None:
+    """late_lr is the step once L < late_below: a threshold above the starting loss gives the late step from the
+    start (the same iterates as lr = late_lr), one below the stopping loss never switches; in between it is
+    neither."""
+    data = sphere(d=8, n=16, seed=1)
+    init = pytorch_default_init(8, 16, generator=torch.Generator().manual_seed(1))
+    spec = arc_schedule(TrainSpec(), lr=0.01, late_lr=0.004)
+
+    def trained(spec: TrainSpec) -> tuple[torch.Tensor, int]:
+        net, report = train(init, data.X, data.y, spec)
+        return torch.cat([net.W.flatten(), net.b, net.v]), report.iterations
+
+    always, never, between = (trained(dataclasses.replace(spec, late_below=below)) for below in (1e300, 1e-300, 1e-10))
+    assert torch.equal(always[0], trained(arc_schedule(TrainSpec(), lr=0.004))[0])
+    assert torch.equal(never[0], trained(arc_schedule(TrainSpec(), lr=0.01))[0])
+    assert never[1] < between[1] < always[1]
+
+
+@pytest.mark.parametrize("bad", [dict(late_lr=0.0), dict(late_lr=1.0), dict(late_lr=1e-3, late_below=0.0)])
+def test_bad_late_steps_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="late step"):
+        arc_schedule(TrainSpec(), **bad)
+
+
+def test_the_late_step_is_the_arc_schedules_alone() -> None:
+    with pytest.raises(ValueError, match="late step"):
+        TrainSpec(late_lr=1e-3)  # the paper schedule
+    assert on_schedule(arc_schedule(TrainSpec(), late_lr=1e-3), "paper").late_lr is None

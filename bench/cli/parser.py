@@ -16,7 +16,7 @@ from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, TWINS
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
-from marginbench.models.train_spec import ARC_STEP, PRECISIONS
+from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
 
 PROG = "marginbench"
 
@@ -134,6 +134,12 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
     training.add_argument("--max-seconds", type=_finite(float), help="cap on training wall time per run, reported as max_seconds")
     training.add_argument("--lr", type=_finite(float), help="initial learning rate (kkt default 1e-5, subspace 0.05)")
+    training.add_argument(
+        "--late-lr",
+        type=_finite(float),
+        help=f"arc schedule: the relative step once the loss is below {ARC_LATE_BELOW:g}, where the margin is maximized "
+        f"(medium presets: {ARC_LATE_STEP} where n > 2d; default: --lr throughout)",
+    )
     training.add_argument("--lr-growth", type=_finite(float), help="factor applied to the learning rate every --growth-every iterations (kkt default 1.1, subspace 1)")
     training.add_argument("--growth-every", type=_finite(int), help="iterations between learning-rate increases (default 100)")
     shown = run.add_mutually_exclusive_group()
