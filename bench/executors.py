@@ -11,10 +11,16 @@ Only the sweep (``marginbench.bench.sweep``) writes the result directory, whatev
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import math
 import os
+import signal
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -137,8 +143,35 @@ def seed_groups(tasks: Sequence[RunTask]) -> list[list[RunTask]]:
     return groups
 
 
-def _limit_threads(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
+    """A pool worker's setup: its share of the threads, and an exit as soon as the parent process is gone."""
     torch.set_num_threads(threads)
+    _exit_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` dies (a SIGKILLed sweep must not leave its workers running).
+
+    On Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG); everywhere a daemon
+    thread also checks once a second whether the process has been re-parented.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:  # it died before the watch began
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class PoolExecutor:
@@ -153,7 +186,7 @@ class PoolExecutor:
 
     def __enter__(self) -> PoolExecutor:
         self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=get_context("spawn"), initializer=_limit_threads, initargs=(self.threads,)
+            max_workers=self.workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(self.threads, os.getpid())
         )
         return self
 
@@ -221,6 +254,30 @@ class RayExecutor:
                 yield ray.get(done[0])
             except ray.exceptions.RayError as err:
                 raise SweepAborted(f"a Ray task failed ({one_line(err).splitlines()[0][:ERROR_CHARS]})") from None
+
+
+RAY_CONNECT_SECONDS = 10.0
+
+
+def check_ray_address(address: str | None) -> None:
+    """SpecError, at once, for a Ray address whose host does not resolve or whose port does not answer:
+    ``ray.init`` itself retries such an address for minutes. ``auto``, ``local`` and None are Ray's to find."""
+    if address is None or address in ("auto", "local"):
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    problem = None
+    if not host or not port.isdigit():
+        problem = "give it as HOST:PORT, ray://HOST:PORT, auto or local"
+    else:
+        try:
+            socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+        except socket.gaierror:
+            problem = f"unknown host {host!r}"
+        except OSError as err:
+            problem = f"nothing answers there ({err.strerror or type(err).__name__})"
+    if problem is not None:
+        raise SpecError(f"cannot join Ray at {address}: {problem}", cli=f"--ray-address {address}: cannot join Ray there: {problem}")
 
 
 def compute_on_ray(task: RunTask) -> RunRecord:

@@ -112,6 +112,9 @@ class ExperimentSpec:
             raise SpecError(f"the number of examples n must be at least 2, got {self.n_examples}")
         if self.width < 1:
             raise field_error("width", f"must be at least 1, got {self.width}")
+        batch = self.train_spec.batch_size
+        if batch is not None and batch > self.n_examples:
+            raise field_error("batch_size", f"{batch} is more than the n = {self.n_examples} training examples; leave it out for full-batch GD")
         if not family.on_subspace and self.ell is not None:
             raise field_error("ell", "applies to subspace data only (the subspace family)")
         if family.on_subspace:
@@ -227,6 +230,8 @@ def with_options(spec: ExperimentSpec, options: Mapping[str, Any], train_options
         if "schedule" in train_options:  # a schedule brings its own step and growth, unless they are given too
             train = on_schedule(train, train_options["schedule"])
         return dataclasses.replace(changed, train=dataclasses.replace(train, **train_options))
+    except SpecError:  # the spec's own check, already in the command line's words
+        raise
     except ValueError as err:
         raise SpecError(str(err)) from None
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -136,11 +135,15 @@ class ResultStore:
         atomic_write(run_dir / "data.npz", lambda f: np.savez(f, **data))
         atomic_write(run_dir / "perturbations.npz", lambda f: np.savez(f, **perturbations))
 
-    def write_tables(self, *, examples: pd.DataFrame, summary: pd.DataFrame) -> None:
-        """examples.csv then summary.csv, floats at full precision (repr round-trips)."""
+    def write_tables(self, *, examples: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
+        """examples.csv then summary.csv, floats at full precision (repr round-trips); returns their SHA-256,
+        for the manifest (``verify``)."""
+        digests = {}
         for name, frame in (("examples.csv", examples), ("summary.csv", summary)):
             data = _csv_bytes(frame)
             atomic_write(self.root / name, lambda f, data=data: f.write(data))
+            digests[name] = hashlib.sha256(data).hexdigest()
+        return digests
 
     def write_rows(self, run_id: str, *, examples: pd.DataFrame, record: Mapping[str, Any]) -> None:
         """The run's example rows and its record (run-level facts, attack rows, status), then the marker.
@@ -160,19 +163,29 @@ class ResultStore:
 
     def finished_rows(self, run_id: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """(examples, record) of a finished run, or None if it has no marker or a file does not match it."""
+        rows, _ = self.read_run(run_id)
+        return rows
+
+    def read_run(self, run_id: str) -> tuple[tuple[pd.DataFrame, dict[str, Any]] | None, str | None]:
+        """((examples, record), None) for a finished run whose files match its marker, else (None, why not)."""
         run_dir = self.run_dir(run_id)
+        if not (run_dir / MARKER).exists():
+            return None, "it has no completion marker (it did not finish)" if run_dir.exists() else "it has not run"
         try:
-            marker = json.loads((run_dir / MARKER).read_text())
-            files = marker["sha256"]
-            if any(name not in files for name in ROW_FILES):
-                return None
-            if any(_sha256(run_dir / name) != digest for name, digest in files.items()):
-                return None
+            files = json.loads((run_dir / MARKER).read_text())["sha256"]
+            missing = [name for name in ROW_FILES if name not in files]
+            if missing:
+                return None, f"its completion marker does not vouch for {', '.join(missing)}"
+            for name, digest in files.items():
+                if not (run_dir / name).exists():
+                    return None, f"{name} is missing"
+                if _sha256(run_dir / name) != digest:
+                    return None, f"{name} does not match the checksum in its completion marker"
             record = json.loads((run_dir / "run.json").read_text())
             examples = pd.read_csv(run_dir / "examples.csv")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return examples, record
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            return None, f"its files cannot be read ({type(err).__name__}: {err})"
+        return (examples, record), None
 
     def forget_run(self, run_id: str) -> None:
         """Remove a run's files, its marker first: before a run is (re)written, nothing stale can be vouched for."""
@@ -214,79 +227,3 @@ def _plain(value: object) -> object:
 # Reading result directories for the reports. Runs from different directories stay distinct (a ``source``
 # column names the directory), even when their run_ids agree: a run_id does not encode the training options,
 # so equal ids need not be equal networks.
-RUN_KEY = ["source", "run_id"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Results:
-    """The merged tables of some result directories.
-
-    Attributes:
-        summary: summary.csv rows of every directory, plus ``source`` (the directory as given); ``alpha``
-            (n = d^alpha) and ``init_scale`` are the runner's columns, or where a table lacks them, alpha
-            fitted as log n / log d and init_scale NaN.
-        examples: examples.csv rows plus ``source``; None when some directory has no examples.csv.
-    """
-
-    summary: pd.DataFrame
-    examples: pd.DataFrame | None
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
-        raise SpecError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-
-
-def _alpha(summary: pd.DataFrame) -> pd.Series:
-    if "alpha" in summary:
-        return summary["alpha"].astype(float)
-    # n = round(d ** alpha) is coarse at small d (d = 32, alpha = 0.5 gives n = 6, log 6 / log 32 = 0.517):
-    # one decimal recovers the papers' grid (0.5, 0.8, 1, 1.2, 1.5).
-    fitted = [round(math.log(n) / math.log(d), 1) if n > 0 and d > 1 else math.nan for n, d in zip(summary["n"], summary["d"], strict=True)]
-    return pd.Series(fitted, index=summary.index, dtype=float)
-
-
-def read_results(dirs: Sequence[str | Path], *, need_examples: bool = False) -> Results:
-    """The merged tables of ``dirs``; SpecError (one line) for a missing or incomplete directory."""
-    summaries, examples = [], []
-    for given in dirs:
-        root = Path(given)
-        if not root.is_dir():
-            raise SpecError(f"{given}: no such result directory")
-        if not (root / "summary.csv").is_file():
-            raise SpecError(f"{given} has no summary.csv: not a marginbench result directory (or its first run has not finished)")
-        summary = _read_csv(root / "summary.csv")
-        missing = [c for c in ("run_id", "model", "attack", "d", "n") if c not in summary]
-        if missing:
-            raise SpecError(f"{root / 'summary.csv'} lacks the column(s) {', '.join(missing)}")
-        summary.insert(0, "source", str(given))
-        summary["alpha"] = _alpha(summary)
-        if "init_scale" not in summary:
-            summary["init_scale"] = math.nan
-        summaries.append(summary)
-        if (root / "examples.csv").is_file():
-            frame = _read_csv(root / "examples.csv")
-            missing = [c for c in ("run_id", "attack", "index", "norm") if c not in frame]
-            if missing:
-                raise SpecError(f"{root / 'examples.csv'} lacks the column(s) {', '.join(missing)}")
-            frame.insert(0, "source", str(given))
-            examples.append(frame)
-        elif need_examples:
-            raise SpecError(f"{given} has no examples.csv; the per-example norms are needed here")
-    merged_examples = pd.concat(examples, ignore_index=True) if len(examples) == len(summaries) else None
-    return Results(summary=pd.concat(summaries, ignore_index=True), examples=merged_examples)
-
-
-PROVENANCE = ("preset", "specs", "git_commit", "versions", "machine", "platform")
-
-
-def read_provenance(root: Path | str) -> dict[str, Any]:
-    """What manifest.json says about how a directory was made (preset, specs, commit, versions, machine);
-    empty where it has no readable manifest."""
-    try:
-        manifest = json.loads((Path(root) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: manifest[k] for k in PROVENANCE if isinstance(manifest, dict) and k in manifest}

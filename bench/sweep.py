@@ -23,13 +23,14 @@ import torch
 
 import marginbench
 from marginbench.bench.estimate import SweepProgress, sweep_cost
-from marginbench.bench.executors import ExecutorSpec, SweepAborted, import_ray, make_executor
+from marginbench.bench.executors import ExecutorSpec, SweepAborted, check_ray_address, import_ray, make_executor
 from marginbench.bench.measure import RunRecord, sweep_tables
 from marginbench.bench.registry import DATASETS, check_names
 from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
 from marginbench.bench.store import ResultStore
 from marginbench.bench.twin import twin_report
+from marginbench.bench.writer_lock import WriterLock
 
 
 def _stderr(line: str) -> None:
@@ -133,6 +134,7 @@ def run_sweep(
     preset: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    keep_failed: bool = False,
     executor: ExecutorSpec | None = None,
     progress: bool = False,
     log: Log = _stderr,
@@ -140,7 +142,9 @@ def run_sweep(
     """Run every (model, seed) of each spec with its attacks on ``executor``; write DIR; return (examples, summary).
 
     Everything the user can get wrong is checked before any work. With ``resume``, DIR must hold the
-    manifest of this very sweep: its finished runs are read back from their files and only the others run.
+    manifest of this very sweep: its finished runs are read back from their files and only the others run,
+    each named with the reason (no marker, a file that does not match it, a failure that is retried unless
+    ``keep_failed``). Every failed run is named, one line each, at the end.
     """
     executor = executor if executor is not None else ExecutorSpec()  # None: in this process
     sweep = (specs,) if isinstance(specs, ExperimentSpec) else tuple(specs)
@@ -151,58 +155,71 @@ def run_sweep(
         raise SpecError("the sweep holds the same run twice; give each setting once")
     if executor.kind == "ray":
         import_ray()
-    store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
-    if resume:
-        # The first session's provenance stays on top; each resume adds its own (code may have changed since).
-        manifest = store.read_manifest()
-        check_same_sweep(out, sweep, stored_sweep(store)[0])
-        manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
-    else:
-        manifest = _new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), session, now)
-    manifest["status"] = "running"
+        check_ray_address(executor.ray_address)
+    with WriterLock(out, create=not resume):  # before open: --overwrite must not clear a live writer's files
+        store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
+        if resume:
+            # The first session's provenance stays on top; each resume adds its own (code may have changed since).
+            manifest = store.read_manifest()
+            check_same_sweep(out, sweep, stored_sweep(store)[0])
+            manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
+        else:
+            manifest = _new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), session, now)
+        manifest["status"] = "running"
 
-    finished: dict[int, RunRecord] = {}
-    if resume:
-        for index, run in enumerate(runs):
-            if store.finished_rows(run.run_id) is not None:
-                finished[index] = _read_back(store, index, run.run_id)
-        log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
-    tasks = [
-        RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress)
-        for i, (run, attacks) in enumerate(planned)
-        if i not in finished
-    ]
+        finished: dict[int, RunRecord] = {}
+        if resume:
+            for index, run in enumerate(runs):
+                rows, why = store.read_run(run.run_id)
+                if rows is None:
+                    if why != "it has not run":
+                        log(f"redoing {run.run_id}: {why}")
+                    continue
+                record = RunRecord.from_json(index, run.run_id, *rows)
+                if record.failed and not keep_failed:
+                    log(f"retrying {run.run_id}: it failed ({record.run_row.get('run_error')}); --keep-failed keeps it")
+                    continue
+                finished[index] = record
+            log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
+        tasks = [
+            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress)
+            for i, (run, attacks) in enumerate(planned)
+            if i not in finished
+        ]
 
-    def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-        examples, summary = sweep_tables(list(finished.values()))
-        store.write_tables(examples=examples, summary=summary)
-        manifest["runs"] = {r.run_id: dict(r.manifest) for r in sorted(finished.values(), key=lambda r: r.index)}
-        store.write_manifest(manifest)
+        def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+            examples, summary = sweep_tables(list(finished.values()))
+            manifest["tables"] = store.write_tables(examples=examples, summary=summary)  # their checksums: verify()
+            manifest["runs"] = {r.run_id: dict(r.manifest) for r in sorted(finished.values(), key=lambda r: r.index)}
+            store.write_manifest(manifest)
+            return examples, summary
+
+        cost, weights = sweep_cost(sweep)
+        log(cost.line())
+        with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
+            write_tables()
+            try:
+                for record in pool.run(tasks):
+                    if not pool.live:
+                        for line in record.log:
+                            bar.around(log)(line)
+                    finished[record.index] = _save(store, record)
+                    write_tables()
+                    bar.done(record.index)
+            except SweepAborted as err:
+                raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
+        failed = sum(r.failed for r in finished.values())
+        for record in sorted(finished.values(), key=lambda r: r.index):
+            line = twin_report(record.run_id, record.run_row)
+            if line is not None:
+                log(line)
+        manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
+        examples, summary = write_tables()
+        for record in sorted(finished.values(), key=lambda r: r.index):
+            if record.failed:
+                log(f"failed: {record.run_id}: {record.run_row.get('run_error')}")
+        if failed:
+            log(f"{failed} of {len(runs)} runs failed (listed above; the run_status and error columns of {Path(out) / 'summary.csv'}); `run --resume {out}` retries them")
         return examples, summary
-
-    cost, weights = sweep_cost(sweep)
-    log(cost.line())
-    with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
-        write_tables()
-        try:
-            for record in pool.run(tasks):
-                if not pool.live:
-                    for line in record.log:
-                        bar.around(log)(line)
-                finished[record.index] = _save(store, record)
-                write_tables()
-                bar.done(record.index)
-        except SweepAborted as err:
-            raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
-    failed = sum(r.failed for r in finished.values())
-    for record in sorted(finished.values(), key=lambda r: r.index):
-        line = twin_report(record.run_id, record.run_row)
-        if line is not None:
-            log(line)
-    manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
-    examples, summary = write_tables()
-    if failed:
-        log(f"{failed} of {len(runs)} runs failed: see the run_status and error columns of {Path(out) / 'summary.csv'}")
-    return examples, summary

@@ -41,7 +41,7 @@ _EXPORTS = {
     "SpecError": "marginbench.bench.errors",
     "ExecutorSpec": "marginbench.bench.executors",
     "run_sweep": "marginbench.bench.sweep",
-    "read_results": "marginbench.bench.store",
+    "read_results": "marginbench.bench.report.results",
     "verify": "marginbench.bench.measure",
 }
 __all__ = [
@@ -81,8 +81,8 @@ if TYPE_CHECKING:
     from marginbench.bench.measure import verify
     from marginbench.bench.presets import PRESETS
     from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
+    from marginbench.bench.report.results import read_results
     from marginbench.bench.spec import ExperimentSpec, RunSpec
-    from marginbench.bench.store import read_results
     from marginbench.bench.sweep import run_sweep
     from marginbench.models.datasets import Dataset
     from marginbench.models.train import TrainReport, TrainSpec, train

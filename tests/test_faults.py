@@ -20,9 +20,9 @@ from marginbench.models.two_layer import TwoLayerNet
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 
-def test_training_that_diverges_is_a_failed_run_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_training_that_diverges_is_a_failed_run_and_the_sweep_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"
-    assert run_cli(["run", *QUICK, "--lr", "1e300", "--seeds", "0,1", "--out", str(out)]) == 0
+    assert run_cli(["run", *QUICK, "--lr", "1e300", "--seeds", "0,1", "--out", str(out)]) == 1  # a failed run fails the sweep
     summary = pd.read_csv(out / "summary.csv")
     vanilla, construction = summary[summary["model"] == "vanilla"], summary[summary["model"] == "robust-construction"]
     assert len(vanilla) == 4 and len(construction) == 4
@@ -33,6 +33,10 @@ def test_training_that_diverges_is_a_failed_run_and_the_sweep_goes_on(tmp_path: 
     assert manifest["status"] == "complete" and manifest["failed_runs"] == 2
     failed = [entry for entry in manifest["runs"].values() if entry["run_status"] == "failed"]
     assert len(failed) == 2 and all(entry["train"]["nonfinite_iteration"] is not None for entry in failed)
+    err = capsys.readouterr().err.splitlines()
+    listed = [line for line in err if line.startswith("failed: ")]
+    assert sorted(line.split(": ")[1] for line in listed) == sorted(vanilla["run_id"].unique())
+    assert "training hit NaN/inf" in listed[0] and "2 of 4 runs failed" in err[-1]
 
 
 class _RaisesOnTrainedNets:
@@ -75,7 +79,7 @@ def test_a_run_that_raises_is_a_failed_run_with_a_row_per_attack(tmp_path: Path,
 
     monkeypatch.setitem(MODELS._factories, "explodes", explodes)
     out = tmp_path / "o"
-    assert run_cli(["run", *QUICK, "--models", "explodes,robust-construction", "--out", str(out)]) == 0
+    assert run_cli(["run", *QUICK, "--models", "explodes,robust-construction", "--out", str(out)]) == 1
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["model"]) == ["explodes", "robust-construction", "robust-construction"]  # spec order kept
     failed = summary.iloc[0]
@@ -84,5 +88,27 @@ def test_a_run_that_raises_is_a_failed_run_with_a_row_per_attack(tmp_path: Path,
     assert (summary.iloc[1:]["run_status"] == "ok").all()
     run_dir = out / "runs" / failed["run_id"]
     assert {p.name for p in run_dir.iterdir()} == {"examples.csv", "run.json", "COMPLETE"}
-    assert run_cli(["run", "--resume", str(out), "--no-progress"]) == 0  # a failed run is finished: not redone
+    marker = (run_dir / "COMPLETE").read_bytes()
+    assert run_cli(["run", "--resume", str(out), "--keep-failed", "--no-progress"]) == 1  # kept as it is: not redone
+    assert (run_dir / "COMPLETE").read_bytes() == marker
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv").drop(columns=["train_seconds", "attack_seconds"]), summary.drop(columns=["train_seconds", "attack_seconds"]))
+
+
+def test_resume_retries_a_failed_run_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that failed (out of memory, say) is run again by --resume; here the second attempt succeeds."""
+    attempts = []
+
+    def flaky(data: Dataset, context: RunContext) -> BuiltModel:
+        attempts.append(context.run.run_id)
+        if len(attempts) == 1:
+            raise MemoryError("pretend the model did not fit")
+        return MODELS.get("robust-construction")(data, context)
+
+    monkeypatch.setitem(MODELS._factories, "flaky", flaky)
+    out = tmp_path / "o"
+    assert run_cli(["run", *QUICK, "--models", "flaky", "--out", str(out)]) == 1
+    run_id = attempts[0]
+    capsys.readouterr()
+    assert run_cli(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert f"retrying {run_id}: it failed (MemoryError: pretend the model did not fit)" in capsys.readouterr().err
+    assert attempts == [run_id, run_id] and (pd.read_csv(out / "summary.csv")["run_status"] == "ok").all()

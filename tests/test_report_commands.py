@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,16 +14,18 @@ from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.plots import FIGURES, build_figures, save_figures
-from marginbench.bench.store import read_results
+from marginbench.bench.report.results import read_results
+from marginbench.bench.store import ResultStore
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _write_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame) -> Path:
+    """A hand-made result directory: the two tables and a manifest that holds their checksums (store.verify)."""
     root.mkdir(parents=True, exist_ok=True)
-    examples.to_csv(root / "examples.csv", index=False)
-    summary.to_csv(root / "summary.csv", index=False)
+    tables = ResultStore(root).write_tables(examples=examples, summary=summary)
+    (root / "manifest.json").write_text(json.dumps({"tables": tables}))
     return root
 
 
@@ -64,7 +67,7 @@ def test_equal_scores_share_a_rank(tmp_path: Path) -> None:
     root = _known_case(tmp_path / "r")
     examples = pd.read_csv(root / "examples.csv")
     examples.loc[examples["model"] == "strong", "norm"] /= 3.0  # now both models score the same
-    examples.to_csv(root / "examples.csv", index=False)
+    _write_dir(root, examples, pd.read_csv(root / "summary.csv"))
     assert list(model_table(read_results([root]))["rank"]) == [1, 1]
 
 
@@ -107,11 +110,12 @@ def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: py
     old = float(summary.loc[row, "median_norm"].iloc[0])
     summary.loc[row, "median_norm"] = old * (1 + 0.5 * band.rel)  # inside the band: still passes
     summary.loc[row, "attack_seconds"] = 99.0  # timings are never checked
-    summary.to_csv(root / "summary.csv", index=False)
+    examples = pd.read_csv(root / "examples.csv")
+    _write_dir(root, examples, summary)  # a new result, as a sweep writes it (an edit by hand would not verify)
     capsys.readouterr()
     assert main(["check", str(root), "--baseline", str(baseline_path)]) == 0
     summary.loc[row, "median_norm"] = old * (1 + 10 * band.rel) + 10 * band.abs
-    summary.to_csv(root / "summary.csv", index=False)
+    _write_dir(root, examples, summary)
     capsys.readouterr()
     assert main(["check", str(root), "--baseline", str(baseline_path)]) == 1
     out = capsys.readouterr().out

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         _, summary = run_sweep(
-            specs, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, executor=executor, progress=progress
+            specs, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, keep_failed=args.keep_failed, executor=executor, progress=progress
         )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
     if preset is not None and preset in PRESETS and PRESETS.get(preset).figures:
-        from marginbench.bench.store import read_results
+        from marginbench.bench.report.results import read_results
 
         draw_figures(read_results([str(out)]).summary, Path(out) / "figures")
-    return 0
+    return 1 if (summary["run_status"] != "ok").any() else 0  # a failed run is a failed sweep (listed above)
 
 
 def throughput(args: argparse.Namespace) -> int:
@@ -115,7 +115,7 @@ def _table_format(name: str) -> str:
 
 def leaderboard(args: argparse.Namespace) -> int:
     from marginbench.bench.report.leaderboard import leaderboard_text
-    from marginbench.bench.store import read_results
+    from marginbench.bench.report.results import read_results
 
     tablefmt = _table_format(args.format)
     print(leaderboard_text(read_results(args.dirs, need_examples=True), tablefmt=tablefmt))
@@ -142,7 +142,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from marginbench.bench.store import read_results
+    from marginbench.bench.report.results import read_results
 
     if args.out is None and len(args.dirs) > 1:
         raise SpecError("give -o OUTDIR when plotting several result directories")

@@ -7,7 +7,8 @@ examples:
   marginbench run --preset smoke --out runs/smoke
   marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
   marginbench run --resume runs/d100
-      finish an interrupted sweep: finished runs are kept, the others run (the spec comes from its manifest)
+      finish an interrupted sweep: finished runs are kept, the others run (the spec comes from its manifest);
+      each run that is redone is named with the reason, and runs that failed are retried unless --keep-failed
   marginbench run --preset smoke --seeds 0,1,2,3 --workers 4 --out runs/pool
       four runs at a time on a local process pool
   marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
@@ -21,6 +22,10 @@ examples:
       the arc schedule certified: every net trained again with the paper's schedule (--twin paper)
   marginbench run --preset paper-fig1a --scale full --device cuda --executor ray --gpus-per-run 0.25 --out runs/full
       the paper's grid on a Ray cluster's GPUs, four runs per GPU
+
+Exit status: 0 when every run finished ok; 1 when a run failed (each one is named at the end, its error is in
+summary.csv, and --resume retries it) or the sweep was cut short; 2 for a mistake in the options or data,
+said in one line before any work; 130 when interrupted.
 
 Before a sweep starts it prints its size (runs, trainings, estimated FLOPs and minutes at this machine's
 measured matmul rate); with --progress one line follows the whole sweep with an ETA.

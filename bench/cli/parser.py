@@ -84,6 +84,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--resume", metavar="DIR", help="finish the sweep in DIR: keep its finished runs, redo the others; the spec comes from DIR/manifest.json"
     )
     run.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
+    run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="with --resume: keep the runs that failed as they are (default: run them again, saying which and why)",
+    )
     run.add_argument("--preset", choices=PRESETS.names(), help="named experiment to start from (default: default)")
     run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes (d <= 64); medium is the paper's width at d = 100...300, "
         "arc schedule in float32, sized for one CPU; full is the paper's grid, for a GPU (default: small)")
@@ -189,6 +194,10 @@ def run_conflict(args: argparse.Namespace) -> str | None:
         return "--ray-address needs --executor ray"
     if args.gpus_per_run is not None and args.executor != "ray":
         return "--gpus-per-run needs --executor ray"
+    if args.out is not None and not args.out.strip():
+        return "--out is empty: give the result directory's name"
+    if args.keep_failed and args.resume is None:
+        return "--keep-failed applies to --resume (a new sweep has no failed runs to keep)"
     return None
 
 

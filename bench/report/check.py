@@ -26,7 +26,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.store import atomic_write, read_provenance, read_results
+from marginbench.bench.report.results import read_provenance, read_results
+from marginbench.bench.store import atomic_write
 
 FORMAT = "marginbench-baseline/1"
 KEY = ("run_id", "attack")
@@ -93,12 +94,17 @@ def make_baseline(result_dir: str | Path) -> dict[str, Any]:
 def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
     """Write ``baseline`` as JSON (+inf as Infinity, which Python's json reads back)."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"-o {path} is a directory: give the baseline file's path, e.g. {path / 'baseline.json'}")
     if not path.parent.is_dir():
         raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
     head = json.dumps({k: v for k, v in baseline.items() if k != "values"}, indent=1, allow_nan=True)
     rows = ",\n  ".join(json.dumps(row, allow_nan=True) for row in baseline["values"])
     text = head[:-2] + f',\n "values": [\n  {rows}\n ]\n}}\n'  # one number per line: readable diffs
-    atomic_write(path, lambda f: f.write(text.encode()))
+    try:
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except OSError as err:
+        raise SpecError(f"cannot write baseline {path}: {err.strerror or err}") from None
 
 
 def read_baseline(path: str | Path) -> dict[str, Any]:
@@ -118,6 +124,11 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"baseline {path} is malformed: {type(err).__name__} {err}") from None
     if "*" not in bands:
         raise SpecError(f"baseline {path} has no default band \"*\"")
+    for name, band in bands.items():
+        if not (math.isfinite(band.rel) and math.isfinite(band.abs) and band.rel >= 0 and band.abs >= 0):
+            raise SpecError(f"baseline {path}: the band of {name} (rel {band.rel}, abs {band.abs}) must be finite and >= 0")
+    if values.empty:
+        raise SpecError(f"baseline {path} holds no values to check")
     return {**baseline, "bands": bands, "values": values}
 
 

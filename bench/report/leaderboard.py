@@ -28,7 +28,7 @@ from tabulate import tabulate
 
 from marginbench.bench.errors import SpecError
 from marginbench.bench.measure import BEST, PASS_COLUMNS, best_of
-from marginbench.bench.store import RUN_KEY, Results
+from marginbench.bench.report.results import RUN_KEY, Results
 
 MODEL_KEY = ["model", "dataset", "d", "n", "width"]
 

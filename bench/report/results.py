@@ -1,0 +1,129 @@
+"""Result directories as the reports read them: verified against their checksums, then merged.
+
+``verify_directory`` is what every reporting command (leaderboard, baseline, check, plot) runs first: a
+directory whose tables or runs do not match what its sweep wrote is refused with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from marginbench.bench.errors import SpecError
+from marginbench.bench.store import ResultStore, _sha256
+
+RUN_KEY = ["source", "run_id"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results:
+    """The merged tables of some result directories.
+
+    Attributes:
+        summary: summary.csv rows of every directory, plus ``source`` (the directory as given); ``alpha``
+            (n = d^alpha) and ``init_scale`` are the runner's columns, or where a table lacks them, alpha
+            fitted as log n / log d and init_scale NaN.
+        examples: examples.csv rows plus ``source``; None when some directory has no examples.csv.
+    """
+
+    summary: pd.DataFrame
+    examples: pd.DataFrame | None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise SpecError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def _alpha(summary: pd.DataFrame) -> pd.Series:
+    if "alpha" in summary:
+        return summary["alpha"].astype(float)
+    # n = round(d ** alpha) is coarse at small d (d = 32, alpha = 0.5 gives n = 6, log 6 / log 32 = 0.517):
+    # one decimal recovers the papers' grid (0.5, 0.8, 1, 1.2, 1.5).
+    fitted = [round(math.log(n) / math.log(d), 1) if n > 0 and d > 1 else math.nan for n, d in zip(summary["n"], summary["d"], strict=True)]
+    return pd.Series(fitted, index=summary.index, dtype=float)
+
+
+def verify_directory(root: Path, given: str | Path) -> None:
+    """SpecError, one line naming the file, unless DIR is as its sweep wrote it.
+
+    The manifest's ``tables`` hold the SHA-256 of summary.csv and examples.csv, written with them; every
+    run the manifest lists must have files that match its completion marker. A directory whose runs/ folder
+    was left out (the committed tables under results/) is verified by its tables' checksums alone.
+    """
+    resume = f"`marginbench run --resume {given}` rebuilds it from the runs"
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{given} has no manifest.json: not a marginbench result directory, or its first run has not finished") from None
+    except (OSError, ValueError) as err:
+        raise SpecError(f"{path} cannot be read: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    tables = manifest.get("tables") if isinstance(manifest, dict) else None
+    if not (isinstance(tables, dict) and "summary.csv" in tables):
+        raise SpecError(f"{path} holds no checksums of the tables, so they cannot be verified; {resume}")
+    for name, digest in tables.items():
+        if not (root / name).is_file():
+            raise SpecError(f"{root / name} is missing, though {path} vouches for it; {resume}")
+        if _sha256(root / name) != digest:
+            raise SpecError(f"{root / name} does not match its checksum in {path} (edited, or cut short); {resume}")
+    if (root / "runs").is_dir():
+        store = ResultStore(root)
+        for run_id in manifest.get("runs", {}):
+            _, why = store.read_run(run_id)
+            if why is not None:
+                raise SpecError(f"{store.run_dir(run_id)}: {why}; `marginbench run --resume {given}` redoes the run")
+
+
+def read_results(dirs: Sequence[str | Path], *, need_examples: bool = False) -> Results:
+    """The merged tables of ``dirs``, each verified first (``verify_directory``); SpecError (one line) for a missing,
+    incomplete or altered directory."""
+    summaries, examples = [], []
+    for given in dirs:
+        root = Path(given)
+        if not root.is_dir():
+            raise SpecError(f"{given}: no such result directory")
+        if not (root / "summary.csv").is_file():
+            raise SpecError(f"{given} has no summary.csv: not a marginbench result directory (or its first run has not finished)")
+        verify_directory(root, given)
+        summary = _read_csv(root / "summary.csv")
+        missing = [c for c in ("run_id", "model", "attack", "d", "n") if c not in summary]
+        if missing:
+            raise SpecError(f"{root / 'summary.csv'} lacks the column(s) {', '.join(missing)}")
+        summary.insert(0, "source", str(given))
+        summary["alpha"] = _alpha(summary)
+        if "init_scale" not in summary:
+            summary["init_scale"] = math.nan
+        summaries.append(summary)
+        if (root / "examples.csv").is_file():
+            frame = _read_csv(root / "examples.csv")
+            missing = [c for c in ("run_id", "attack", "index", "norm") if c not in frame]
+            if missing:
+                raise SpecError(f"{root / 'examples.csv'} lacks the column(s) {', '.join(missing)}")
+            frame.insert(0, "source", str(given))
+            examples.append(frame)
+        elif need_examples:
+            raise SpecError(f"{given} has no examples.csv; the per-example norms are needed here")
+    merged_examples = pd.concat(examples, ignore_index=True) if len(examples) == len(summaries) else None
+    return Results(summary=pd.concat(summaries, ignore_index=True), examples=merged_examples)
+
+
+PROVENANCE = ("preset", "specs", "git_commit", "versions", "machine", "platform")
+
+
+def read_provenance(root: Path | str) -> dict[str, Any]:
+    """What manifest.json says about how a directory was made (preset, specs, commit, versions, machine);
+    empty where it has no readable manifest."""
+    try:
+        manifest = json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: manifest[k] for k in PROVENANCE if isinstance(manifest, dict) and k in manifest}
