@@ -37,7 +37,14 @@ NORMALIZED_STEPS_AT_R1 = 1500
 PAPER_STEPS = 73_000
 MARGIN_STEPS = 100
 THREE_LAYER_STEPS = 300  # the three-layer net, mean loss, step 0.5, to margin 1: 254 steps (d = 784, init / 1); more at / 32
-TRAINING_EFFICIENCY = 0.5  # the training step's share of the matmul rate (0.2-0.65 measured, by d)
+
+
+def step_efficiency(step_gflop: float) -> float:
+    """A training step's share of the matmul yardstick, by its size in GFLOP (4 n d width): small steps are
+    dominated by elementwise work and overheads. Measured on the medium paper-fig1a sweep (float32, width
+    1000, against 69 GFLOP/s): 0.08 at 0.004 GFLOP, 0.28 at 0.016, 0.5 at 0.1, 0.61 at 0.4, 0.73 at 0.36,
+    0.89 at 2.3, 1.05 at 6.2; ~0.5 (step / 0.1)^(1/4), at most 1."""
+    return min(1.0, 0.5 * (step_gflop / 0.1) ** 0.25)
 
 
 def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
@@ -99,8 +106,8 @@ class SweepCost:
         when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
         rates = " and ".join(f"{rate:.0f} GFLOP/s {dtype}" for dtype, rate in self.rates.items())
         return (
-            f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated at "
-            f"{TRAINING_EFFICIENCY:.0%} of this machine's matmul rate ({rates}; attacks not counted)"
+            f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated from "
+            f"this machine's matmul rate ({rates}; attacks not counted)"
         )
 
 
@@ -111,7 +118,8 @@ def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
     dtypes = [run.train.precision or "float64" for run in runs]
     rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
-    seconds = sum(gflop / (TRAINING_EFFICIENCY * rates[dtype]) for gflop, dtype in zip(per_run, dtypes, strict=True))
+    steps = [4e-9 * run.n * run.d * run.width for run in runs]  # GFLOP per step: its efficiency
+    seconds = sum(gflop / (step_efficiency(step) * rates[dtype]) for gflop, step, dtype in zip(per_run, steps, dtypes, strict=True))
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=rates), per_run
 
