@@ -66,11 +66,16 @@ def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
     return int(min(steps, train.iteration_cap))
 
 
+def step_gflop(run: RunSpec) -> float:
+    """GFLOPs of one full-batch training step of a two-layer net: the (n, d, width) products X W^T and A^T X."""
+    return 4e-9 * run.n * run.d * run.width
+
+
 def run_gflop(run: RunSpec, trained: bool) -> float:
     """GFLOPs of one run's training (and of its --twin's), 0 for a construction."""
     if not trained:
         return 0.0
-    step = 4e-9 * run.n * run.d * run.width
+    step = step_gflop(run)
     twin = steps_estimate(twin_spec(run), run.n, run.d) if run.twin is not None else 0
     if run.model == "three-layer":  # the second hidden layer's (width, width) products, and autograd's overhead
         step = 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
@@ -118,7 +123,7 @@ def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
     dtypes = [run.train.precision or "float64" for run in runs]
     rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
-    steps = [4e-9 * run.n * run.d * run.width for run in runs]  # GFLOP per step: its efficiency
+    steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(gflop / (step_efficiency(step) * rates[dtype]) for gflop, step, dtype in zip(per_run, steps, dtypes, strict=True))
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=rates), per_run
