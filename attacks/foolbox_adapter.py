@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
+from marginbench.attacks.flips import overshoot
 from marginbench.models.two_layer import TwoLayerNet
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ class FoolboxL2:
                     _, clipped, success = attack(model, X[rows], labels, epsilons=None)
                 delta[rows] = clipped - X[rows]
                 found[rows] = success
-        return AttackResult(delta=delta, found=found)
+        # Foolbox stops on its own argmax, i.e. on the boundary: step past it by the rounding bound
+        return AttackResult(delta=overshoot(net, X, delta, found), found=found)
 
 
 def nearest_other_side(X: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:

@@ -218,6 +218,13 @@ def seeded(attack: Callable[..., Attack]) -> AttackFactory:
     return lambda data, context: attack(seed=context.run.seed)
 
 
+def exact(data: Dataset, context: RunContext) -> Attack:
+    """The mixed-integer QP attack (SCIP), with the run's time limit per example and seed."""
+    from marginbench.attacks.exact import Exact
+
+    return Exact(time_limit=context.run.exact_seconds, seed=context.run.seed)
+
+
 def on_basis(attack: Callable[..., Attack], name: str) -> AttackFactory:
     """An attack that needs the data's subspace P (``basis=P``); unavailable where the data have none."""
     return lambda data, context: attack(basis=subspace_basis(data, name))

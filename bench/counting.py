@@ -80,6 +80,9 @@ class CountingAutogradNet:
         self.counts.forward += int(X.shape[0])
         return self.net(X)
 
+    def rounding_terms(self) -> tuple[Tensor, Tensor, int]:
+        return self.net.rounding_terms()
+
     def value_and_input_grad(self, X: Tensor) -> tuple[Tensor, Tensor]:
         rows = int(X.shape[0])
         self.counts.forward += rows

@@ -1,7 +1,8 @@
 """Measurement: re-verify what attacks propose, and build every row and table of a result directory.
 
 The harness never trusts an attack: every norm is recomputed from the perturbation, and a perturbation
-counts only if a plain forward pass of the network shows a strict flip, N(x) N(x + delta) < 0. Per-example
+counts only if a plain forward pass of the network shows a flip beyond rounding, s N(x + delta) < -tau
+(``marginbench.attacks.flips``), so that no summation order can reverse the verdict. Per-example
 rows stay per example until ``summarize``; the per-example ``best`` is computed in one place (``best_of``).
 """
 
@@ -17,7 +18,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult, SharedPerturbation
+from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, SharedPerturbation
+from marginbench.attacks.exact import DUAL_SAFETY, PROOF_GAP
+from marginbench.attacks.flips import near_ties, strict_flips
+from marginbench.models.certify import bracket_top, certified_radius
 from marginbench.models.two_layer import TwoLayerNet
 
 if TYPE_CHECKING:
@@ -32,6 +36,7 @@ SUMMARY_COLUMNS = [
 KKT_COLUMNS = ["common_c", "margin_fraction", "normalized_margin", "kkt_residual"]
 STATUS_COLUMNS = ["run_status", "attack_status", "error"]  # last columns of summary.csv
 PASS_COLUMNS = ("forward_passes_per_example", "backward_passes_per_example")
+CERTIFICATE_FACTS = ("lower_bound", "proved_optimal")  # per-example columns shared by every row of an example
 BEST = "best"  # the pseudo-attack whose norm is, per example, the minimum over the attacks run
 
 
@@ -42,21 +47,24 @@ class Verified:
     Attributes:
         delta: (n, d) the perturbations that flip (zeros where none does).
         norm: (n,) ||delta_i|| where it flips, +inf elsewhere.
-        success: (n,) bool, a strict flip was confirmed.
+        success: (n,) bool, a flip beyond rounding was confirmed.
+        ties: (n,) bool, proposals rejected as near-ties: |N(x + delta)| within the rounding bound tau.
     """
 
     delta: Tensor
     norm: Tensor
     success: Tensor
+    ties: Tensor
 
 
 def verify(net: TwoLayerNet, X: Tensor, result: AttackResult) -> Verified:
-    """Keep the proposals of ``result`` on X: (n, d) that a forward pass confirms as strict flips."""
+    """Keep the proposals of ``result`` on X: (n, d) that a forward pass confirms as flips beyond rounding."""
     proposed = torch.where(result.found[:, None], result.delta, 0.0)
-    success = result.found & (net(X) * net(X + proposed) < 0)
+    success = result.found & strict_flips(net, X, X + proposed)
+    ties = result.found & ~success & near_ties(net, X, X + proposed)
     delta = torch.where(success[:, None], proposed, 0.0)
     norm = torch.where(success, delta.norm(dim=1), torch.inf)
-    return Verified(delta=delta, norm=norm, success=success)
+    return Verified(delta=delta, norm=norm, success=success, ties=ties)
 
 
 def verify_shared(net: TwoLayerNet, X: Tensor, shared: SharedPerturbation | None) -> float:
@@ -68,7 +76,7 @@ def verify_shared(net: TwoLayerNet, X: Tensor, shared: SharedPerturbation | None
         return math.inf
     rows = shared.rows
     delta = shared.delta[rows]
-    if not bool((net(X[rows]) * net(X[rows] + delta) < 0).all()):
+    if not bool(strict_flips(net, X[rows], X[rows] + delta).all()):
         return math.inf
     return float(delta.norm(dim=1).max())
 
@@ -159,6 +167,25 @@ def example_rows(*, keys: RunKeys, attack: str, labels: Tensor, margins: Tensor,
     return frame[EXAMPLE_COLUMNS + list(extra)]
 
 
+def certificates(net: TwoLayerNet | Any, X: Tensor, best_norm: Tensor, facts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Per example of X: (n, d), what is proved about its minimal flip, as examples.csv columns (n,) each:
+
+    - ``lower_bound``: the largest certified lower bound on the minimal norm: the triangle relaxation's
+      radius (``models.certify``, two-layer nets; NaN for others) and any attack's own ``lower_bound`` fact
+      (``exact``'s, from SCIP);
+    - ``proved_optimal``: the best verified norm ``best_norm`` (n,) is within PROOF_GAP of that bound, or no
+      flip exists within the search radius where every attack stops.
+    """
+    top = bracket_top(best_norm, X.shape[1], SEARCH_RADIUS)
+    lower = certified_radius(net, X, top) if isinstance(net, TwoLayerNet) else torch.full_like(best_norm, math.nan)
+    for fact in facts:
+        if CERTIFICATE_FACTS[0] in fact:
+            lower = torch.fmax(lower, fact[CERTIFICATE_FACTS[0]].to(lower))
+    searched = SEARCH_RADIUS * math.sqrt(X.shape[1]) * (1.0 - DUAL_SAFETY)
+    proved = torch.where(best_norm.isfinite(), best_norm <= lower * (1.0 + PROOF_GAP), lower >= searched)
+    return {"lower_bound": lower, "proved_optimal": proved}
+
+
 def best_of(rows: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Per example (the rows that share ``by``), its row of smallest verified norm; the first attack on ties."""
     return rows.loc[rows.groupby(list(by), sort=True)["norm"].idxmin()]
@@ -171,9 +198,11 @@ def best_rows(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
-def attack_row(run_id: str, attack: str, *, seconds: float, common_c: float, passes: Mapping[str, float], result: AttackResult, status: str, error: str) -> dict[str, Any]:
-    """summary.csv's attack-level facts of one attack on one run."""
-    return {"run_id": run_id, "attack": attack, "attack_seconds": seconds, "common_c": common_c, **passes, **result.extras, "attack_status": status, "attack_error": error}
+def attack_row(run_id: str, attack: str, *, seconds: float, common_c: float, passes: Mapping[str, float], result: AttackResult, verified: Verified, status: str, error: str) -> dict[str, Any]:
+    """summary.csv's attack-level facts of one attack on one run; ``rejected_ties`` counts its proposals that
+    were within rounding of N = 0 (no flip in some summation order)."""
+    ties = int(verified.ties.sum())
+    return {"run_id": run_id, "attack": attack, "attack_seconds": seconds, "common_c": common_c, **passes, "rejected_ties": ties, **result.extras, "attack_status": status, "attack_error": error}
 
 
 def best_attack_row(run_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -209,6 +238,10 @@ def summarize(examples: pd.DataFrame, runs: pd.DataFrame, attacks: pd.DataFrame)
             "max_norm": grouped.max(),
         }
     ).reset_index()
+    if "lower_bound" in examples:  # what is proved: the share of examples at their proved optimum, the median gap to the bound
+        certified = examples.assign(gap=examples["norm"] / examples["lower_bound"], proved=examples["proved_optimal"].astype(float))
+        by = certified.groupby(["run_id", "attack"], sort=False)
+        stats = stats.merge(by.agg(proved_fraction=("proved", "mean"), median_certified_gap=("gap", "median")).reset_index(), on=["run_id", "attack"])
     keys = examples[["run_id", "family", "dataset", "model", "seed"]].drop_duplicates("run_id")
     clash = (set(runs.columns) & set(attacks.columns)) - {"run_id"}
     if clash:  # a run-level fact and an attack's fact with one name would become name_x / name_y silently

@@ -76,6 +76,7 @@ ATTACKS: Registry[AttackFactory] = Registry(
         "pgd-on": build.projected_pgd("P", "pgd-on"),
         "fmn": build.plain(FMN),
         "boundary-walk": build.seeded(BoundaryWalk),
+        "exact": build.exact,
         "fb-fmn": build.seeded(FbFMN),
         "fb-ddn": build.seeded(FbDDN),
         "fb-deepfool": build.seeded(FbDeepFool),

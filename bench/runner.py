@@ -23,7 +23,19 @@ from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.counting import CountingAutogradNet, counting
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import KKT
-from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attack_row, best_rows, example_rows, failed_record, verify, verify_shared
+from marginbench.bench.measure import (
+    CERTIFICATE_FACTS,
+    RunKeys,
+    RunRecord,
+    attack_row,
+    best_attack_row,
+    best_rows,
+    certificates,
+    example_rows,
+    failed_record,
+    verify,
+    verify_shared,
+)
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
@@ -157,7 +169,8 @@ def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset
     X, y = data.attacked
     margins = y * net(X)
     on_margin = margin_set(margins)
-    frames, rows, perturbations, seconds = [], [], {}, {}
+    frames, rows, perturbations, seconds, facts = [], [], {}, {}, []
+    best_norm = torch.full_like(margins, math.inf)
     for name in task.attacks:
         counted = counting(net)  # counts the attack's forward and backward passes
         (result, status, error), elapsed = clocked(lambda name=name, counted=counted: attempt_attack(name, data, context, counted), task.device)
@@ -165,18 +178,30 @@ def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset
             log(f"  {name}: {status}: {error}")
         verified = verify(net, X, result)
         seconds[name] = elapsed
-        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
+        best_norm = torch.minimum(best_norm, verified.norm)
+        facts.append({fact: values.detach() for fact, values in result.example_facts.items() if fact in CERTIFICATE_FACTS})
+        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items() if fact not in CERTIFICATE_FACTS}}
         frames.append(example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
         passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
         common_c = verify_shared(net, X, result.shared)
-        rows.append(attack_row(run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, status=status, error=error))
+        rows.append(attack_row(run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, verified=verified, status=status, error=error))
         perturbations[name] = verified.delta.cpu().numpy()
         if status == "ok":
             median = float(np.median(verified.norm.cpu().numpy()))
-            log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+            ties = f", {int(verified.ties.sum())} near-ties rejected" if bool(verified.ties.any()) else ""
+            log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
     frames.append(best_rows(frames))
     rows.append(best_attack_row(run.run_id, rows))
+    proved, seconds["lower bounds"] = clocked(lambda: certificates(net, X, best_norm, facts), task.device)
+    for frame in frames:  # one bound per example, on the rows of every attack
+        for column, values in proved.items():
+            frame[column] = values.cpu().numpy()
+    log(f"  certified: {int(proved['proved_optimal'].sum())}/{len(best_norm)} examples proved optimal, median best/lower bound {_median_gap(best_norm, proved['lower_bound']):.4g} ({seconds['lower bounds']:.2f} s)")
     return frames, rows, perturbations, seconds
+
+
+def _median_gap(best_norm: Tensor, lower: Tensor) -> float:
+    return float((best_norm / lower).median())
 
 
 def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> RunRecord:

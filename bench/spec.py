@@ -49,6 +49,7 @@ class RunSpec:
     init_scale: float = 1.0  # multiplies the initialization's standard deviation
     l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/build.py)
     twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/twin.py)
+    exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP)
 
     @property
     def family_spec(self) -> FamilySpec:
@@ -90,6 +91,7 @@ class ExperimentSpec:
     device: str = "cpu"
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
     twin: str | None = None  # "paper": every trained net again with Vardi et al.'s schedule, compared (kkt only)
+    exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP); beyond it a certified bound only
 
     def __post_init__(self) -> None:
         # One check per line, in the order a user reads the options; each names the field and what is wrong.
@@ -142,6 +144,8 @@ class ExperimentSpec:
             raise field_error("twin", f"{self.twin!r} is unknown; choose one of: {', '.join(TWINS)}")
         if self.twin is not None and family is not KKT:
             raise field_error("twin", f"applies to the kkt family only (the {family.name} family trains with its paper's own constant step)")
+        if not (math.isfinite(self.exact_seconds) and self.exact_seconds > 0):
+            raise field_error("exact_seconds", f"must be a positive number of seconds, got {self.exact_seconds}")
         if self.device not in DEVICES:
             raise field_error("device", f"{self.device!r} is unknown; choose one of: {', '.join(DEVICES)}")
 
@@ -197,6 +201,7 @@ class ExperimentSpec:
                 init_scale=self.init_scale,
                 l2=self.l2,
                 twin=self.twin,
+                exact_seconds=self.exact_seconds,
             )
             for model in self.model_names
             for seed in self.seeds

@@ -64,6 +64,14 @@ class ThreeLayerNet:
             (grad,) = torch.autograd.grad(out.sum(), Xg)
         return out.detach(), grad
 
+    def rounding_terms(self) -> tuple[Tensor, Tensor, int]:
+        """(A, B, K) with |fl(N(x)) - N(x)| <= gamma_K (A ||x|| + B) in any summation order
+        (``marginbench.attacks.flips``): the net of absolute values, its first layer bounded by Cauchy-Schwarz."""
+        v, W2 = self.v.abs(), self.W2.abs()
+        A = v @ (W2 @ self.W1.norm(dim=1))
+        B = v @ (W2 @ self.b1.abs() + self.b2.abs()) + self.c.abs()
+        return A, B, self.d + self.width + int(self.W2.shape[0]) + 3
+
     def sq_norm(self) -> float:
         return float(sum(t.pow(2).sum() for t in self.tensors()))
 

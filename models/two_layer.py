@@ -61,6 +61,12 @@ class TwoLayerNet:
         Z = self.preactivations(X)  # (n, width)
         return torch.relu(Z) @ self.v, ((Z > 0) * self.v) @ self.W
 
+    def rounding_terms(self) -> tuple[Tensor, Tensor, int]:
+        """(A, B, K) with |fl(N(x)) - N(x)| <= gamma_K (A ||x|| + B) in any summation order
+        (``marginbench.attacks.flips``): A = sum_j |v_j| ||w_j||, B = sum_j |v_j| |b_j|, K = d + width + 2."""
+        v = self.v.abs()
+        return v @ self.W.norm(dim=1), v @ self.b.abs(), self.d + self.width + 2
+
     def sq_norm(self) -> float:
         """||theta||^2 over all of W, b and v (the norm of problem (2) in Vardi et al.)."""
         return float(self.W.pow(2).sum() + self.b.pow(2).sum() + self.v.pow(2).sum())

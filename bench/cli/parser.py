@@ -116,6 +116,12 @@ def make_parser() -> argparse.ArgumentParser:
         "summary.csv (twin_* columns: common c, normalized margin, margin fraction, relative differences, twin_status); "
         "a twin more than 1%% off is reported at the end",
     )
+    grid.add_argument(
+        "--exact-seconds",
+        type=_finite(float),
+        help="the exact attack's time limit per example, in seconds (default 10): within it SCIP proves the minimal flip; "
+        "beyond it the example keeps SCIP's certified lower bound and the best flip known",
+    )
     training = run.add_argument_group("training (defaults: the family's recipe, see below)")
     training.add_argument(
         "--schedule",
