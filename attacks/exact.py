@@ -6,7 +6,7 @@ For N(x) = sum_j v_j relu(w_j . x + b_j) and s = sign N(x), the smallest perturb
 
 Each ReLU that can change state gets a binary a_j and the big-M encoding of h_j = relu(z_j), z_j = w_j . (x +
 delta) + b_j in [l_j, u_j] (Tjeng et al. 2019): h_j >= z_j, h_j >= 0, h_j <= z_j - l_j (1 - a_j), h_j <= u_j a_j.
-The bounds come from the ball ||delta|| <= R, R the norm of a verified flip found first (``upper``), so they
+The bounds come from the ball ||delta|| <= R, R the norm of a verified flip found first (``RegionWalk``), so they
 are valid for every candidate better than it: l_j, u_j = z_j(x) -+ R ||w_j|| (exact for one layer). Neurons
 that keep their state over the whole ball are fixed (no binary); SCIP tightens the rest (presolve, OBBT)
 before branching.
@@ -33,9 +33,8 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
-from marginbench.attacks.boundary_walk import BoundaryWalk
-from marginbench.attacks.fmn import FMN
 from marginbench.attacks.rays import flip_intervals, smallest_verified
+from marginbench.attacks.region_walk import RegionWalk
 from marginbench.models.certify import bracket_top, certified_radius
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -65,8 +64,7 @@ class Exact:
 
     Args:
         time_limit: SCIP's wall-clock limit per example, seconds.
-        upper_attacks: run first, for the ball radius R (the best of BoundaryWalk and FMN).
-        seed: seed of those attacks.
+        seed: seed of the region walk that finds the first flip (the ball's radius R and SCIP's first solution).
         max_norm_factor: with no flip known, the ball has radius max_norm_factor * sqrt(d); no flip inside
             it gives norm +inf with that radius as the lower bound.
     """
@@ -80,7 +78,7 @@ class Exact:
         ``solver_seconds`` (SCIP's time on the example, model building included)."""
         scip = _pyscipopt()
         n, d = X.shape
-        start = self._upper(net, X, y)
+        start = RegionWalk(seed=self.seed, max_norm_factor=self.max_norm_factor)(net, X, y)  # the ball's radius
         start_norm = torch.where(start.found, start.delta.norm(dim=1), math.inf)
         delta = torch.where(start.found[:, None], start.delta, 0.0)
         found = start.found.clone()
@@ -108,20 +106,6 @@ class Exact:
         searched = self.max_norm_factor * math.sqrt(d)
         proved = (found & (norm <= lower * (1.0 + PROOF_GAP))) | (~found & (lower >= searched * (1.0 - DUAL_SAFETY)))
         return AttackResult(delta=delta, found=found, example_facts={"lower_bound": lower, "proved_optimal": proved, "solver_seconds": seconds})
-
-    def _upper(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
-        """The better verified flip of BoundaryWalk and FMN per example: the ball's radius."""
-        from marginbench.attacks.flips import strict_flips
-
-        walk = BoundaryWalk(seed=self.seed)(net, X, y)
-        fmn = FMN()(net, X, y)
-        norms = []
-        for r in (walk, fmn):
-            ok = r.found & strict_flips(net, X, X + r.delta)
-            norms.append(torch.where(ok, r.delta.norm(dim=1), math.inf))
-        take_fmn = norms[1] < norms[0]
-        found = torch.minimum(norms[0], norms[1]).isfinite()
-        return AttackResult(delta=torch.where(take_fmn[:, None], fmn.delta, walk.delta), found=found)
 
 
 def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0) -> ExactOutcome:

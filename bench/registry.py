@@ -15,6 +15,7 @@ from marginbench.attacks.closed_form import SubspaceZ, UniversalZ
 from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbCW, FbDDN, FbDeepFool, FbFMN
 from marginbench.attacks.pgd import MinimalPGD
+from marginbench.attacks.region_walk import RegionWalk
 from marginbench.bench import build
 from marginbench.bench.build import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
 from marginbench.bench.errors import SpecError
@@ -76,6 +77,7 @@ ATTACKS: Registry[AttackFactory] = Registry(
         "pgd-on": build.projected_pgd("P", "pgd-on"),
         "fmn": build.plain(FMN),
         "boundary-walk": build.seeded(BoundaryWalk),
+        "region-walk": build.seeded(RegionWalk),
         "exact": build.exact,
         "fb-fmn": build.seeded(FbFMN),
         "fb-ddn": build.seeded(FbDDN),
