@@ -33,13 +33,15 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
-from marginbench.attacks.rays import flip_intervals, smallest_verified
+from marginbench.attacks.flips import strict_flips
+from marginbench.attacks.rays import first_flip_along
 from marginbench.attacks.region_walk import RegionWalk
 from marginbench.models.certify import bracket_top, certified_radius
 from marginbench.models.two_layer import TwoLayerNet
 
 RELAX = 1e-5  # the model's flip constraint: s N <= RELAX |N(x)|, above SCIP's feasibility tolerance 1e-6
 DUAL_SAFETY = 1e-6  # the certified bound is sqrt(SCIP's dual bound) * (1 - DUAL_SAFETY)
+STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
 PROOF_GAP = 1e-4  # proved optimal: verified norm <= lower bound * (1 + PROOF_GAP)
 
 
@@ -97,10 +99,16 @@ class Exact:
             lower[i] = outcome.lower
             if outcome.delta is None:
                 continue
-            t = _first_flip_along(net, X[i : i + 1], outcome.delta.to(X)[None, :])
-            if t < float(start_norm[i]):
-                delta[i] = t * outcome.delta.to(X) / outcome.delta.norm()
-                found[i] = True
+            x = X[i : i + 1]
+            candidates = [first_flip_along(net, x, outcome.delta.to(X)[None, :])]
+            if candidates[0] is None:  # a corner where the ray through the optimum misses the flip set: ask for depth
+                inside = solve_min_flip(scip, net64, X64[i], R, time_limit=self.time_limit, seed=self.seed, known=start_i, r0=float(r0[i]), depth=STRICT)
+                if inside.delta is not None:  # back toward the optimum along the segment, then along the ray
+                    nearer = _toward(net, x, outcome.delta.to(X)[None, :], inside.delta.to(X)[None, :])
+                    candidates += [nearer, first_flip_along(net, x, nearer)]
+            for candidate in candidates:  # each checked as x + candidate, exactly as the harness will
+                if candidate is not None and float(candidate.norm()) < float(start_norm[i]) and bool(strict_flips(net, x, x + candidate)[0]):
+                    delta[i], start_norm[i], found[i] = candidate[0], float(candidate.norm()), True
         norm = torch.where(found, delta.norm(dim=1), math.inf)
         lower = torch.minimum(lower, norm)  # a bound above a verified flip would be SCIP's rounding, not a fact
         searched = self.max_norm_factor * math.sqrt(d)
@@ -108,7 +116,7 @@ class Exact:
         return AttackResult(delta=delta, found=found, example_facts={"lower_bound": lower, "proved_optimal": proved, "solver_seconds": seconds})
 
 
-def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0) -> ExactOutcome:
+def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0) -> ExactOutcome:
     """SCIP on min ||delta||^2 s.t. s N(x + delta) <= RELAX |N(x)|, ||delta|| <= R, a strict-flip neuron on.
 
     Args:
@@ -118,6 +126,8 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
         known: (d,) a verified flip of norm <= R, handed to SCIP as its first solution (its incumbent prunes
             the tree from the start, so SCIP's own primal heuristics are switched off).
         r0: a certified lower bound on the minimal norm (the relaxation's), added as ||delta||^2 >= r0^2.
+        depth: > 0 asks for s N(x + delta) <= -depth |N(x)| instead: a point inside the flip set, whose lower
+            bound is then not one of the true problem.
     Returns: the optimum (or best solution) found, and the certified lower bound on the minimal norm (R if
     no flip lies in the ball).
     """
@@ -167,7 +177,7 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
         if not strict:  # no neuron that could make s N negative turns on inside the ball
             return ExactOutcome(delta=None, lower=R, status="no flip in the ball")
         model.addCons(scip.quicksum(strict) >= 1)
-    model.addCons(scip.quicksum(out) <= RELAX * abs(N0))
+    model.addCons(scip.quicksum(out) <= (-depth if depth > 0 else RELAX) * abs(N0))
     model.setObjective(t, "minimize")
     if start:
         solution = model.createSol()
@@ -187,15 +197,21 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
     return ExactOutcome(delta=delta, lower=lower, status=status)
 
 
-def _first_flip_along(net: TwoLayerNet, x: Tensor, delta: Tensor) -> float:
-    """The smallest t with a verified flip (beyond rounding) at x + t delta/||delta||, x and delta (1, d);
-    inf where the ray has none up to 2 ||delta||."""
-    norm = float(delta.norm())
-    if norm == 0.0:
-        return math.inf
-    u = delta / norm
-    intervals = flip_intervals(net, x, u, t_max=2.0 * norm)
-    return float(smallest_verified(net, x, u, intervals)[0])
+def _toward(net: TwoLayerNet, x: Tensor, near: Tensor, inside: Tensor, steps: int = 50) -> Tensor:
+    """(1, d): the point of the segment from ``near`` (the relaxed optimum, no flip) to ``inside`` (a flip)
+    nearest to ``near`` that still flips beyond rounding, by bisection; x, near, inside: (1, d)."""
+    lo, hi = 0.0, 1.0
+    if not bool(strict_flips(net, x, x + inside)[0]):
+        return inside
+    best = inside
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        candidate = near + mid * (inside - near)  # checked as x + candidate, exactly as it is reported
+        if bool(strict_flips(net, x, x + candidate)[0]):
+            hi, best = mid, candidate
+        else:
+            lo = mid
+    return best
 
 
 def _pyscipopt():

@@ -164,3 +164,14 @@ def smallest_common_scale(net: TwoLayerNet, X: Tensor, U: Tensor, intervals: Fli
             if bool(flips(net, X_m, t * U_m).all()):
                 return t
     return float("inf")
+
+
+def first_flip_along(net: TwoLayerNet, x: Tensor, delta: Tensor) -> Tensor | None:
+    """(1, d): the first flip beyond rounding along the ray x + t delta/||delta|| (x, delta (1, d)), for t up to
+    2 ||delta||, as t U with U the unit direction (the product the ray search verified); None where none."""
+    norm = float(delta.norm())
+    if norm == 0.0:
+        return None
+    U = delta / norm
+    t = smallest_verified(net, x, U, flip_intervals(net, x, U, t_max=2.0 * norm))
+    return t[:, None] * U if bool(t.isfinite()[0]) else None

@@ -31,7 +31,7 @@ from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavaila
 from marginbench.attacks.boundary_walk import BoundaryWalk
 from marginbench.attacks.flips import strict_flips
 from marginbench.attacks.fmn import FMN
-from marginbench.attacks.rays import flip_intervals, smallest_verified
+from marginbench.attacks.rays import first_flip_along, flip_intervals, smallest_verified
 from marginbench.models.two_layer import TwoLayerNet
 
 # The QP asks for s N_A <= -KAPPA |N(x)|: well beyond DAQP's feasibility tolerance (~1e-6), or a tie on a flat
@@ -75,11 +75,9 @@ class RegionWalk:
                 walked = walk(daqp, W, b, v, X64[i], starts[i, k], moves=self.moves, neighbours=self.neighbours)
                 if walked is None:
                     continue
-                u = torch.as_tensor(walked, dtype=X.dtype, device=X.device)[None, :]
-                t = _first_flip(net, X[i : i + 1], u)
-                if t < float(best[i]):
-                    delta[i] = t * u[0] / u[0].norm()
-                    best[i] = t
+                flip = first_flip_along(net, X[i : i + 1], torch.as_tensor(walked, dtype=X.dtype, device=X.device)[None, :])
+                if flip is not None and float(flip.norm()) < float(best[i]):
+                    delta[i], best[i] = flip[0], float(flip.norm())
         found = best.isfinite()
         return AttackResult(delta=torch.where(found[:, None], delta, 0.0), found=found)
 
@@ -157,15 +155,6 @@ def walk(daqp, W: np.ndarray, b: np.ndarray, v: np.ndarray, x: np.ndarray, delta
             break
         on, (best, lam) = step
     return best
-
-
-def _first_flip(net: TwoLayerNet, x: Tensor, u: Tensor) -> float:
-    """The smallest verified flip along x + t u/||u|| (x, u (1, d)) for t up to 2 ||u||; inf where none."""
-    norm = float(u.norm())
-    if norm == 0.0:
-        return math.inf
-    intervals = flip_intervals(net, x, u / norm, t_max=2.0 * norm)
-    return float(smallest_verified(net, x, u / norm, intervals)[0])
 
 
 def _daqp():
