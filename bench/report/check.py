@@ -61,6 +61,11 @@ BANDS: dict[str, Band] = {
     "kkt_residual": Band(rel=1e-4, abs=1e-8, why="a non-negative least-squares solve (scipy nnls), accurate to its own tolerance, not to the last digit"),
     "construction_c": Band(rel=1e-9, abs=1e-12, why="closed form from the data: a max of inner products"),
     "construction_radius": Band(rel=1e-9, abs=1e-12, why="closed form from the data"),
+    "rejected_ties": Band(rel=0.0, abs=0.0, why="a count of proposals within rounding of N = 0: exact"),
+    "proved_fraction": Band(rel=0.0, abs=1e-12, why="a share of examples whose best is within 0.01% of a certified bound: exact unless one sits on it"),
+    "median_certified_gap": Band(
+        rel=1e-5, abs=1e-9, why="best / certified lower bound: the relaxation's bisection and SCIP's dual bound are accurate to ~1e-6, not to the last digit"
+    ),
     "*": Band(rel=1e-6, abs=1e-9, why=ROUNDING),
 }
 

@@ -17,7 +17,13 @@ Definitions (per run = one trained or constructed network; runs from different d
   eps_max), so a failure (+inf) counts as eps_max. The best's curve lies below every attack's, and the
   optimality is A_best / A_attack in (0, 1]: 1 when the attack matches the best everywhere, smaller the more
   robustness it overstates. The table shows its mean over runs (AttackBench's global optimality); runs where
-  nothing was flipped (no eps_max) are left out.
+  nothing was flipped (no eps_max) are left out. Where every example of a run has a proved optimum
+  (``proved_optimal``, from ``exact``), the reference curve is the proved one (the certified lower bounds,
+  within 0.01% of the optimum) instead of the best attack's; "vs proved" is the share of runs measured so.
+- Certified gap (models): per run, the median over examples of best_i / lower_bound_i, the certified lower
+  bound on the minimal flip (the relaxation's, or exact's); 1 means the leaderboard's number is the truth.
+  "proved" is the share of examples whose best is a proved optimum. Both are empty for result directories
+  written before lower bounds existed.
 """
 
 from __future__ import annotations
@@ -57,9 +63,15 @@ def model_table(results: Results) -> pd.DataFrame:
     sizes = results.summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, "dataset", "d", "n", "width"]]
     rows = rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
     rows["score"] = rows["best"] / np.sqrt(rows["d"].astype(float))
+    certified = "lower_bound" in rows
+    if certified:
+        rows["gap"] = rows["best"] / rows["lower_bound"].astype(float)
+        rows["proved"] = rows["proved_optimal"].astype(float)
+    extra = {"gap": ("gap", "median"), "proved": ("proved", "mean")} if certified else {}
     per_run = rows.groupby([*RUN_KEY, *MODEL_KEY, "seed"], as_index=False).agg(
-        score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean()))
+        score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean())), **extra
     )
+    extra = {"certified_gap": ("gap", "median"), "proved": ("proved", "mean")} if certified else {}
     table = per_run.groupby(MODEL_KEY, as_index=False).agg(
         median=("score", "median"),
         low=("score", "min"),
@@ -67,18 +79,29 @@ def model_table(results: Results) -> pd.DataFrame:
         runs=("score", "size"),
         seeds=("seed", lambda s: ",".join(str(v) for v in sorted(set(s)))),
         flipped=("flipped", "mean"),
+        **extra,
     )
     table.insert(0, "rank", _ranks(table["median"], ascending=False))
     return table.sort_values(["rank", "model", "d"], kind="stable").reset_index(drop=True)
 
 
+def proved_run(run: pd.DataFrame) -> bool:
+    """Whether every example of one run's rows has a proved optimum."""
+    if "proved_optimal" not in run or bool(run["proved_optimal"].isna().any()):  # a directory from before the bounds
+        return False
+    return bool(run["proved_optimal"].astype(bool).all())
+
+
 def _optimality(run: pd.DataFrame) -> pd.Series:
-    """A_best / A_attack per attack on one run's rows (see the module docstring)."""
+    """A_reference / A_attack per attack on one run's rows, the reference being the proved optimum where every
+    example has one, else the best (see the module docstring)."""
     finite = run["norm"][np.isfinite(run["norm"])]
     if finite.empty:
         return pd.Series(np.nan, index=run["attack"].unique())
     eps_max = float(finite.max())
-    area_best = np.minimum(run.drop_duplicates("index")["best"], eps_max).mean()
+    examples = run.drop_duplicates("index")
+    reference = examples["lower_bound"].astype(float).where(np.isfinite(examples["best"]), np.inf) if proved_run(run) else examples["best"]
+    area_best = np.minimum(reference, eps_max).mean()
     area = run.assign(clipped=np.minimum(run["norm"], eps_max)).groupby("attack")["clipped"].mean()
     return area_best / area
 
@@ -98,7 +121,9 @@ def attack_table(results: Results) -> pd.DataFrame:
             "runs": rows.drop_duplicates([*RUN_KEY, "attack"]).groupby("attack").size(),
         }
     )
-    table["optimality"] = pd.concat([_optimality(run) for _, run in rows.groupby(RUN_KEY)]).groupby(level=0).mean()
+    runs = [run for _, run in rows.groupby(RUN_KEY)]
+    table["optimality"] = pd.concat([_optimality(run) for run in runs]).groupby(level=0).mean()
+    table["vs_proved"] = pd.concat([pd.Series(float(proved_run(run)), index=run["attack"].unique()) for run in runs]).groupby(level=0).mean()
     summary = results.summary[results.summary["attack"] != BEST].copy()
     n = summary["n_attacked"].astype(float) if "n_attacked" in summary else summary["n"].astype(float)
     if "attack_seconds" in summary:
@@ -115,9 +140,10 @@ def attack_table(results: Results) -> pd.DataFrame:
 MODEL_HEADERS = {
     "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width",
     "median": "best/√d (median)", "low": "min", "high": "max", "runs": "runs", "seeds": "seeds", "flipped": "flipped",
+    "certified_gap": "certified gap", "proved": "proved",
 }  # fmt: skip
 ATTACK_HEADERS = {
-    "rank": "rank", "attack": "attack", "optimality": "optimality", "best_on": "best on", "median_ratio": "ratio to best (median)",
+    "rank": "rank", "attack": "attack", "optimality": "optimality", "vs_proved": "vs proved", "best_on": "best on", "median_ratio": "ratio to best (median)",
     "success": "success", "runs": "runs", "ms_per_example": "ms/example", "forward_per_example": "forward/example",
     "backward_per_example": "backward/example",
 }  # fmt: skip
@@ -133,7 +159,8 @@ def leaderboard_text(results: Results, *, tablefmt: str = "github") -> str:
     """Both tables with their headings, as ``marginbench leaderboard`` prints them."""
     return "\n".join(
         [
-            "Models, most robust first (per run: median over examples of the best norm / sqrt(d); then median over runs)",
+            "Models, most robust first (per run: median over examples of the best norm / sqrt(d); then median over runs;"
+            " certified gap: median best / certified lower bound)",
             "",
             _render(model_table(results), MODEL_HEADERS, tablefmt),
             "",
