@@ -24,6 +24,7 @@ from marginbench.bench.counting import CountingAutogradNet, counting
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import KKT
 from marginbench.bench.measure import RunKeys, RunRecord, attack_row, best_attack_row, best_rows, example_rows, failed_record, verify, verify_shared
+from marginbench.bench.plugins import load_plugins, quiet
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
@@ -45,6 +46,7 @@ class RunTask:
     attacks: tuple[str, ...]
     device: torch.device  # resolved once for the sweep
     progress: bool  # tqdm bars (in this process only)
+    plugins: tuple[str, ...] = ()  # --plugin modules and files, loaded again by a worker process
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
             echo(line)
 
     run = task.run
+    load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
     start = time.perf_counter()
     try:

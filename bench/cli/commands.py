@@ -99,7 +99,10 @@ def throughput(args: argparse.Namespace) -> int:
 
 def listing(args: argparse.Namespace) -> int:
     for registry in (DATASETS, MODELS, ATTACKS):
-        print(f"{registry.kind}s: {', '.join(registry.names())}")
+        print(f"{registry.kind}s:")
+        width = max(map(len, registry.names()))
+        for name in registry.names():
+            print(f"  {name:<{width}}  {registry.describe(name)}")
     for name in PRESETS.names():
         print(f"preset {name}: {PRESETS.get(name).summary}")
     return 0

@@ -140,3 +140,15 @@ Error bars are standard deviations over seeds.
 """
 
 THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda"
+
+LIST_EPILOG = """\
+examples:
+  marginbench list
+  marginbench list --plugin my_attacks.py
+  marginbench list --plugin my_package.attacks
+
+Each dataset, model and attack is listed with its source: built-in, "distribution NAME VERSION" (an installed
+package's entry point in the group marginbench.attacks or marginbench.models), or "plugin file PATH (sha256 ...)"
+/ "plugin module NAME, PATH (sha256 ...)" (--plugin). A plugin that fails to import is one warning line and the
+rest goes on; a name registered twice is shown with both sources and is an error only when it is asked for.
+"""

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import marginbench.bench.cli.commands as commands
-from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
+from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, LIST_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
+from marginbench.bench.errors import SpecError
 from marginbench.bench.executors import EXECUTORS
 from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
@@ -34,8 +35,10 @@ def _names(registry: Registry[Any]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(part.strip() for part in text.split(",") if part.strip())
         for name in names:
-            if name not in registry:
-                raise argparse.ArgumentTypeError(f"unknown {registry.kind} {name!r}; choose from: {', '.join(registry.names())}")
+            try:
+                registry.get(name)  # unknown, or registered twice by plugins
+            except SpecError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
         return names
 
     return parse
@@ -165,6 +168,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="ray: the GPUs each run asks Ray for; a fraction packs runs onto one GPU, e.g. 0.25 for four (default: 1 with --device cuda, else 0)",
     )
+    _add_plugin_option(run)
     run.set_defaults(handler=commands.run)
 
     speed = sub.add_parser(
@@ -180,10 +184,27 @@ def make_parser() -> argparse.ArgumentParser:
     speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
     speed.set_defaults(handler=commands.throughput)
 
-    listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
+    listing = sub.add_parser(
+        "list",
+        help="list the registered datasets, models, attacks and presets, and where each comes from",
+        description="List every registered name with its source: built-in, an installed distribution (entry point), or a plugin file or module.",
+        epilog=LIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plugin_option(listing)
     listing.set_defaults(handler=commands.listing)
     _add_report_commands(sub)
     return parser
+
+
+def _add_plugin_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or a .py file that registers attacks or models (repeatable); one that fails to import is one warning line",
+    )
 
 
 def run_conflict(args: argparse.Namespace) -> str | None:
