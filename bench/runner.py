@@ -152,33 +152,46 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
-    """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
-    verified perturbations and each attack's seconds."""
-    run, net = task.run, built.net
+@dataclass(frozen=True)
+class Measured:
+    """One attack on one run, verified: its example rows, its summary facts, its perturbations and seconds."""
+
+    examples: pd.DataFrame
+    row: dict[str, Any]
+    perturbation: np.ndarray
+    seconds: float
+
+
+def measure_attack(name: str, keys: RunKeys, context: RunContext, data: Dataset, net: TwoLayerNet, per_example: Mapping[str, Tensor], log: Log) -> Measured:
+    """Attack ``name`` on the run's attacked points, verified: the one code path of ``run`` and of ``attack DIR``."""
     X, y = data.attacked
     margins = y * net(X)
     on_margin = margin_set(margins)
-    frames, rows, perturbations, seconds = [], [], {}, {}
-    for name in task.attacks:
-        counted = counting(net)  # counts the attack's forward and backward passes
-        (result, status, error), elapsed = clocked(lambda name=name, counted=counted: attempt_attack(name, data, context, counted), task.device)
-        if status != "ok":
-            log(f"  {name}: {status}: {error}")
-        verified = verify(net, X, result)
-        seconds[name] = elapsed
-        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
-        frames.append(example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
-        passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
-        common_c = verify_shared(net, X, result.shared)
-        rows.append(attack_row(run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, status=status, error=error))
-        perturbations[name] = verified.delta.cpu().numpy()
-        if status == "ok":
-            median = float(np.median(verified.norm.cpu().numpy()))
-            log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+    counted = counting(net)  # counts the attack's forward and backward passes
+    (result, status, error), elapsed = clocked(lambda: attempt_attack(name, data, context, counted), context.device)
+    if status != "ok":
+        log(f"  {name}: {status}: {error}")
+    verified = verify(net, X, result)
+    extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
+    frame = example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra)
+    passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
+    common_c = verify_shared(net, X, result.shared)
+    row = attack_row(context.run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, status=status, error=error)
+    if status == "ok":
+        median = float(np.median(verified.norm.cpu().numpy()))
+        log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+    return Measured(examples=frame, row=row, perturbation=verified.delta.cpu().numpy(), seconds=elapsed)
+
+
+def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
+    """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
+    verified perturbations and each attack's seconds."""
+    measured = {name: measure_attack(name, keys, context, data, built.net, per_example, log) for name in task.attacks}
+    frames = [m.examples for m in measured.values()]
+    rows = [m.row for m in measured.values()]
     frames.append(best_rows(frames))
-    rows.append(best_attack_row(run.run_id, rows))
-    return frames, rows, perturbations, seconds
+    rows.append(best_attack_row(task.run.run_id, rows))
+    return frames, rows, {name: m.perturbation for name, m in measured.items()}, {name: m.seconds for name, m in measured.items()}
 
 
 def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> RunRecord:

@@ -152,3 +152,24 @@ package's entry point in the group marginbench.attacks or marginbench.models), o
 / "plugin module NAME, PATH (sha256 ...)" (--plugin). A plugin that fails to import is one warning line and the
 rest goes on; a name registered twice is shown with both sources and is an error only when it is asked for.
 """
+
+ATTACK_EPILOG = """\
+examples:
+  marginbench attack runs/default --attacks fb-ddn,boundary-walk
+      add two attacks to every saved run of runs/default; the per-example best and the tables are rebuilt
+  marginbench attack runs/default --attacks my-attack --plugin my_attacks.py --out runs/default-mine
+      attack a copy (runs/default is left untouched) with an attack from a plugin file
+  marginbench attack runs/default --attacks pgd --overwrite
+      replace the rows of an attack that DIR already holds
+
+Each run's saved network (model.pt) and points (data.npz) are attacked with the attack's seed and verified as
+`run` does, so the numbers equal those of a sweep that had the attack from the start. The attack is added to the
+manifest's spec (`run --resume` gives unfinished runs every attack) and to its list "attacked" (attacks, time,
+version, commit, plugins). An interrupted attack is finished by the same command: the runs it rewrote are kept.
+Runs that did not finish are skipped (run --resume finishes them); a run that failed before it had a model gets
+"not run" rows; a three-layer net takes only pgd, pgd-on, pgd-off (the others are recorded unavailable).
+
+Exit status: 0 when every run is ok; 1 when a run failed or the disk failed; 2 for a mistake in the options (an
+attack DIR already holds, without --overwrite; an unknown attack; a directory with no saved runs), said in one
+line before any work; 130 when interrupted.
+"""

@@ -8,7 +8,16 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import marginbench.bench.cli.commands as commands
-from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, LIST_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
+from marginbench.bench.cli.help_text import (
+    ATTACK_EPILOG,
+    BASELINE_EPILOG,
+    CHECK_EPILOG,
+    LEADERBOARD_EPILOG,
+    LIST_EPILOG,
+    PLOT_EPILOG,
+    RUN_EPILOG,
+    THROUGHPUT_EPILOG,
+)
 from marginbench.bench.errors import SpecError
 from marginbench.bench.executors import EXECUTORS
 from marginbench.bench.families import FAMILIES
@@ -183,6 +192,21 @@ def make_parser() -> argparse.ArgumentParser:
     speed.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json records")
     speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
     speed.set_defaults(handler=commands.throughput)
+
+    attack = sub.add_parser(
+        "attack",
+        help="attack the saved models of a result directory (no training) and add the rows",
+        description="Run attacks on the models and points saved in DIR (runs/<run_id>/model.pt, data.npz), with no training: "
+        "the rows are added to each run and to the tables, which are rebuilt; the numbers equal those of a run that had the attack from the start.",
+        epilog=ATTACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    attack.add_argument("--attacks", required=True, type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
+    attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched")
+    attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
+    _add_plugin_option(attack)
+    attack.set_defaults(handler=commands.attack)
 
     listing = sub.add_parser(
         "list",
