@@ -155,7 +155,7 @@ def quiet(line: str) -> None:
     """A ``Warn`` for worker processes: the main process has said it already."""
 
 
-def recorded_sources(names: Mapping[str, Iterable[str]]) -> list[dict[str, str]]:
+def recorded_sources(names: Mapping[str, Iterable[str]]) -> list[dict[str, Any]]:
     """manifest ``plugins``: the source of every name used (kind -> names) that is not built in."""
     out = []
     for kind, used in names.items():
@@ -163,20 +163,19 @@ def recorded_sources(names: Mapping[str, Iterable[str]]) -> list[dict[str, str]]
         for name in sorted(set(used)):
             source = registry.source(name)
             if source.kind != "built-in":
-                out.append({"registry": kind, "name": name, **source.as_json()})
+                out.append({"registry": kind, "name": name, "source": source.as_json()})
     return out
 
 
-def _hint(entry: Mapping[str, str]) -> str:
-    kind = entry.get("kind")
-    if kind == "distribution":
-        return f"install it (pip install '{entry.get('name')}=={entry.get('version')}')"
-    if kind in ("file", "module"):
-        return f"give it again with --plugin {entry.get('path') if kind == 'file' else entry.get('name')}"
-    return f"register it first (it came from Python code in module {entry.get('name')})"
+def _hint(source: Source) -> str:
+    if source.kind == "distribution":
+        return f"install it (pip install '{source.name}=={source.version}')"
+    if source.kind in ("file", "module"):
+        return f"give it again with --plugin {source.path if source.kind == 'file' else source.name}"
+    return f"register it first (it came from Python code in module {source.name})"
 
 
-def check_recorded(root: Path | str, recorded: Sequence[Mapping[str, str]], kinds: Iterable[str] = ("dataset", "model", "attack"), warn: Warn = _stderr) -> None:
+def check_recorded(root: Path | str, recorded: Sequence[Mapping[str, Any]], kinds: Iterable[str] = ("dataset", "model", "attack"), warn: Warn = _stderr) -> None:
     """SpecError unless every plugin name the manifest of ``root`` records (of ``kinds``) is registered now;
     a warning where one now comes from other code than recorded."""
     wanted = set(kinds)
@@ -184,10 +183,11 @@ def check_recorded(root: Path | str, recorded: Sequence[Mapping[str, str]], kind
         kind, name = entry.get("registry", ""), entry.get("name", "")
         if kind not in wanted or kind not in REGISTRIES:
             continue
-        then = Source(**{key: value for key, value in entry.items() if key in ("kind", "name", "version", "path", "sha256")})  # type: ignore[arg-type]
+        stored = entry.get("source") if isinstance(entry.get("source"), dict) else {}
+        then = Source(**{key: str(value) for key, value in stored.items() if key in ("kind", "name", "version", "path", "sha256")})  # type: ignore[arg-type]
         registry = REGISTRIES[kind]
         if name not in registry:
-            raise SpecError(f"{root} used {kind} {name!r} from {then.describe()}, which is not loaded: {_hint(entry)}")
+            raise SpecError(f"{root} used {kind} {name!r} from {then.describe()}, which is not loaded: {_hint(then)}")
         now = registry.source(name)
         if now != then:
             warn(f"{kind} {name!r} now comes from {now.describe()}; {root} recorded {then.describe()}")

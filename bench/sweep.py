@@ -100,13 +100,13 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def sweep_plugins(sweep: Sweep) -> list[dict[str, str]]:
+def sweep_plugins(sweep: Sweep) -> list[dict[str, Any]]:
     """manifest ``plugins``: where each name of the sweep that is not built in comes from."""
     names = {"dataset": [spec.dataset_name for spec in sweep], "model": [m for spec in sweep for m in spec.model_names], "attack": [a for spec in sweep for a in spec.attack_names]}
     return recorded_sources(names)
 
 
-def recorded_plugins(root: Path | str) -> list[dict[str, str]]:
+def recorded_plugins(root: Path | str) -> list[dict[str, Any]]:
     """The plugin sources that DIR's manifest records, its first session's and every later one's."""
     try:
         manifest = json.loads((Path(root) / "manifest.json").read_text())
