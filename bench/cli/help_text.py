@@ -14,6 +14,8 @@ examples:
   marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
       one Ray task per run on the running Ray cluster (pip install 'marginbench[ray]')
 
+  marginbench run --plugin my_attacks.py --attacks my-attack,pgd --out runs/mine
+      an attack registered by a plugin file (installed plugin distributions need no option; see marginbench list)
   marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
   marginbench run --preset paper-fig1a --scale small --out runs/fig1a
   marginbench run --preset paper-fig1b --scale medium --out runs/fig1b

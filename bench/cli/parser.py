@@ -78,7 +78,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Minimal adversarial perturbation norms of two-layer ReLU networks, against sqrt(d).",
-        epilog="Run `marginbench run --help` for the experiment options.",
+        epilog="Run `marginbench run --help` for the experiment options, `marginbench attack --help` to attack saved models again.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
