@@ -57,7 +57,7 @@ def _guarded(label: str, source: Source, load: Callable[[], None], warn: Warn) -
             load()
     except Exception as err:  # a broken plugin must not stop the others, nor the built-ins
         text = " ".join(str(err).split())
-        warn(f"plugin {label} failed to import ({type(err).__name__}{': ' + text if text else ''}); its names are not registered")
+        warn(f"plugin {label} failed to import ({type(err).__name__}{': ' + text if text else ''}); going on without it")
         return False
     for kind, name, _ in sorted(_conflicts() - before, key=lambda c: (c[0], c[1])):
         taken = REGISTRIES[kind].source(name).describe()
@@ -102,7 +102,7 @@ def load_plugin(plugin: str, warn: Warn = _stderr) -> Source | None:
     if is_file:
         path = Path(key)
         if not path.is_file():
-            warn(f"plugin {plugin} failed to import (no such file); its names are not registered")
+            warn(f"plugin {plugin} failed to import (no such file); going on without it")
             return None
         source = _file_source(path)
         # A unique module name per file and content: two plugins named plugin.py do not replace each other.
@@ -127,7 +127,7 @@ def load_plugin(plugin: str, warn: Warn = _stderr) -> Source | None:
         else:
             error = None
         if found is None:
-            warn(f"plugin {plugin} failed to import ({type(error).__name__ + ': ' + str(error) if error else 'no such module'}); its names are not registered")
+            warn(f"plugin {plugin} failed to import ({type(error).__name__ + ': ' + str(error) if error else 'no such module'}); going on without it")
             return None
         origin = Path(found.origin) if found.origin and Path(found.origin).is_file() else None
         source = Source(kind="module", name=plugin, path=str(origin or ""), sha256=_file_source(origin).sha256 if origin else "")

@@ -31,11 +31,12 @@ import torch
 from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.errors import SpecError
 from marginbench.bench.measure import BEST, RunKeys, RunRecord, best_attack_row, best_rows, sweep_tables
-from marginbench.bench.plugins import load_entry_points, recorded_sources
+from marginbench.bench.plugins import check_recorded, load_entry_points, recorded_sources
 from marginbench.bench.registry import ATTACKS
 from marginbench.bench.runner import Log, measure_attack, resolve_device, theory_diagnostics
 from marginbench.bench.spec import ExperimentSpec, RunSpec, spec_from_dict
 from marginbench.bench.store import ResultStore
+from marginbench.bench.sweep import environment, recorded_plugins
 from marginbench.bench.writer_lock import LOCK_FILE, WRITER_FILE, WriterLock
 from marginbench.models.datasets import Dataset
 from marginbench.models.three_layer import ThreeLayerNet
@@ -150,10 +151,12 @@ def attack_directory(
     """Run ``attacks`` on the saved models of result directory ``root`` (or of its copy ``out``); return the
     rebuilt (examples, summary). SpecError (one line) for a mistake, before any work."""
     load_entry_points()
-    attacks = _check_attacks(attacks)
     source = Path(root)
     if not (source / "manifest.json").is_file():
         raise SpecError(f"{source}: no manifest.json there, so nothing to attack")
+    # an attack that DIR already had from a plugin (to finish or to overwrite) is named with how to get it back
+    check_recorded(source, [entry for entry in recorded_plugins(source) if entry.get("name") in attacks], kinds=("attack",))
+    attacks = _check_attacks(attacks)
     if not (source / "runs").is_dir():
         raise SpecError(f"{source} has no runs/ folder (only its tables): there are no saved models to attack")
     target = source
@@ -173,13 +176,13 @@ def attack_directory(
             if not overwrite:
                 _check_not_present(target, sweep, attacks)
             session = {"id": f"attack-{len(manifest.get('attacked', [])) + 1}", "attacks": list(attacks), "overwrite": overwrite, "status": "running"}
-            session.update(started=_now(), command=sys.argv, **_environment(), plugins=recorded_sources({"attack": attacks}))
+            session.update(started=_now(), command=sys.argv, **environment(), plugins=recorded_sources({"attack": attacks}))
             manifest["attacked"] = [*manifest.get("attacked", []), session]
             manifest["specs"] = [dataclasses.asdict(_with_attacks(spec, attacks)) for spec in sweep]
         else:
             log(f"finishing the unfinished attack of {target} with {', '.join(attacks)} ({session['id']}, started {session.get('started')})")
         runs = [run for spec in sweep for run in spec.runs()]
-        devices = {run.device: resolve_device(run.device) for run in runs}
+        devices = {run.device: _device(target, run.device) for run in runs}
 
         finished: dict[int, RunRecord] = {}
         todo = []
@@ -213,14 +216,15 @@ def attack_directory(
         return write_tables()
 
 
+def _device(root: Path, name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except SpecError:
+        raise SpecError(f"{root} was made on {name}, and no CUDA device is available here to attack its models there") from None
+
+
 def _with_attacks(spec: ExperimentSpec, attacks: tuple[str, ...]) -> ExperimentSpec:
     return dataclasses.replace(spec, attacks=(*spec.attack_names, *(name for name in attacks if name not in spec.attack_names)))
-
-
-def _environment() -> dict[str, Any]:
-    from marginbench.bench.sweep import environment  # the provenance every session of a directory records
-
-    return environment()
 
 
 def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: tuple[str, ...], device: torch.device, session: str, log: Log) -> RunRecord:

@@ -93,6 +93,9 @@ def test_attack_adds_a_plugin_attack_to_a_directory_made_without_it(site: Path, 
     assert session["plugins"] == [{"registry": "attack", "name": "demo-gradient-step", "source": source}]
     assert set(pd.read_csv(tmp_path / "o2" / "summary.csv")["attack"]) == {"universal-z", "demo-gradient-step", "best"}
     assert marginbench(["leaderboard", "o2"], tmp_path).returncode == 0  # it verifies without the plugin
+    again = marginbench(["attack", "o2", "--attacks", "demo-gradient-step", "--overwrite"], tmp_path)
+    assert again.returncode == 2
+    assert "pip install 'marginbench-demo-plugin==0.1.0'" in again.stderr.strip().splitlines()[-1]
 
 
 PLUGIN_FILE = """

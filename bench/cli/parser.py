@@ -53,6 +53,10 @@ def _names(registry: Registry[Any]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
@@ -202,7 +206,8 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
-    attack.add_argument("--attacks", required=True, type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
+    # names are checked by the command, which can say which plugin an attack DIR already had came from
+    attack.add_argument("--attacks", required=True, type=_comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
     attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched")
     attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
     _add_plugin_option(attack)
