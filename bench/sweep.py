@@ -206,6 +206,9 @@ def run_sweep(
                     continue
                 finished[index] = record
             log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
+            unfinished = [s for s in manifest.get("attacked", []) if isinstance(s, dict) and s.get("status") == "running"]
+            for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
+                log(f"note: `marginbench attack {out} --attacks {','.join(attack.get('attacks', []))}` did not finish; run it again to finish it")
         tasks = [
             RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins())
             for i, (run, attacks) in enumerate(planned)

@@ -128,9 +128,10 @@ def test_plugin_files_and_modules_broken_plugins_and_taken_names(tmp_path: Path)
     assert sources["via-module"].startswith(f"plugin module my_module, {tmp_path / 'my_module.py'}")
     assert sources["pgd"].startswith("built-in; also registered by plugin file")
 
-    # the rest goes on; the taken name is an error only when it is asked for
-    done = marginbench(["run", *QUICK, "--models", "vanilla", "--attacks", "through-origin,via-module", "--out", "o", *plugins], tmp_path, tmp_path)
+    # the rest goes on (in pool workers too, which load the same plugins); the taken name is an error only when asked for
+    done = marginbench(["run", *QUICK, "--models", "vanilla", "--attacks", "through-origin,via-module", "--workers", "2", "--out", "o", *plugins], tmp_path, tmp_path)
     assert done.returncode == 0, done.stderr
+    assert set(pd.read_csv(tmp_path / "o" / "summary.csv")["attack_status"]) == {"ok"}
     (first, second) = json.loads((tmp_path / "o" / "manifest.json").read_text())["plugins"]
     assert first == {"registry": "attack", "name": "through-origin", "source": {"kind": "file", "path": str(tmp_path / "mine.py"), "sha256": digest}}
     module_digest = hashlib.sha256((tmp_path / "my_module.py").read_bytes()).hexdigest()
