@@ -20,6 +20,7 @@ from marginbench.bench import store as store_module
 from marginbench.bench.reattack import attack_directory
 from marginbench.bench.report.results import verify_directory
 from marginbench.bench.store import ResultStore
+from marginbench.bench.writer_lock import WriterLock
 
 KKT = ["--d", "8", "--width", "8", "--max-iters", "300", "--models", "vanilla,robust-construction", "--seeds", "0,1", "--no-progress"]
 # the subspace family carries per-example theory columns (k, g_off, ...) on every attack's rows; three-layer nets
@@ -166,6 +167,9 @@ def test_mistakes_are_one_line(sweeps: tuple[Path, Path, str], tmp_path: Path, c
     assert "holds neither a two-layer net" in _one_line_error(capsys.readouterr().err)
     assert run_cli(["attack", str(first), "--attacks", added, "--out", str(odd)]) == 2
     assert "not an empty directory" in _one_line_error(capsys.readouterr().err)
+    with WriterLock(first, create=False):  # another writer holds DIR
+        assert run_cli(["attack", str(first), "--attacks", added]) == 2
+    assert "being written by another marginbench process" in _one_line_error(capsys.readouterr().err)
     assert run_cli(["attack", str(first), "--attacks", "nope"]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err
     first_attack = pd.read_csv(first / "summary.csv")["attack"].iloc[0]
