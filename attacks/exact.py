@@ -76,7 +76,8 @@ class Exact:
     max_norm_factor: float = SEARCH_RADIUS
 
     def __call__(self, net: TwoLayerNet, X: Tensor, y: Tensor) -> AttackResult:
-        """X: (n, d), y: (n,) -> proved minimal flips; example facts ``lower_bound``, ``proved_optimal`` and
+        """X: (n, d), y: (n,) -> proved minimal flips; example facts (columns of its rows in examples.csv):
+        ``certified_lower_bound``, ``solver_proved`` (its flip is within PROOF_GAP of that bound) and
         ``solver_seconds`` (SCIP's time on the example, model building included)."""
         scip = _pyscipopt()
         n, d = X.shape
@@ -113,7 +114,7 @@ class Exact:
         lower = torch.minimum(lower, norm)  # a bound above a verified flip would be SCIP's rounding, not a fact
         searched = self.max_norm_factor * math.sqrt(d)
         proved = (found & (norm <= lower * (1.0 + PROOF_GAP))) | (~found & (lower >= searched * (1.0 - DUAL_SAFETY)))
-        return AttackResult(delta=delta, found=found, example_facts={"lower_bound": lower, "proved_optimal": proved, "solver_seconds": seconds})
+        return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
 
 def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0) -> ExactOutcome:

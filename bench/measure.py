@@ -9,7 +9,7 @@ rows stay per example until ``summarize``; the per-example ``best`` is computed 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ SUMMARY_COLUMNS = [
 KKT_COLUMNS = ["common_c", "margin_fraction", "normalized_margin", "kkt_residual"]
 STATUS_COLUMNS = ["run_status", "attack_status", "error"]  # last columns of summary.csv
 PASS_COLUMNS = ("forward_passes_per_example", "backward_passes_per_example")
-CERTIFICATE_FACTS = ("lower_bound", "proved_optimal")  # per-example columns shared by every row of an example
+CERTIFIED = "certified_lower_bound"  # an attack's own per-example lower bound (exact's), a column of its rows
 BEST = "best"  # the pseudo-attack whose norm is, per example, the minimum over the attacks run
 
 
@@ -167,23 +167,38 @@ def example_rows(*, keys: RunKeys, attack: str, labels: Tensor, margins: Tensor,
     return frame[EXAMPLE_COLUMNS + list(extra)]
 
 
-def certificates(net: TwoLayerNet | Any, X: Tensor, best_norm: Tensor, facts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+def certificates(net: TwoLayerNet | Any, X: Tensor, best_norm: Tensor, bounds: Sequence[Tensor]) -> dict[str, Tensor]:
     """Per example of X: (n, d), what is proved about its minimal flip, as examples.csv columns (n,) each:
 
     - ``lower_bound``: the largest certified lower bound on the minimal norm: the triangle relaxation's
-      radius (``models.certify``, two-layer nets; NaN for others) and any attack's own ``lower_bound`` fact
-      (``exact``'s, from SCIP);
+      radius (``models.certify``, two-layer nets; NaN for others) and the attacks' own ``bounds`` (n,) each
+      (``exact``'s, from SCIP: its ``certified_lower_bound`` column; NaN where an attack has none);
     - ``proved_optimal``: the best verified norm ``best_norm`` (n,) is within PROOF_GAP of that bound, or no
       flip exists within the search radius where every attack stops.
     """
     top = bracket_top(best_norm, X.shape[1], SEARCH_RADIUS)
     lower = certified_radius(net, X, top) if isinstance(net, TwoLayerNet) else torch.full_like(best_norm, math.nan)
-    for fact in facts:
-        if CERTIFICATE_FACTS[0] in fact:
-            lower = torch.fmax(lower, fact[CERTIFICATE_FACTS[0]].to(lower))
+    for bound in bounds:
+        lower = torch.fmax(lower, bound.to(lower))
     searched = SEARCH_RADIUS * math.sqrt(X.shape[1]) * (1.0 - DUAL_SAFETY)
     proved = torch.where(best_norm.isfinite(), best_norm <= lower * (1.0 + PROOF_GAP), lower >= searched)
     return {"lower_bound": lower, "proved_optimal": proved}
+
+
+def certify_frames(net: TwoLayerNet | Any, X: Tensor, frames: Sequence[pd.DataFrame], log: Callable[[str], None] | None = None) -> None:
+    """Add ``certificates``' columns to every frame of one run (each one attack's rows, index 0..n-1 in order,
+    the ``best`` rows among them), from the frames alone: the same numbers for a run that had its attacks
+    from the start and for one attacked again later (``marginbench attack``)."""
+    norms = np.stack([frame["norm"].to_numpy(dtype=float) for frame in frames])
+    best_norm = torch.as_tensor(norms.min(axis=0), dtype=X.dtype, device=X.device)
+    bounds = [torch.as_tensor(frame[CERTIFIED].to_numpy(dtype=float), dtype=X.dtype, device=X.device) for frame in frames if CERTIFIED in frame]
+    proved = certificates(net, X, best_norm, bounds)
+    for frame in frames:
+        for column, values in proved.items():
+            frame[column] = values.cpu().numpy()
+    if log is not None:
+        gap = float((best_norm / proved["lower_bound"]).median())
+        log(f"  certified: {int(proved['proved_optimal'].sum())}/{len(best_norm)} examples proved optimal, median best / lower bound {gap:.4g}")
 
 
 def best_of(rows: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

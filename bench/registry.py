@@ -2,7 +2,8 @@
 
 A registry holds factories, never instances; registering a name twice raises; ``names()`` is sorted, and
 the CLI's choices and the tests' parametrization both come from it. Code outside the package adds names with
-``MODELS.register("my-model")(factory)`` and the like.
+``MODELS.register("my-model")(factory)`` and the like, or as a plugin (``marginbench.bench.plugins``); each
+name remembers its source (``marginbench.bench.sources``).
 """
 
 from __future__ import annotations
@@ -16,38 +17,74 @@ from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbCW, FbDDN, FbDeepFool, FbFMN
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.region_walk import RegionWalk
-from marginbench.bench import build
+from marginbench.bench import build, sources
 from marginbench.bench.build import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import FAMILIES
+from marginbench.bench.sources import Source
 from marginbench.bench.spec import ExperimentSpec
 
 F = TypeVar("F")
 
 
 class Registry(Generic[F]):
-    """Name -> factory, for one kind of thing (dataset, model, attack, preset)."""
+    """Name -> factory, for one kind of thing (dataset, model, attack, preset), and where each name comes from.
+
+    A name taken twice raises, except while a plugin is being loaded: then the second registration is set
+    aside as a conflict, and only asking for that name is an error (``get``).
+    """
 
     def __init__(self, kind: str, factories: Mapping[str, F] | None = None) -> None:
         self.kind = kind
         self._factories: dict[str, F] = {}
-        for name, factory in (factories or {}).items():
-            self.register(name)(factory)
+        self._sources: dict[str, Source] = {}
+        self._conflicts: dict[str, list[Source]] = {}
+        with sources.loading(sources.BUILT_IN):
+            for name, factory in (factories or {}).items():
+                self.register(name)(factory)
 
     def register(self, name: str) -> Callable[[F], F]:
         def add(factory: F) -> F:
+            source = sources.current(factory)
             if name in self._factories:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                if not sources.loading_plugin():
+                    raise ValueError(f"{self.kind} {name!r} is already registered")
+                if source != self._sources[name]:  # the same plugin loaded twice is not a conflict
+                    self._conflicts.setdefault(name, []).append(source)
+                return factory
             self._factories[name] = factory
+            self._sources[name] = source
             return factory
 
         return add
 
     def get(self, name: str) -> F:
         try:
-            return self._factories[name]
+            factory = self._factories[name]
         except KeyError:
             raise SpecError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}") from None
+        if name in self._conflicts:
+            others = " and ".join(source.describe() for source in self._conflicts[name])
+            raise SpecError(f"{self.kind} {name!r} is registered twice, by {self._sources[name].describe()} and by {others}; drop one of the plugins")
+        return factory
+
+    def source(self, name: str) -> Source:
+        """Where ``name`` was registered from (its first registration)."""
+        if name not in self._factories:
+            self.get(name)  # the unknown name's error
+        # a factory put in place without register (tests patch _factories) is judged by its module
+        return self._sources.get(name) or sources.current(self._factories[name])
+
+    def conflicts(self) -> dict[str, tuple[Source, ...]]:
+        """Names that plugins registered again: name -> the registrations set aside."""
+        return {name: tuple(others) for name, others in self._conflicts.items()}
+
+    def describe(self, name: str) -> str:
+        """``name``'s source in words, with any conflicting registration."""
+        text = self.source(name).describe()
+        for other in self._conflicts.get(name, []):
+            text += f"; also registered by {other.describe()} (asking for it is an error)"
+        return text
 
     def names(self) -> list[str]:
         return sorted(self._factories)

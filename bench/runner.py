@@ -24,18 +24,18 @@ from marginbench.bench.counting import CountingAutogradNet, counting
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import KKT
 from marginbench.bench.measure import (
-    CERTIFICATE_FACTS,
     RunKeys,
     RunRecord,
     attack_row,
     best_attack_row,
     best_rows,
-    certificates,
+    certify_frames,
     example_rows,
     failed_record,
     verify,
     verify_shared,
 )
+from marginbench.bench.plugins import load_plugins, quiet
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
@@ -57,6 +57,7 @@ class RunTask:
     attacks: tuple[str, ...]
     device: torch.device  # resolved once for the sweep
     progress: bool  # tqdm bars (in this process only)
+    plugins: tuple[str, ...] = ()  # --plugin modules and files, loaded again by a worker process
 
 
 @dataclass(frozen=True)
@@ -162,46 +163,49 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
-    """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
-    verified perturbations and each attack's seconds."""
-    run, net = task.run, built.net
+@dataclass(frozen=True)
+class Measured:
+    """One attack on one run, verified: its example rows, its summary facts, its perturbations and seconds."""
+
+    examples: pd.DataFrame
+    row: dict[str, Any]
+    perturbation: np.ndarray
+    seconds: float
+
+
+def measure_attack(name: str, keys: RunKeys, context: RunContext, data: Dataset, net: TwoLayerNet, per_example: Mapping[str, Tensor], log: Log) -> Measured:
+    """Attack ``name`` on the run's attacked points, verified: the one code path of ``run`` and of ``attack DIR``."""
     X, y = data.attacked
     margins = y * net(X)
     on_margin = margin_set(margins)
-    frames, rows, perturbations, seconds, facts = [], [], {}, {}, []
-    best_norm = torch.full_like(margins, math.inf)
-    for name in task.attacks:
-        counted = counting(net)  # counts the attack's forward and backward passes
-        (result, status, error), elapsed = clocked(lambda name=name, counted=counted: attempt_attack(name, data, context, counted), task.device)
-        if status != "ok":
-            log(f"  {name}: {status}: {error}")
-        verified = verify(net, X, result)
-        seconds[name] = elapsed
-        best_norm = torch.minimum(best_norm, verified.norm)
-        facts.append({fact: values.detach() for fact, values in result.example_facts.items() if fact in CERTIFICATE_FACTS})
-        extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items() if fact not in CERTIFICATE_FACTS}}
-        frames.append(example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra))
-        passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
-        common_c = verify_shared(net, X, result.shared)
-        rows.append(attack_row(run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, verified=verified, status=status, error=error))
-        perturbations[name] = verified.delta.cpu().numpy()
-        if status == "ok":
-            median = float(np.median(verified.norm.cpu().numpy()))
-            ties = f", {int(verified.ties.sum())} near-ties rejected" if bool(verified.ties.any()) else ""
-            log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+    counted = counting(net)  # counts the attack's forward and backward passes
+    (result, status, error), elapsed = clocked(lambda: attempt_attack(name, data, context, counted), context.device)
+    if status != "ok":
+        log(f"  {name}: {status}: {error}")
+    verified = verify(net, X, result)
+    extra = {**per_example, **{fact: values.detach() for fact, values in result.example_facts.items()}}
+    frame = example_rows(keys=keys, attack=name, labels=y, margins=margins, on_margin=on_margin, verified=verified, extra=extra)
+    passes = {"forward_passes_per_example": counted.counts.forward / len(y), "backward_passes_per_example": counted.counts.backward / len(y)}
+    common_c = verify_shared(net, X, result.shared)
+    row = attack_row(context.run.run_id, name, seconds=elapsed, common_c=common_c, passes=passes, result=result, verified=verified, status=status, error=error)
+    if status == "ok":
+        median = float(np.median(verified.norm.cpu().numpy()))
+        ties = f", {int(verified.ties.sum())} near-ties rejected" if bool(verified.ties.any()) else ""
+        log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+    return Measured(examples=frame, row=row, perturbation=verified.delta.cpu().numpy(), seconds=elapsed)
+
+
+def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
+    """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
+    verified perturbations and each attack's seconds."""
+    measured = {name: measure_attack(name, keys, context, data, built.net, per_example, log) for name in task.attacks}
+    frames = [m.examples for m in measured.values()]
+    rows = [m.row for m in measured.values()]
     frames.append(best_rows(frames))
-    rows.append(best_attack_row(run.run_id, rows))
-    proved, seconds["lower bounds"] = clocked(lambda: certificates(net, X, best_norm, facts), task.device)
-    for frame in frames:  # one bound per example, on the rows of every attack
-        for column, values in proved.items():
-            frame[column] = values.cpu().numpy()
-    log(f"  certified: {int(proved['proved_optimal'].sum())}/{len(best_norm)} examples proved optimal, median best/lower bound {_median_gap(best_norm, proved['lower_bound']):.4g} ({seconds['lower bounds']:.2f} s)")
-    return frames, rows, perturbations, seconds
-
-
-def _median_gap(best_norm: Tensor, lower: Tensor) -> float:
-    return float((best_norm / lower).median())
+    rows.append(best_attack_row(task.run.run_id, rows))
+    seconds = {name: m.seconds for name, m in measured.items()}
+    _, seconds["lower bounds"] = clocked(lambda: certify_frames(built.net, data.attacked[0], frames, log), context.device)
+    return frames, rows, {name: m.perturbation for name, m in measured.items()}, seconds
 
 
 def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> RunRecord:
@@ -259,6 +263,7 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
             echo(line)
 
     run = task.run
+    load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
     start = time.perf_counter()
     try:

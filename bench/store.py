@@ -35,6 +35,7 @@ RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
 ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")
 ROW_FILES = ("examples.csv", "run.json")
 MARKER = "COMPLETE"
+STAGED = ".next"  # suffix of a finished run's replacement files until they are committed (``rewrite_rows``)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -88,7 +89,12 @@ class ResultStore:
         _check_writable(root, "--resume", create=False)
         for tmp in root.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        return cls(root)
+        store = cls(root)
+        for marker in root.glob(f"runs/*/{MARKER}{STAGED}"):  # a rewrite whose files were all staged: finish it
+            store._commit(marker.parent)
+        for staged in root.glob(f"runs/*/*{STAGED}"):  # one cut short while staging: the run is as it was
+            staged.unlink(missing_ok=True)
+        return store
 
     def _clear(self) -> None:
         for name in RESULT_FILES:
@@ -98,6 +104,8 @@ class ResultStore:
             for run_dir in runs.iterdir():
                 for name in (MARKER, *ROW_FILES, *ARRAY_FILES):  # the marker first: a half-cleared run is unfinished
                     (run_dir / name).unlink(missing_ok=True)
+                for staged in run_dir.glob(f"*{STAGED}"):
+                    staged.unlink(missing_ok=True)
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()
 
@@ -161,6 +169,37 @@ class ResultStore:
         marker = json.dumps({"run_id": run_id, "sha256": files}, indent=2) + "\n"
         atomic_write(run_dir / MARKER, lambda f: f.write(marker.encode()))
 
+    def rewrite_rows(self, run_id: str, *, examples: pd.DataFrame, record: Mapping[str, Any], perturbations: Mapping[str, np.ndarray] | None = None) -> None:
+        """Replace a finished run's rows (and perturbations.npz) so that a crash leaves the old run or the new one.
+
+        The new files are staged as NAME.next, then COMPLETE.next vouching for them; only then are they renamed
+        into place, the marker last. A crash while staging leaves the old run intact (``reopen`` drops the
+        staged files); a crash while renaming is finished by ``reopen``.
+        """
+        run_dir = self.run_dir(run_id)
+        data = _csv_bytes(examples)
+        text = json.dumps(record, indent=2, default=_plain, allow_nan=True).encode() + b"\n"
+        staged: dict[str, Callable[[IO[bytes]], object]] = {"examples.csv": lambda f: f.write(data), "run.json": lambda f: f.write(text)}
+        if perturbations is not None:
+            staged["perturbations.npz"] = lambda f: np.savez(f, **perturbations)
+        for name, write in staged.items():
+            atomic_write(run_dir / f"{name}{STAGED}", write)
+        files = {
+            name: _sha256(run_dir / (f"{name}{STAGED}" if name in staged else name))
+            for name in (*ARRAY_FILES, *ROW_FILES)
+            if name in staged or (run_dir / name).exists()
+        }
+        marker = json.dumps({"run_id": run_id, "sha256": files}, indent=2) + "\n"
+        atomic_write(run_dir / f"{MARKER}{STAGED}", lambda f: f.write(marker.encode()))
+        self._commit(run_dir)
+
+    def _commit(self, run_dir: Path) -> None:
+        """Rename a run's staged files into place, its staged marker last."""
+        for staged in sorted(run_dir.glob(f"*{STAGED}")):
+            if staged.name != f"{MARKER}{STAGED}":
+                os.replace(staged, run_dir / staged.name.removesuffix(STAGED))
+        os.replace(run_dir / f"{MARKER}{STAGED}", run_dir / MARKER)
+
     def finished_rows(self, run_id: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """(examples, record) of a finished run, or None if it has no marker or a file does not match it."""
         rows, _ = self.read_run(run_id)
@@ -191,6 +230,8 @@ class ResultStore:
         """Remove a run's files, its marker first: before a run is (re)written, nothing stale can be vouched for."""
         for name in (MARKER, *ROW_FILES, *ARRAY_FILES):
             (self.run_dir(run_id) / name).unlink(missing_ok=True)
+        for staged in self.run_dir(run_id).glob(f"*{STAGED}"):
+            staged.unlink(missing_ok=True)
 
 
 def _check_writable(root: Path, option: str, *, create: bool) -> None:

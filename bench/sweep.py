@@ -9,6 +9,7 @@ progress. ``resume=True`` reads the finished runs back from their files and comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import marginbench
 from marginbench.bench.estimate import SweepProgress, sweep_cost
 from marginbench.bench.executors import ExecutorSpec, SweepAborted, check_ray_address, import_ray, make_executor
 from marginbench.bench.measure import RunRecord, sweep_tables
+from marginbench.bench.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
 from marginbench.bench.registry import DATASETS, check_names
 from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
@@ -98,6 +100,24 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def sweep_plugins(sweep: Sweep) -> list[dict[str, Any]]:
+    """manifest ``plugins``: where each name of the sweep that is not built in comes from."""
+    names = {"dataset": [spec.dataset_name for spec in sweep], "model": [m for spec in sweep for m in spec.model_names], "attack": [a for spec in sweep for a in spec.attack_names]}
+    return recorded_sources(names)
+
+
+def recorded_plugins(root: Path | str) -> list[dict[str, Any]]:
+    """The plugin sources that DIR's manifest records, its first session's and every later one's."""
+    try:
+        manifest = json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []  # the store's own checks say what is wrong with it
+    if not isinstance(manifest, dict):
+        return []
+    sessions = [manifest, *manifest.get("resumed", []), *manifest.get("attacked", [])]
+    return [entry for session in sessions if isinstance(session, dict) for entry in session.get("plugins", []) if isinstance(entry, dict)]
+
+
 def _save(store: ResultStore, record: RunRecord) -> RunRecord:
     """Write a record's files (arrays, rows, marker last) and return it as read back from them."""
     store.forget_run(record.run_id)
@@ -148,6 +168,9 @@ def run_sweep(
     """
     executor = executor if executor is not None else ExecutorSpec()  # None: in this process
     sweep = (specs,) if isinstance(specs, ExperimentSpec) else tuple(specs)
+    load_entry_points()
+    if resume:  # before the names are checked: a missing plugin is named with how to get it back
+        check_recorded(out, recorded_plugins(out))
     devices = {spec.device: check_spec(spec) for spec in sweep}
     planned = [(run, spec.attack_names) for spec in sweep for run in spec.runs()]
     runs = [run for run, _ in planned]
@@ -159,7 +182,7 @@ def run_sweep(
     with WriterLock(out, create=not resume):  # before open: --overwrite must not clear a live writer's files
         store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment()}
+        session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment(), "plugins": sweep_plugins(sweep)}
         if resume:
             # The first session's provenance stays on top; each resume adds its own (code may have changed since).
             manifest = store.read_manifest()
@@ -183,8 +206,11 @@ def run_sweep(
                     continue
                 finished[index] = record
             log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
+            unfinished = [s for s in manifest.get("attacked", []) if isinstance(s, dict) and s.get("status") == "running"]
+            for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
+                log(f"note: `marginbench attack {out} --attacks {','.join(attack.get('attacks', []))}` did not finish; run it again to finish it")
         tasks = [
-            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress)
+            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins())
             for i, (run, attacks) in enumerate(planned)
             if i not in finished
         ]

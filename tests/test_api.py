@@ -35,3 +35,14 @@ def test_the_readme_plugin_example_runs_and_its_rows_are_verified(tmp_path: Path
     kept = mine[mine["success"]]
     assert ((kept["norm"] - 2 * 16**0.5).abs() < 1e-9).all()
     assert (mine.loc[~mine["success"], "norm"] == float("inf")).all()
+
+
+def test_the_package_top_exports_every_name_the_readme_lists() -> None:
+    import marginbench
+
+    paragraph = README.read_text().split("The stable Python API is the package top", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`([A-Za-z_][A-Za-z_0-9]*)`", paragraph))
+    assert {"ATTACKS", "MODELS", "AttackResult", "attack_directory", "load_plugins", "Source"} <= listed
+    assert listed <= set(marginbench.__all__), listed - set(marginbench.__all__)
+    for name in marginbench.__all__:
+        assert getattr(marginbench, name) is not None

@@ -54,7 +54,7 @@ def test_exact_is_never_beaten_by_a_brute_force_search_and_its_bound_never_excee
     result = Exact(time_limit=20.0)(net, X, y)
     checked = verify(net, X, result)
     assert bool((checked.success == result.found).all()), "exact proposed something that is not a flip"
-    lower = result.example_facts["lower_bound"]
+    lower = result.example_facts["certified_lower_bound"]
     relaxed = certified_radius(net, X, torch.full((4,), SEARCH_RADIUS * math.sqrt(d), dtype=torch.float64))
     directions = _directions(d, 20_000, seed)
     for i in range(4):
@@ -72,8 +72,8 @@ def test_exact_reports_no_flip_where_only_ties_exist() -> None:
     X = torch.tensor([[0.5, 0.2], [1.0, 1.0]], dtype=torch.float64)
     result = Exact(time_limit=5.0)(net, X, torch.ones(2, dtype=torch.float64))
     assert not bool(result.found.any())
-    assert bool(result.example_facts["proved_optimal"].all())
-    assert torch.all(result.example_facts["lower_bound"] >= SEARCH_RADIUS * math.sqrt(2) * (1 - 1e-6))
+    assert bool(result.example_facts["solver_proved"].all())
+    assert torch.all(result.example_facts["certified_lower_bound"] >= SEARCH_RADIUS * math.sqrt(2) * (1 - 1e-6))
 
 
 @pytest.mark.parametrize(("d", "seed"), [(16, 0), (48, 11)])
@@ -91,11 +91,11 @@ def test_exact_proves_every_example_of_the_construction_and_region_walk_matches_
     data = sphere(d=32, n=32, seed=3)
     net, _ = robust_construction(data.X, data.y)
     exact = Exact(time_limit=30.0)(net, data.X, data.y)
-    assert bool(exact.example_facts["proved_optimal"].all())
+    assert bool(exact.example_facts["solver_proved"].all())
     optimum = verify(net, data.X, exact).norm
     walked = verify(net, data.X, RegionWalk()(net, data.X, data.y)).norm
     assert torch.all(walked <= optimum * 1.01)
-    assert torch.all(walked >= exact.example_facts["lower_bound"])
+    assert torch.all(walked >= exact.example_facts["certified_lower_bound"])
 
 
 def test_certificates_take_the_best_bound_and_mark_proved_examples() -> None:
@@ -103,8 +103,8 @@ def test_certificates_take_the_best_bound_and_mark_proved_examples() -> None:
     X = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = Exact(time_limit=10.0)(net, X, torch.sign(net(X)))
     best = verify(net, X, exact).norm
-    out = certificates(net, X, best, [exact.example_facts])
-    assert torch.all(out["lower_bound"] >= exact.example_facts["lower_bound"])
+    out = certificates(net, X, best, [exact.example_facts["certified_lower_bound"]])
+    assert torch.all(out["lower_bound"] >= exact.example_facts["certified_lower_bound"])
     assert torch.all(out["lower_bound"] <= best * (1 + 1e-12))
     assert bool(out["proved_optimal"].all())
     loose = certificates(net, X, best, [])  # the relaxation alone: sound, rarely tight

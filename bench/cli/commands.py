@@ -81,6 +81,27 @@ def run(args: argparse.Namespace) -> int:
     return 1 if (summary["run_status"] != "ok").any() else 0  # a failed run is a failed sweep (listed above)
 
 
+def attack(args: argparse.Namespace) -> int:
+    from marginbench.bench.reattack import attack_directory
+    from marginbench.bench.report.tables import run_table
+
+    if args.out is not None and not args.out.strip():
+        raise SpecError("--out is empty: give the new result directory's name")
+    target = args.out if args.out is not None else args.dir
+    again = f"{PROG} attack {args.dir} --attacks {','.join(args.attacks)}" + (f" --out {args.out}" if args.out is not None else "") + (" --overwrite" if args.overwrite else "")
+    try:
+        _, summary = attack_directory(args.dir, args.attacks, out=args.out, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the runs attacked so far are saved in {target}; finish with: {again}", file=sys.stderr)
+        return 130
+    except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
+        print(f"{PROG}: error: {err}; finish with: {again}", file=sys.stderr)
+        return 1
+    print(run_table(summary[summary["attack"].isin([*args.attacks, "best"])]))
+    print(f"\nresults: {target}/summary.csv, {target}/examples.csv, {target}/runs/")
+    return 1 if (summary["run_status"] != "ok").any() else 0
+
+
 def throughput(args: argparse.Namespace) -> int:
     import json
 
@@ -99,7 +120,10 @@ def throughput(args: argparse.Namespace) -> int:
 
 def listing(args: argparse.Namespace) -> int:
     for registry in (DATASETS, MODELS, ATTACKS):
-        print(f"{registry.kind}s: {', '.join(registry.names())}")
+        print(f"{registry.kind}s:")
+        width = max(map(len, registry.names()))
+        for name in registry.names():
+            print(f"  {name:<{width}}  {registry.describe(name)}")
     for name in PRESETS.names():
         print(f"preset {name}: {PRESETS.get(name).summary}")
     return 0

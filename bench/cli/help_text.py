@@ -14,6 +14,8 @@ examples:
   marginbench run --preset smoke --executor ray --ray-address auto --out runs/ray
       one Ray task per run on the running Ray cluster (pip install 'marginbench[ray]')
 
+  marginbench run --plugin my_attacks.py --attacks my-attack,pgd --out runs/mine
+      an attack registered by a plugin file (installed plugin distributions need no option; see marginbench list)
   marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
   marginbench run --preset paper-fig1a --scale small --out runs/fig1a
   marginbench run --preset paper-fig1b --scale medium --out runs/fig1b
@@ -140,3 +142,36 @@ Error bars are standard deviations over seeds.
 """
 
 THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda"
+
+LIST_EPILOG = """\
+examples:
+  marginbench list
+  marginbench list --plugin my_attacks.py
+  marginbench list --plugin my_package.attacks
+
+Each dataset, model and attack is listed with its source: built-in, "distribution NAME VERSION" (an installed
+package's entry point in the group marginbench.attacks or marginbench.models), or "plugin file PATH (sha256 ...)"
+/ "plugin module NAME, PATH (sha256 ...)" (--plugin). A plugin that fails to import is one warning line and the
+rest goes on; a name registered twice is shown with both sources and is an error only when it is asked for.
+"""
+
+ATTACK_EPILOG = """\
+examples:
+  marginbench attack runs/default --attacks fb-ddn,boundary-walk
+      add two attacks to every saved run of runs/default; the per-example best and the tables are rebuilt
+  marginbench attack runs/default --attacks my-attack --plugin my_attacks.py --out runs/default-mine
+      attack a copy (runs/default is left untouched) with an attack from a plugin file
+  marginbench attack runs/default --attacks pgd --overwrite
+      replace the rows of an attack that DIR already holds
+
+Each run's saved network (model.pt) and points (data.npz) are attacked with the attack's seed and verified as
+`run` does, so the numbers equal those of a sweep that had the attack from the start. The attack is added to the
+manifest's spec (`run --resume` gives unfinished runs every attack) and to its list "attacked" (attacks, time,
+version, commit, plugins). An interrupted attack is finished by the same command: the runs it rewrote are kept.
+Runs that did not finish are skipped (run --resume finishes them); a run that failed before it had a model gets
+"not run" rows; a three-layer net takes only pgd, pgd-on, pgd-off (the others are recorded unavailable).
+
+Exit status: 0 when every run is ok; 1 when a run failed or the disk failed; 2 for a mistake in the options (an
+attack DIR already holds, without --overwrite; an unknown attack; a directory with no saved runs), said in one
+line before any work; 130 when interrupted.
+"""

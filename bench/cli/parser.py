@@ -8,7 +8,17 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import marginbench.bench.cli.commands as commands
-from marginbench.bench.cli.help_text import BASELINE_EPILOG, CHECK_EPILOG, LEADERBOARD_EPILOG, PLOT_EPILOG, RUN_EPILOG, THROUGHPUT_EPILOG
+from marginbench.bench.cli.help_text import (
+    ATTACK_EPILOG,
+    BASELINE_EPILOG,
+    CHECK_EPILOG,
+    LEADERBOARD_EPILOG,
+    LIST_EPILOG,
+    PLOT_EPILOG,
+    RUN_EPILOG,
+    THROUGHPUT_EPILOG,
+)
+from marginbench.bench.errors import SpecError
 from marginbench.bench.executors import EXECUTORS
 from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
@@ -34,11 +44,17 @@ def _names(registry: Registry[Any]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(part.strip() for part in text.split(",") if part.strip())
         for name in names:
-            if name not in registry:
-                raise argparse.ArgumentTypeError(f"unknown {registry.kind} {name!r}; choose from: {', '.join(registry.names())}")
+            try:
+                registry.get(name)  # unknown, or registered twice by plugins
+            except SpecError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
         return names
 
     return parse
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -66,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Minimal adversarial perturbation norms of two-layer ReLU networks, against sqrt(d).",
-        epilog="Run `marginbench run --help` for the experiment options.",
+        epilog="Run `marginbench run --help` for the experiment options, `marginbench attack --help` to attack saved models again.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -171,6 +187,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="ray: the GPUs each run asks Ray for; a fraction packs runs onto one GPU, e.g. 0.25 for four (default: 1 with --device cuda, else 0)",
     )
+    _add_plugin_option(run)
     run.set_defaults(handler=commands.run)
 
     speed = sub.add_parser(
@@ -186,10 +203,43 @@ def make_parser() -> argparse.ArgumentParser:
     speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
     speed.set_defaults(handler=commands.throughput)
 
-    listing = sub.add_parser("list", help="list the registered datasets, models, attacks and presets")
+    attack = sub.add_parser(
+        "attack",
+        help="attack the saved models of a result directory (no training) and add the rows",
+        description="Run attacks on the models and points saved in DIR (runs/<run_id>/model.pt, data.npz), with no training: "
+        "the rows are added to each run and to the tables, which are rebuilt; the numbers equal those of a run that had the attack from the start.",
+        epilog=ATTACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
+    # names are checked by the command, which can say which plugin an attack DIR already had came from
+    attack.add_argument("--attacks", required=True, type=_comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
+    attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched")
+    attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
+    _add_plugin_option(attack)
+    attack.set_defaults(handler=commands.attack)
+
+    listing = sub.add_parser(
+        "list",
+        help="list the registered datasets, models, attacks and presets, and where each comes from",
+        description="List every registered name with its source: built-in, an installed distribution (entry point), or a plugin file or module.",
+        epilog=LIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plugin_option(listing)
     listing.set_defaults(handler=commands.listing)
     _add_report_commands(sub)
     return parser
+
+
+def _add_plugin_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or a .py file that registers attacks or models (repeatable); one that fails to import is one warning line",
+    )
 
 
 def run_conflict(args: argparse.Namespace) -> str | None:
