@@ -119,14 +119,19 @@ def _table_format(name: str, *, exports: tuple[str, ...] = ()) -> str:
     return name
 
 
-def _write_output(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (-o) whole or not at all; SpecError (one line) when it cannot be."""
-    from marginbench.bench.store import atomic_write
-
+def _check_output(path: Path) -> None:
+    """SpecError (one line) unless -o names a file in an existing folder: said before any work."""
     if path.is_dir():
         raise SpecError(f"-o {path} is a directory: give the file's path, e.g. {path / 'leaderboard.html'}")
     if not path.parent.is_dir():
         raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (-o) whole or not at all; SpecError (one line) when it cannot be."""
+    from marginbench.bench.store import atomic_write
+
+    _check_output(path)
     try:
         atomic_write(path, lambda f: f.write(text.encode()))
         umask = os.umask(0o022)  # the temporary file is private (0600); a page to publish is readable as umask allows
@@ -142,6 +147,8 @@ def leaderboard(args: argparse.Namespace) -> int:
     tablefmt = _table_format(args.format, exports=EXPORTS)
     if tablefmt == "html" and args.output is None:
         raise SpecError("--format html writes a page with its figures: give -o PAGE, e.g. -o leaderboard.html")
+    if args.output is not None:
+        _check_output(Path(args.output))
     results = read_results(args.dirs, need_examples=True)
     if tablefmt in ("json", "csv"):
         from marginbench.bench.report.export import leaderboard_csv, leaderboard_json

@@ -227,7 +227,13 @@ def _add_report_commands(sub: Any) -> None:
     check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
     check.set_defaults(handler=commands.check)
 
-    plot = sub.add_parser("plot", help="draw the papers' figures that the data supports (PNG)", description="Draw the papers' figures from one or more result directories.", epilog=PLOT_EPILOG, formatter_class=raw)
+    plot = sub.add_parser(
+        "plot",
+        help="draw the security curves, the leaderboard and the papers' figures that the data supports (PNG)",
+        description="Draw the security-evaluation curves, the leaderboard and the papers' figures from one or more result directories.",
+        epilog=PLOT_EPILOG,
+        formatter_class=raw,
+    )
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
     plot.add_argument("-o", "--out", metavar="OUTDIR", help="folder for the PNG files (default: DIR/figures for one DIR; required for several)")
     plot.set_defaults(handler=commands.plot)

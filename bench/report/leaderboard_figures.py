@@ -7,8 +7,8 @@
   This is the robust-accuracy curve whose area AttackBench's optimality compares, per run, in the attack
   table. An attack named ``exact`` (a proved minimal norm) is drawn black dashed; where examples.csv has a
   ``lower_bound`` column (certified lower bounds), the band between their curve and ``best``'s is shaded:
-  the curve of the true minimal norms lies inside it. Settings beyond SETTINGS_PER_FIGURE continue in
-  ``security_curves_2``, ``security_curves_3``, ...
+  the curve of the true minimal norms lies inside it. Where some attack's norms reach WIDE times the best's,
+  the x-axis is logarithmic. Settings beyond SETTINGS_PER_FIGURE continue in ``security_curves_2``, ...
 - ``leaderboard``: both tables as horizontal bars: each model setting's median best/sqrt(d) over runs (the
   min..max over runs as an error bar), and each attack's optimality.
 """
@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -34,6 +35,7 @@ from marginbench.bench.report.results import RUN_KEY, Results
 EXACT = "exact"  # the proved minimal norm, where an attack of that name ran
 LOWER_BOUND = "lower_bound"  # examples.csv column of certified lower bounds on the minimal norm
 SETTINGS_PER_FIGURE = 6  # panels per security-curve figure: readable at 120 dpi
+WIDE = 10.0  # a log x-axis where some attack's largest finite norm is this many times the best's
 
 
 def not_flipped(norms: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -42,10 +44,10 @@ def not_flipped(norms: np.ndarray, eps: np.ndarray) -> np.ndarray:
     return 1.0 - np.searchsorted(ordered, eps, side="right") / len(ordered)
 
 
-def _step(ax: Axes, norms: np.ndarray, x_max: float, **style: object) -> None:
-    """The curve of ``norms`` (already over sqrt(d)) as the step function it is, out to ``x_max``."""
-    finite = np.sort(norms[np.isfinite(norms) & (norms <= x_max)])
-    x = np.concatenate([[0.0], finite, [x_max]])
+def _step(ax: Axes, norms: np.ndarray, x_min: float, x_max: float, **style: object) -> None:
+    """The curve of ``norms`` (already over sqrt(d)) as the step function it is, from ``x_min`` out to ``x_max``."""
+    finite = np.sort(norms[np.isfinite(norms) & (norms > x_min) & (norms <= x_max)])
+    x = np.concatenate([[x_min], finite, [x_max]])
     ax.step(x, not_flipped(norms, x), where="post", **style)
 
 
@@ -75,28 +77,32 @@ def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, object]) -> None:
     example = [*RUN_KEY, "index"]
     per_example = rows.drop_duplicates(example)
     best = per_example["best"].to_numpy(float) / sqrt_d
-    finite = rows["norm"].to_numpy(float)[np.isfinite(rows["norm"].to_numpy(float))]
-    x_max = 1.08 * float(finite.max()) / sqrt_d if finite.size else 1.0
+    finite = rows["norm"].to_numpy(float)[np.isfinite(rows["norm"].to_numpy(float))] / sqrt_d
+    x_max = 1.08 * float(finite.max()) if finite.size else 1.0
+    # Attacks that overshoot the best by 10x and more would squeeze the curves that matter against the axis.
+    wide = finite.size > 0 and finite.max() > WIDE * best[np.isfinite(best)].max()
+    x_min = 0.8 * float(finite.min()) if wide else 0.0
     bounds = _lower_bounds(rows, example)
     if bounds is not None:
-        grid = np.unique(np.concatenate([[0.0, x_max], best[best <= x_max], bounds.to_numpy(float) / sqrt_d]))
-        grid = grid[grid <= x_max]
+        grid = np.unique(np.concatenate([[x_min, x_max], best, bounds.to_numpy(float) / sqrt_d]))
+        grid = grid[(grid >= x_min) & (grid <= x_max)]
         low, high = not_flipped(bounds.to_numpy(float) / sqrt_d, grid), not_flipped(best, grid)
         ax.fill_between(grid, low, high, step="post", color="0.6", alpha=0.35, lw=0, label="minimal norm lies here (lower bound .. best)")
-    _step(ax, best, x_max, color="black", lw=3.2, alpha=0.45, label="best", zorder=2)
+    _step(ax, best, x_min, x_max, color="black", lw=3.2, alpha=0.45, label="best", zorder=2)
     for attack, part in rows.groupby("attack", sort=True):
         norms = part["norm"].to_numpy(float) / sqrt_d
         if attack == EXACT:
-            _step(ax, norms, x_max, color="black", lw=1.6, ls="--", label="exact (proved)", zorder=4)
+            _step(ax, norms, x_min, x_max, color="black", lw=1.6, ls="--", label="exact (proved)", zorder=4)
         else:
-            _step(ax, norms, x_max, color=colors[str(attack)], lw=1.3, label=str(attack), zorder=3)
+            _step(ax, norms, x_min, x_max, color=colors[str(attack)], lw=1.3, label=str(attack), zorder=3)
     runs = per_example[RUN_KEY].drop_duplicates().shape[0]
     ax.set_title(f"{setting_label(rows.iloc[0])}\n{runs} run(s), {len(per_example)} examples", fontsize=9)
-    ax.set(xlim=(0, x_max), ylim=(-0.02, 1.02), xlabel="ε / √d", ylabel="fraction not flipped within ε")
+    ax.set(xlim=(x_min, x_max), ylim=(-0.02, 1.02), xlabel="ε / √d (log scale)" if wide else "ε / √d", ylabel="fraction not flipped within ε")
+    if wide:
+        ax.set_xscale("log")
     if not finite.size:
         ax.text(0.5, 0.5, "no attack flipped any example", transform=ax.transAxes, ha="center")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
 
 
 def _security_figures(results: Results) -> dict[str, Figure] | str:
@@ -118,6 +124,12 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
         fig.suptitle("Security-evaluation curves: examples not flipped within radius ε (seeds pooled; AttackBench's optimality compares their areas)", fontsize=10)
         for i, part in enumerate(chunk):
             _panel(fig.add_subplot(math.ceil(len(chunk) / cols), cols, i + 1), part, colors)
+        # one legend for all panels: an attack has the same colour in each
+        shown: dict[str, Artist] = {}
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                shown.setdefault(label, handle)
+        fig.legend(shown.values(), shown.keys(), loc="outside lower center", ncols=min(6, len(shown)), fontsize=8)
         page = start // SETTINGS_PER_FIGURE + 1
         figures["security_curves" if page == 1 else f"security_curves_{page}"] = fig
     return figures
@@ -150,13 +162,14 @@ def _leaderboard_figure(results: Results) -> Figure | str:
         models, attacks = model_table(results), attack_table(results)
     except SpecError as err:
         return str(err)
-    fig = Figure(figsize=(12.5, 1.6 + 0.34 * max(len(models), len(attacks))), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=(1.15, 1))
+    # stacked, each panel as tall as its rows, so that every bar has the same thickness
+    fig = Figure(figsize=(10.0, 2.2 + 0.32 * (len(models) + len(attacks))), layout="constrained")
+    left, right = fig.subplots(2, 1, height_ratios=(len(models) + 1.5, len(attacks) + 1.5))
     _bars(left, [f"{r['rank']}. {setting_label(r)}" for _, r in models.iterrows()], models["median"].to_numpy(float),
           low=models["low"].to_numpy(float), high=models["high"].to_numpy(float), inf_note="inf: over half never flipped")  # fmt: skip
     left.set(title="Models, most robust first", xlabel="best norm / √d (median over runs; bars: min..max)")
     _bars(right, [f"{r['rank']}. {r['attack']}" for _, r in attacks.iterrows()], attacks["optimality"].to_numpy(float), inf_note="inf")
-    right.set(title="Attacks, most optimal first", xlabel="optimality (area under best's curve / attack's; 1 = best)")
+    right.set(title="Attacks, most optimal first", xlabel="optimality: area under the best's security curve / the attack's (1 = the best)")
     right.axvline(1.0, color="black", lw=0.8, ls=":")
     return fig
 
