@@ -27,7 +27,7 @@ from marginbench.bench.report.results import Results
 
 RUN_HEADERS = {
     "run_id": "run", "model": "model", "dataset": "dataset", "seed": "seed", "d": "d", "n": "n", "width": "width", "ell": "ell",
-    "init_scale": "init scale", "train_iterations": "training steps", "train_stop_reason": "training stop", "train_seconds": "training s",
+    "init_scale": "init scale", "train_iterations": "training steps", "train_stop_reason": "training stop", "train_seconds": "training (s)",
     "run_status": "status",
 }  # fmt: skip
 
@@ -41,14 +41,14 @@ p.note { color: #4a5560; max-width: 70em; }
 table { border-collapse: collapse; background: #fff; margin: 0.6em 0 1.2em; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 table { font-size: 0.9em; }
 th, td { padding: 0.35em 0.6em; border-bottom: 1px solid #e3e7eb; text-align: left; white-space: nowrap; }
-thead th { white-space: normal; overflow-wrap: anywhere; min-width: 3em; max-width: 9em; vertical-align: bottom; }
+thead th { white-space: normal; max-width: 10em; vertical-align: bottom; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 thead th { background: #2e3b4e; color: #fff; position: sticky; top: 0; }
 table.sortable thead th { cursor: pointer; user-select: none; }
 table.sortable thead th:hover { background: #3f5069; }
-table.sortable thead th::after { content: " \\2195"; opacity: 0.35; }
-table.sortable thead th[aria-sort="ascending"]::after { content: " \\25B2"; opacity: 1; }
-table.sortable thead th[aria-sort="descending"]::after { content: " \\25BC"; opacity: 1; }
+table.sortable thead th::after { content: "\\00a0\\2195"; opacity: 0.35; }
+table.sortable thead th[aria-sort="ascending"]::after { content: "\\00a0\\25B2"; opacity: 1; }
+table.sortable thead th[aria-sort="descending"]::after { content: "\\00a0\\25BC"; opacity: 1; }
 tbody tr:nth-child(even) { background: #f3f5f8; } tbody tr:hover { background: #e6eef9; }
 table.facts th { background: #eef1f4; color: #1d2329; width: 11em; }
 table.facts td { white-space: normal; overflow-wrap: anywhere; }
@@ -121,7 +121,7 @@ def _table(frame: pd.DataFrame, headers: dict[str, str], *, ident: str, describe
         numeric = pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
         title = (described or {}).get(RENAMED.get(c, c), "")
         attrs = f' data-type="{"number" if numeric else "text"}"' + (' class="num"' if numeric else "") + (f' title="{escape(title)}"' if title else "")
-        head.append(f"<th{attrs}>{escape(headers[c])}</th>")
+        head.append(f"<th{attrs}>{escape(headers[c]).replace('/', '/<wbr>')}</th>")  # "forward/example" may wrap after its slash
     body = []
     for record in frame[columns].astype(object).to_dict("records"):
         cells = []
@@ -165,6 +165,7 @@ def _facts(record: dict[str, Any]) -> str:
 
 def _directory(index: int, record: dict[str, Any], summary: pd.DataFrame) -> str:
     runs = summary[summary["source"] == record["dir"]].drop_duplicates("run_id")
+    runs = runs[[c for c in RUN_HEADERS if c in runs and runs[c].notna().any()]]  # no column that applies to no run (ell on sphere data)
     specs = json.dumps(record.get("specs"), indent=1, ensure_ascii=False)
     title = f"{record['dir']}: {len(runs)} run(s), preset {record.get('preset') or '?'}, commit {(record.get('git_commit') or '?')[:12]}"
     return (
