@@ -115,7 +115,7 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
     rows["norm"] = rows["norm"].astype(float)
     palette = matplotlib.colormaps["tab10" if rows["attack"].nunique() <= 10 else "tab20"]
     colors = {attack: palette(i) for i, attack in enumerate(sorted(set(rows["attack"]) - {EXACT}))}
-    settings = [part for _, part in rows.groupby(MODEL_KEY, sort=True)]
+    settings = [part for _, part in rows.groupby(MODEL_KEY, sort=True, dropna=False)]
     figures = {}
     for start in range(0, len(settings), SETTINGS_PER_FIGURE):
         chunk = settings[start : start + SETTINGS_PER_FIGURE]
