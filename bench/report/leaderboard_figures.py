@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import matplotlib
 
@@ -35,6 +36,7 @@ from marginbench.bench.report.results import RUN_KEY, Results
 EXACT = "exact"  # the proved minimal norm, where an attack of that name ran
 LOWER_BOUND = "lower_bound"  # examples.csv column of certified lower bounds on the minimal norm
 SETTINGS_PER_FIGURE = 6  # panels per security-curve figure: readable at 120 dpi
+Colour = tuple[float, float, float, float]
 WIDE = 10.0  # a log x-axis where some attack's largest finite norm is this many times the best's
 
 
@@ -44,7 +46,7 @@ def not_flipped(norms: np.ndarray, eps: np.ndarray) -> np.ndarray:
     return 1.0 - np.searchsorted(ordered, eps, side="right") / len(ordered)
 
 
-def _step(ax: Axes, norms: np.ndarray, x_min: float, x_max: float, **style: object) -> None:
+def _step(ax: Axes, norms: np.ndarray, x_min: float, x_max: float, **style: Any) -> None:
     """The curve of ``norms`` (already over sqrt(d)) as the step function it is, from ``x_min`` out to ``x_max``."""
     finite = np.sort(norms[np.isfinite(norms) & (norms > x_min) & (norms <= x_max)])
     x = np.concatenate([[x_min], finite, [x_max]])
@@ -72,7 +74,7 @@ def _lower_bounds(rows: pd.DataFrame, example: list[str]) -> pd.Series | None:
     return per_example.reindex(keys).fillna(0.0)  # no bound known: only 0
 
 
-def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, object]) -> None:
+def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour]) -> None:
     sqrt_d = math.sqrt(float(rows["d"].iloc[0]))
     example = [*RUN_KEY, "index"]
     per_example = rows.drop_duplicates(example)
@@ -114,7 +116,7 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
         return str(err)
     rows["norm"] = rows["norm"].astype(float)
     palette = matplotlib.colormaps["tab10" if rows["attack"].nunique() <= 10 else "tab20"]
-    colors = {attack: palette(i) for i, attack in enumerate(sorted(set(rows["attack"]) - {EXACT}))}
+    colors: dict[str, Colour] = {str(attack): palette(i) for i, attack in enumerate(sorted(set(rows["attack"]) - {EXACT}))}
     settings = [part for _, part in rows.groupby(MODEL_KEY, sort=True, dropna=False)]
     figures = {}
     for start in range(0, len(settings), SETTINGS_PER_FIGURE):
@@ -148,7 +150,7 @@ def _bars(ax: Axes, labels: list[str], values: np.ndarray, *, low: np.ndarray | 
         ends[ok] = high[ok]
     for yi, value, end in zip(y, values, ends, strict=True):
         text = f"{value:.3g}" if np.isfinite(value) else (inf_note if value == np.inf else "n/a")
-        ax.text(end if np.isfinite(end) else 0.0, yi, f"  {text}", va="center", fontsize=8)
+        ax.text(end if np.isfinite(end) else 0.0, float(yi), f"  {text}", va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlim(0, 1.25 * top)
