@@ -117,14 +117,20 @@ def test_without_examples_the_curves_are_skipped_with_the_reason() -> None:
     assert figures.drawn == {} and "needs examples.csv" in figures.skipped["security_curves"]
 
 
-def test_the_default_run_draws_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """`marginbench run --out DIR` with no preset, shrunk to seconds: DIR/figures gets the curves and the leaderboard."""
+@pytest.fixture
+def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default preset shrunk to seconds: d = 6, two attacks, a fast schedule."""
     from marginbench.bench.presets import PRESETS, Preset
     from marginbench.bench.spec import ExperimentSpec
     from marginbench.models.train import TrainSpec
 
     tiny = (ExperimentSpec(d=6, alpha=1.0, width=8, attacks=("universal-z", "boundary-walk"), train=TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)),)
     monkeypatch.setitem(PRESETS._factories, "default", Preset(lambda scale: tiny))
+
+
+@pytest.mark.usefixtures("tiny_default")
+def test_the_default_run_draws_its_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`marginbench run --out DIR` with no preset: DIR/figures gets the curves and the leaderboard."""
     out = tmp_path / "default"
     assert main(["run", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -132,6 +138,21 @@ def test_the_default_run_draws_its_figures(tmp_path: Path, monkeypatch: pytest.M
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "fig1a" not in printed  # the papers' figures are for their presets
     assert read_results([out]).summary["run_id"].nunique() == 2  # the figures did not disturb the directory
+
+
+@pytest.mark.usefixtures("tiny_default")
+def test_a_figure_that_fails_to_draw_does_not_sink_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import marginbench.bench.report.leaderboard_figures as figures
+
+    def broken(results: object) -> None:
+        raise RuntimeError("a plotting bug")
+
+    monkeypatch.setattr(figures, "build_leaderboard_figures", broken)
+    out = tmp_path / "default"
+    assert main(["run", "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"figures not drawn (RuntimeError: a plotting bug); the results are complete; `marginbench plot {out}` draws them" in err
+    assert read_results([out]).summary["run_id"].nunique() == 2
 
 
 # --- exports -----------------------------------------------------------------------------------------------

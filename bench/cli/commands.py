@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
     # every run gets its security curves and leaderboard figure; a figure preset also its paper's figures
     papers = preset is not None and preset in PRESETS and PRESETS.get(preset).figures
-    draw_figures(read_results([str(out)]), Path(out) / "figures", papers=papers)
+    try:
+        draw_figures(read_results([str(out)]), Path(out) / "figures", papers=papers)
+    except Exception as err:  # a figure that fails to draw must not sink a finished sweep; a user mistake still ends it
+        if isinstance(err, SpecError):
+            raise
+        print(f"{PROG}: figures not drawn ({type(err).__name__}: {err}); the results are complete; `{PROG} plot {out}` draws them", file=sys.stderr)
     return 1 if (summary["run_status"] != "ok").any() else 0  # a failed run is a failed sweep (listed above)
 
 
