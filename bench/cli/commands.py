@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import SpecError, Sweep, with_options
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from marginbench.bench.report.results import Results
 
 PROG = "marginbench"
 _GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds")
@@ -74,10 +75,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
-    if preset is not None and preset in PRESETS and PRESETS.get(preset).figures:
-        from marginbench.bench.report.results import read_results
+    from marginbench.bench.report.results import read_results
 
-        draw_figures(read_results([str(out)]).summary, Path(out) / "figures")
+    # every run gets its security curves and leaderboard figure; a figure preset also its paper's figures
+    papers = preset is not None and preset in PRESETS and PRESETS.get(preset).figures
+    try:
+        draw_figures(read_results([str(out)]), Path(out) / "figures", papers=papers)
+    except Exception as err:  # a figure that fails to draw must not sink a finished sweep; a user mistake still ends it
+        if isinstance(err, SpecError):
+            raise
+        print(f"{PROG}: figures not drawn ({type(err).__name__}: {err}); the results are complete; `{PROG} plot {out}` draws them", file=sys.stderr)
     return 1 if (summary["run_status"] != "ok").any() else 0  # a failed run is a failed sweep (listed above)
 
 
@@ -129,20 +136,69 @@ def listing(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_format(name: str) -> str:
+EXPORTS = ("json", "csv", "html")  # leaderboard --format: records for other tools, and the static page
+
+
+def _table_format(name: str, *, exports: tuple[str, ...] = ()) -> str:
     from tabulate import tabulate_formats
 
-    if name not in tabulate_formats:
-        raise SpecError(f"--format {name!r} is not a tabulate format; choose from: {', '.join(sorted(tabulate_formats))}")
+    if name not in tabulate_formats and name not in exports:
+        also = f" (nor {', '.join(exports)})" if exports else ""
+        raise SpecError(f"--format {name!r} is not a tabulate format{also}; choose from: {', '.join([*exports, *sorted(tabulate_formats)])}")
     return name
 
 
+def _check_output(path: Path) -> None:
+    """SpecError (one line) unless -o names a file in an existing folder: said before any work."""
+    if path.is_dir():
+        raise SpecError(f"-o {path} is a directory: give the file's path, e.g. {path / 'leaderboard.html'}")
+    if not path.parent.is_dir():
+        raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (-o) whole or not at all; SpecError (one line) when it cannot be."""
+    from marginbench.bench.store import atomic_write
+
+    _check_output(path)
+    try:
+        atomic_write(path, lambda f: f.write(text.encode()))
+        umask = os.umask(0o022)  # the temporary file is private (0600); a page to publish is readable as umask allows
+        os.umask(umask)
+        path.chmod(0o666 & ~umask)
+    except OSError as err:
+        raise SpecError(f"cannot write {path}: {err.strerror or err}") from None
+
+
 def leaderboard(args: argparse.Namespace) -> int:
-    from marginbench.bench.report.leaderboard import leaderboard_text
     from marginbench.bench.report.results import read_results
 
-    tablefmt = _table_format(args.format)
-    print(leaderboard_text(read_results(args.dirs, need_examples=True), tablefmt=tablefmt))
+    tablefmt = _table_format(args.format, exports=EXPORTS)
+    if tablefmt == "html" and args.output is None:
+        raise SpecError("--format html writes a page with its figures: give -o PAGE, e.g. -o leaderboard.html")
+    if args.output is not None:
+        _check_output(Path(args.output))
+    results = read_results(args.dirs, need_examples=True)
+    if tablefmt in ("json", "csv"):
+        from marginbench.bench.report.export import leaderboard_csv, leaderboard_json
+
+        text = (leaderboard_json if tablefmt == "json" else leaderboard_csv)(results, args.dirs)
+    elif tablefmt == "html":
+        from marginbench.bench.report.html_page import leaderboard_page
+        from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures
+        from marginbench.bench.report.plots import build_figures
+
+        figures = {**build_leaderboard_figures(results).drawn, **build_figures(results.summary).drawn}
+        text = leaderboard_page(results, args.dirs, figures)
+    else:
+        from marginbench.bench.report.leaderboard import leaderboard_text
+
+        text = leaderboard_text(results, tablefmt=tablefmt) + "\n"
+    if args.output is None:
+        print(text, end="")
+    else:
+        _write_output(Path(args.output), text)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -174,15 +230,19 @@ def plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
     if out.exists() and not out.is_dir():
         raise SpecError(f"-o {out} exists and is not a directory")
-    draw_figures(results.summary, out)
+    draw_figures(results, out)
     return 0
 
 
-def draw_figures(summary: pd.DataFrame, out: Path) -> None:
-    """Write the papers' figures that ``summary`` supports into ``out``; say what was written and skipped."""
-    from marginbench.bench.report.plots import build_figures, save_figures
+def draw_figures(results: Results, out: Path, *, papers: bool = True) -> None:
+    """Write the security curves, the leaderboard figure and (``papers``) the papers' figures that ``results``
+    support into ``out``; say what was written and skipped."""
+    from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures
+    from marginbench.bench.report.plots import Figures, build_figures, save_figures
 
-    figures = build_figures(summary)
+    ours = build_leaderboard_figures(results)
+    theirs = build_figures(results.summary) if papers else Figures()
+    figures = Figures(drawn={**ours.drawn, **theirs.drawn}, skipped={**ours.skipped, **theirs.skipped})
     try:
         written = save_figures(figures, out)
     except OSError as err:

@@ -86,7 +86,9 @@ attacks:
   is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.
 
 Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}
-and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}.
+and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}; when the
+sweep ends, figures/ gets the security-evaluation curves and the leaderboard (see `marginbench plot --help`),
+and a paper's preset (paper-*, melamed-fig4) also its paper's figures.
 Every reported norm is re-verified by a forward pass; failures are +inf. A run whose training hits NaN/inf,
 or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
 """
@@ -97,6 +99,10 @@ examples:
   marginbench leaderboard runs/default
   marginbench leaderboard runs/d16 runs/d32 runs/d64 --format plain
       several result directories merged (their runs stay distinct, even with equal run_ids)
+  marginbench leaderboard runs/default --format json -o leaderboard.json
+  marginbench leaderboard runs/default --format csv > leaderboard.csv
+  marginbench leaderboard runs/default --format html -o leaderboard.html
+      one self-contained static page (no network): both sortable tables, the figures, each run's settings
 
 Models are ranked by the median over runs (seeds) of each run's median best norm / sqrt(d), where an
 example's best norm is the smallest over every attack run on it; equal scores share a rank. Attacks are
@@ -104,6 +110,21 @@ ranked by AttackBench's optimality: the area under the per-example best's robust
 over the area under the attack's (1 = as good as the best on every example; failures count as the largest
 norm found on the run). Also shown: how often the attack is the best, its median ratio to the best, its
 success rate, milliseconds and (where recorded) forward/backward passes per example.
+
+Formats: any tabulate format prints the two tables rounded for reading. The exports keep every float at full
+precision and carry each directory's provenance (preset, git commit, versions, machine, command, specs, the
+SHA-256 of summary.csv and examples.csv, the manifest's facts per run):
+  json   strict JSON: {"format", "columns" (what each field means), "models": [record per row],
+         "attacks": [record per row], "provenance": [one per DIR]}; +inf is the string "inf", a value that
+         does not apply is null
+  csv    one table: column "table" (models or attacks) first, then the union of both tables' columns
+         (blank where a column belongs to the other table; +inf is inf), and last "provenance", the JSON
+         export's provenance list as compact JSON text (the same on every row)
+  html   one page (needs -o): inline styles, a small script that sorts a table by the header clicked
+         (numbers by their full-precision values, blanks last), the security curves, the leaderboard
+         figure and the papers' figures the data supports as embedded PNGs, and per DIR its provenance,
+         its runs and its specs. It references nothing outside itself.
+-o FILE writes any of these to FILE instead of standard output.
 """
 
 
@@ -129,16 +150,29 @@ missing (a table names each one: run, attack, metric, baseline, value, differenc
 
 PLOT_EPILOG = """\
 examples:
+  marginbench plot runs/default
+      into runs/default/figures: security_curves.png and leaderboard.png
   marginbench plot runs/grid -o figures/
   marginbench plot runs/d16 runs/d32 runs/d64 -o figures/
 
 Figures (each drawn only when the data supports it; the others are listed with the reason):
+  security_curves           for every result directory with examples.csv: one panel per model setting
+                            (model, dataset, d, n, width; its runs/seeds pooled), the fraction of examples
+                            not flipped within eps (norm > eps) against eps/sqrt(d), one line per attack and
+                            best (per example, the minimum over them): the curve whose area AttackBench's
+                            optimality compares. An attack named exact is drawn black dashed ("exact
+                            (proved)"); a lower_bound column shades where the true curve lies. The x-axis is
+                            logarithmic where some attack's norms reach 10x the best's; more than 6 settings
+                            continue in security_curves_2, ...
+  leaderboard               the leaderboard as bars: models by median best/sqrt(d) (min..max over runs),
+                            attacks by optimality
   fig1a_common_c_vs_d       Vardi et al. Fig. 1a: universal-z's common c vs d per alpha, sqrt(d) line
   fig1b_common_c_vs_width   Vardi et al. Fig. 1b: the same for n = d, one line per width
   fig2a_margin_fraction     Vardi et al. Fig. 2a: fraction of the training set on the margin vs d
   fig2b_not_on_margin       Vardi et al. Fig. 2b: number of examples not on the margin vs d
   fig4_norm_vs_init_scale   Melamed et al. Fig. 4: pgd-on / pgd-off / pgd norms vs the init-scale factor
-Error bars are standard deviations over seeds.
+Error bars of the papers' figures are standard deviations over seeds. `marginbench run` draws the first two
+into DIR/figures after every sweep, and a paper's preset its figures too.
 """
 
 THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda"

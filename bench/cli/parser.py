@@ -262,7 +262,14 @@ def _add_report_commands(sub: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     board = sub.add_parser("leaderboard", help="rank models and attacks of one or more result directories", description="Ranked tables of models and of attacks.", epilog=LEADERBOARD_EPILOG, formatter_class=raw)
     board.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
-    board.add_argument("--format", default="github", metavar="FMT", help="a tabulate table format: github (default), plain, simple, grid, latex, ...")
+    board.add_argument(
+        "--format",
+        default="github",
+        metavar="FMT",
+        help="a tabulate table format: github (default), plain, simple, grid, latex, ...; or json / csv: both tables as records at full "
+        "precision with each directory's provenance (see below); or html: one self-contained page (needs -o)",
+    )
+    board.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output (required for --format html)")
     board.set_defaults(handler=commands.leaderboard)
 
     base = sub.add_parser("baseline", help="write a regression baseline of a result directory", description="Write DIR's numbers and their tolerance bands to a JSON baseline.", epilog=BASELINE_EPILOG, formatter_class=raw)
@@ -276,7 +283,13 @@ def _add_report_commands(sub: Any) -> None:
     check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
     check.set_defaults(handler=commands.check)
 
-    plot = sub.add_parser("plot", help="draw the papers' figures that the data supports (PNG)", description="Draw the papers' figures from one or more result directories.", epilog=PLOT_EPILOG, formatter_class=raw)
+    plot = sub.add_parser(
+        "plot",
+        help="draw the security curves, the leaderboard and the papers' figures that the data supports (PNG)",
+        description="Draw the security-evaluation curves, the leaderboard and the papers' figures from one or more result directories.",
+        epilog=PLOT_EPILOG,
+        formatter_class=raw,
+    )
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
     plot.add_argument("-o", "--out", metavar="OUTDIR", help="folder for the PNG files (default: DIR/figures for one DIR; required for several)")
     plot.set_defaults(handler=commands.plot)

@@ -55,13 +55,18 @@ def _ranks(score: pd.Series, *, ascending: bool) -> pd.Series:
     return score.rank(method="min", ascending=ascending, na_option="bottom").astype(int)
 
 
-def model_table(results: Results) -> pd.DataFrame:
-    """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d)."""
+def scored_examples(results: Results) -> pd.DataFrame:
+    """Attack rows with ``best`` (the per-example minimum) and their run's model setting (MODEL_KEY) from summary.csv."""
     if results.examples is None:
         raise SpecError("the model leaderboard needs examples.csv in every result directory")
-    rows = _with_best(results.examples).drop_duplicates([*RUN_KEY, "index"])
+    rows = _with_best(results.examples)
     sizes = results.summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, "dataset", "d", "n", "width"]]
-    rows = rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
+    return rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
+
+
+def model_table(results: Results) -> pd.DataFrame:
+    """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d)."""
+    rows = scored_examples(results).drop_duplicates([*RUN_KEY, "index"])
     rows["score"] = rows["best"] / np.sqrt(rows["d"].astype(float))
     certified = "lower_bound" in rows
     if certified:

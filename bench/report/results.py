@@ -119,11 +119,18 @@ def read_results(dirs: Sequence[str | Path], *, need_examples: bool = False) -> 
 PROVENANCE = ("preset", "specs", "git_commit", "versions", "machine", "platform")
 
 
-def read_provenance(root: Path | str) -> dict[str, Any]:
-    """What manifest.json says about how a directory was made (preset, specs, commit, versions, machine);
+def read_manifest(root: Path | str) -> dict[str, Any]:
+    """A directory's manifest.json as a dict (read it through ``read_results`` first, which verifies it);
     empty where it has no readable manifest."""
     try:
         manifest = json.loads((Path(root) / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {k: manifest[k] for k in PROVENANCE if isinstance(manifest, dict) and k in manifest}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def read_provenance(root: Path | str) -> dict[str, Any]:
+    """What manifest.json says about how a directory was made (preset, specs, commit, versions, machine);
+    empty where it has no readable manifest."""
+    manifest = read_manifest(root)
+    return {k: manifest[k] for k in PROVENANCE if k in manifest}
