@@ -25,7 +25,7 @@ def test_the_public_names_are_those_of_design_md() -> None:
     assert DATASETS.names() == ["digits", "sphere", "subspace"]
     assert MODELS.names() == ["l2", "robust-construction", "small-init", "three-layer", "vanilla"]
     fb = ["fb-boundary", "fb-brendel-bethge", "fb-cw", "fb-ddn", "fb-deepfool", "fb-fmn"]
-    assert ATTACKS.names() == ["boundary-walk", *fb, "fmn", "pgd", "pgd-off", "pgd-on", "subspace-z", "universal-z"]
+    assert ATTACKS.names() == ["boundary-walk", "exact", *fb, "fmn", "pgd", "pgd-off", "pgd-on", "region-walk", "subspace-z", "universal-z"]
     assert {"default", "smoke", "baseline", "paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"} <= set(PRESETS.names())
     assert {name for name in PRESETS.names() if PRESETS.get(name).figures} == {"paper-fig1a", "paper-fig1b", "paper-fig2", "melamed-fig4"}
 

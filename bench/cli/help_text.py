@@ -71,6 +71,13 @@ attacks:
   fmn                  native fast minimum-norm L2 (Pintor et al. 2021, Alg. 1, with its eps-ball projection)
   boundary-walk        exact first sign change along segments to the nearest other-side points and the
                        local normals, then shrinking; finds flips where gradients vanish (robust-construction)
+  region-walk          walks activation regions from a first flip: inside one the net is affine, so the
+                       nearest flip there is a small QP (DAQP); steps into the neighbouring region across a
+                       boundary the answer presses on while that helps (a local minimum of the exact problem)
+  exact                the proved minimal flip: a mixed-integer QP (one binary per ReLU that can change state
+                       in the ball of the region walk's flip) solved by SCIP within --exact-seconds per
+                       example (pip install 'marginbench[exact]'); examples.csv certified_lower_bound (SCIP's
+                       dual bound), solver_proved, solver_seconds
   fb-fmn               Foolbox 3.3.4 L2FMNAttack as shipped: it never projects onto its eps-ball, so its
                        norms are not minimal (kept for comparison; use fmn)
   fb-ddn, fb-deepfool  Foolbox DDN (100 steps) and L2 DeepFool (2 candidates)
@@ -89,7 +96,12 @@ Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model
 and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}; when the
 sweep ends, figures/ gets the security-evaluation curves and the leaderboard (see `marginbench plot --help`),
 and a paper's preset (paper-*, melamed-fig4) also its paper's figures.
-Every reported norm is re-verified by a forward pass; failures are +inf. A run whose training hits NaN/inf,
+Every reported norm is re-verified by a forward pass, and counts only as a flip beyond rounding:
+s N(x + delta) < -tau, tau a bound on the forward pass's rounding error in any summation order (proposals
+within it are rejected and counted: summary.csv rejected_ties); failures are +inf. Every example also gets a
+certified lower bound on its minimal flip (examples.csv lower_bound: the triangle relaxation's, or exact's)
+and proved_optimal (its best norm is within 0.01% of that bound); summary.csv has proved_fraction and
+median_certified_gap (median norm / lower_bound). A run whose training hits NaN/inf,
 or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
 """
 

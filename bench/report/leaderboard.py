@@ -68,15 +68,16 @@ def model_table(results: Results) -> pd.DataFrame:
     """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d)."""
     rows = scored_examples(results).drop_duplicates([*RUN_KEY, "index"])
     rows["score"] = rows["best"] / np.sqrt(rows["d"].astype(float))
-    certified = "lower_bound" in rows
-    if certified:
+    per_run_extra, extra = {}, {}
+    if "lower_bound" in rows:
         rows["gap"] = rows["best"] / rows["lower_bound"].astype(float)
+        per_run_extra["gap"], extra["certified_gap"] = ("gap", "median"), ("gap", "median")
+    if "proved_optimal" in rows:
         rows["proved"] = rows["proved_optimal"].astype(float)
-    extra = {"gap": ("gap", "median"), "proved": ("proved", "mean")} if certified else {}
+        per_run_extra["proved"], extra["proved"] = ("proved", "mean"), ("proved", "mean")
     per_run = rows.groupby([*RUN_KEY, *MODEL_KEY, "seed"], as_index=False).agg(
-        score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean())), **extra
+        score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean())), **per_run_extra
     )
-    extra = {"certified_gap": ("gap", "median"), "proved": ("proved", "mean")} if certified else {}
     table = per_run.groupby(MODEL_KEY, as_index=False).agg(
         median=("score", "median"),
         low=("score", "min"),
