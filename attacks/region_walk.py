@@ -49,6 +49,8 @@ class RegionWalk:
             (largest multipliers first).
         starts: besides the first flips, walk from the first crossing of the segment to each of this many
             nearest attacked points of the other sign (each walk ends in a local minimum; the best is kept).
+        start_factor: walk from a start only if its norm is within this factor of the best flip so far
+            (nearest starts first).
         seed: seed of the starting attacks.
         max_norm_factor: search radius of the starting attacks and of the final ray, in units of sqrt(d).
     """
@@ -56,6 +58,7 @@ class RegionWalk:
     moves: int = 50
     neighbours: int = 8
     starts: int = 8
+    start_factor: float = 1.5
     seed: int = 0
     max_norm_factor: float = SEARCH_RADIUS
 
@@ -68,10 +71,12 @@ class RegionWalk:
         delta = start.delta.clone()
         best = torch.where(start.found, start.delta.norm(dim=1), math.inf)
         starts = torch.cat([start.delta[:, None, :], self._segment_flips(net, X)], dim=1)  # (n, 1 + starts, d)
-        usable = starts.norm(dim=2).isfinite() & (starts.norm(dim=2) > 0)
+        start_norm = torch.where(starts.norm(dim=2) > 0, starts.norm(dim=2), math.inf)  # (n, 1 + starts)
         starts = starts.detach().to("cpu", torch.float64).numpy()
-        for i in usable.any(dim=1).nonzero(as_tuple=True)[0].tolist():
-            for k in usable[i].nonzero(as_tuple=True)[0].tolist():
+        for i in start_norm.isfinite().any(dim=1).nonzero(as_tuple=True)[0].tolist():
+            for k in torch.argsort(start_norm[i]).tolist():
+                if not float(start_norm[i, k]) <= self.start_factor * float(best[i]):
+                    break  # far from the best flip so far: its walk would have far to go
                 walked = walk(daqp, W, b, v, X64[i], starts[i, k], moves=self.moves, neighbours=self.neighbours)
                 if walked is None:
                     continue

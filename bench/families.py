@@ -36,7 +36,7 @@ KKT = FamilySpec(
     models=("vanilla", "small-init", "l2", "robust-construction"),
     default_models=("vanilla", "robust-construction"),
     # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
-    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
+    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "region-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
     train=TrainSpec(),
     on_subspace=False,
 )

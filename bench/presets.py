@@ -200,5 +200,5 @@ def baseline(scale: Scale) -> Sweep:
     A faster schedule than the paper's (lr 1e-2, x1.2 every 10 iterations) still trains to loss < 1e-30.
     """
     fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)
-    attacks = ("universal-z", "pgd", "fmn", "boundary-walk")  # the native attacks: deterministic and quick
+    attacks = ("universal-z", "pgd", "fmn", "boundary-walk", "region-walk")  # the native attacks: deterministic and quick
     return (ExperimentSpec(family="kkt", d=8, alpha=1.0, width=16, models=("vanilla", "robust-construction"), attacks=attacks, seeds=(0, 1), train=fast),)
