@@ -41,6 +41,7 @@ from marginbench.models.two_layer import TwoLayerNet
 
 RELAX = 1e-5  # the model's flip constraint: s N <= RELAX |N(x)|, above SCIP's feasibility tolerance 1e-6
 DUAL_SAFETY = 1e-6  # the certified bound is sqrt(SCIP's dual bound) * (1 - DUAL_SAFETY)
+OPTIMIZE_SHARE = 0.5  # of the time per example for the optimization; the rest raises the bound by bisection (_close_gap)
 STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
 PROOF_GAP = 1e-4  # proved optimal: verified norm <= lower bound * (1 + PROOF_GAP)
 
@@ -95,12 +96,12 @@ class Exact:
             known = float(start_norm[i])
             R = known * (1.0 + 1e-7) if math.isfinite(known) else self.max_norm_factor * math.sqrt(d)
             start_i = delta[i].detach().to("cpu", torch.float64) if math.isfinite(known) else None
-            outcome = solve_min_flip(scip, net64, X64[i], R, time_limit=self.time_limit, seed=self.seed, known=start_i, r0=float(r0[i]))
-            seconds[i] = time.perf_counter() - clock
+            outcome = solve_min_flip(scip, net64, X64[i], R, time_limit=OPTIMIZE_SHARE * self.time_limit, seed=self.seed, known=start_i, r0=float(r0[i]))
             lower[i] = outcome.lower
-            if outcome.delta is None:
-                continue
             x = X[i : i + 1]
+            if outcome.delta is None:
+                seconds[i] = time.perf_counter() - clock
+                continue
             candidates = [first_flip_along(net, x, outcome.delta.to(X)[None, :])]
             if candidates[0] is None:  # a corner where the ray through the optimum misses the flip set: ask for depth
                 inside = solve_min_flip(scip, net64, X64[i], R, time_limit=self.time_limit, seed=self.seed, known=start_i, r0=float(r0[i]), depth=STRICT)
@@ -110,6 +111,9 @@ class Exact:
             for candidate in candidates:  # each checked as x + candidate, exactly as the harness will
                 if candidate is not None and float(candidate.norm()) < float(start_norm[i]) and bool(strict_flips(net, x, x + candidate)[0]):
                     delta[i], start_norm[i], found[i] = candidate[0], float(candidate.norm()), True
+            if found[i] and float(start_norm[i]) > max(float(lower[i]), float(r0[i])) * (1.0 + PROOF_GAP):
+                self._close_gap(scip, net, net64, i, x, X64[i], start_norm, delta, lower, r0, deadline=clock + self.time_limit)
+            seconds[i] = time.perf_counter() - clock
         norm = torch.where(found, delta.norm(dim=1), math.inf)
         lower = torch.minimum(lower, norm)  # a bound above a verified flip would be SCIP's rounding, not a fact
         searched = self.max_norm_factor * math.sqrt(d)
@@ -117,7 +121,32 @@ class Exact:
         return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
 
-def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0) -> ExactOutcome:
+    def _close_gap(self, scip, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
+        """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
+        radius r, for r between the bound L and the best flip U? The ball of radius r < U gives tighter big-M
+        bounds (fewer neurons change state in it), so "no" is often proved far faster than the optimum:
+        infeasible raises L to r; a flip found lowers U; a timeout moves the next r closer to L. Updates
+        ``best`` (n,), ``delta`` (n, d) and ``lower`` (n,) in place."""
+        L, step = max(float(lower[i]), float(r0[i])), 1.0 / 3.0
+        while True:
+            U, left = float(best[i]), deadline - time.perf_counter()
+            if left < 0.2 or U <= L * (1.0 + PROOF_GAP):
+                break
+            r = L * (U / L) ** step if L > 0 else U * 0.5
+            outcome = solve_min_flip(scip, net64, x64, r, time_limit=max(0.2, left / 2), seed=self.seed, r0=L, first_solution=True)
+            L = max(L, outcome.lower)  # r itself where no flip lies within r; else SCIP's dual bound
+            if outcome.delta is not None:
+                flip = first_flip_along(net, x, outcome.delta.to(x)[None, :])
+                if flip is not None and float(flip.norm()) < U and bool(strict_flips(net, x, x + flip)[0]):
+                    delta[i], best[i] = flip[0], float(flip.norm())
+            elif outcome.lower < r * (1.0 - DUAL_SAFETY):
+                step /= 2.0  # no answer in time: ask an easier question
+        lower[i] = max(float(lower[i]), L)
+
+
+def solve_min_flip(
+    scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0, first_solution: bool = False
+) -> ExactOutcome:
     """SCIP on min ||delta||^2 s.t. s N(x + delta) <= RELAX |N(x)|, ||delta|| <= R, a strict-flip neuron on.
 
     Args:
@@ -129,6 +158,7 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
         r0: a certified lower bound on the minimal norm (the relaxation's), added as ||delta||^2 >= r0^2.
         depth: > 0 asks for s N(x + delta) <= -depth |N(x)| instead: a point inside the flip set, whose lower
             bound is then not one of the true problem.
+        first_solution: stop at the first solution (a question of feasibility: is there a flip within R?).
     Returns: the optimum (or best solution) found, and the certified lower bound on the minimal norm (R if
     no flip lies in the ball).
     """
@@ -143,6 +173,8 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
     model = scip.Model()
     model.hideOutput()
     model.setParam("limits/time", float(time_limit))
+    if first_solution:
+        model.setParam("limits/solutions", 1)
     model.setParam("randomization/randomseedshift", int(seed))
     # measured on the baseline preset's nets (d = 8, width 16): 8 times faster than SCIP's defaults, same optima
     model.setHeuristics(scip.SCIP_PARAMSETTING.OFF)
@@ -176,7 +208,7 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
             start[f"h{j}"], start[f"a{j}"] = max(z_known[j], 0.0), float(z_known[j] > 0)
     if not any(isinstance(term, float) for term in strict):
         if not strict:  # no neuron that could make s N negative turns on inside the ball
-            return ExactOutcome(delta=None, lower=R, status="no flip in the ball")
+            return ExactOutcome(delta=None, lower=R * (1.0 - DUAL_SAFETY), status="no flip in the ball")
         model.addCons(scip.quicksum(strict) >= 1)
     model.addCons(scip.quicksum(out) <= (-depth if depth > 0 else RELAX) * abs(N0))
     model.setObjective(t, "minimize")
@@ -187,8 +219,8 @@ def solve_min_flip(scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: f
         model.addSol(solution)  # refused (returns False) if SCIP's tolerances disagree: then SCIP searches alone
     model.optimize()
     status = model.getStatus()
-    if status == "infeasible":
-        return ExactOutcome(delta=None, lower=R, status=status)
+    if status == "infeasible":  # every strict flip satisfies the model: none lies within R
+        return ExactOutcome(delta=None, lower=R * (1.0 - DUAL_SAFETY), status=status)
     dual = max(float(model.getDualbound()), 0.0)
     lower = math.sqrt(dual) * (1.0 - DUAL_SAFETY)
     if model.getNSols() == 0:
