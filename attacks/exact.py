@@ -120,7 +120,6 @@ class Exact:
         proved = (found & (norm <= lower * (1.0 + PROOF_GAP))) | (~found & (lower >= searched * (1.0 - DUAL_SAFETY)))
         return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
-
     def _close_gap(self, scip, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
         """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
         radius r, for r between the bound L and the best flip U? The ball of radius r < U gives tighter big-M
@@ -135,12 +134,11 @@ class Exact:
             r = L * (U / L) ** step if L > 0 else U * 0.5
             outcome = solve_min_flip(scip, net64, x64, r, time_limit=max(0.2, left / 2), seed=self.seed, r0=L, first_solution=True)
             L = max(L, outcome.lower)  # r itself where no flip lies within r; else SCIP's dual bound
-            if outcome.delta is not None:
-                flip = first_flip_along(net, x, outcome.delta.to(x)[None, :])
-                if flip is not None and float(flip.norm()) < U and bool(strict_flips(net, x, x + flip)[0]):
-                    delta[i], best[i] = flip[0], float(flip.norm())
+            flip = None if outcome.delta is None else first_flip_along(net, x, outcome.delta.to(x)[None, :])
+            if flip is not None and float(flip.norm()) < U and bool(strict_flips(net, x, x + flip)[0]):
+                delta[i], best[i] = flip[0], float(flip.norm())
             elif outcome.lower < r * (1.0 - DUAL_SAFETY):
-                step /= 2.0  # no answer in time: ask an easier question
+                step /= 2.0  # no answer in time (or only a tie): ask an easier question
         lower[i] = max(float(lower[i]), L)
 
 
