@@ -191,7 +191,7 @@ def certify_frames(net: TwoLayerNet | Any, X: Tensor, frames: Sequence[pd.DataFr
     from the start and for one attacked again later (``marginbench attack``)."""
     norms = np.stack([frame["norm"].to_numpy(dtype=float) for frame in frames])
     best_norm = torch.as_tensor(norms.min(axis=0), dtype=X.dtype, device=X.device)
-    bounds = [torch.as_tensor(frame[CERTIFIED].to_numpy(dtype=float), dtype=X.dtype, device=X.device) for frame in frames if CERTIFIED in frame]
+    bounds = [torch.tensor(frame[CERTIFIED].to_numpy(dtype=float), dtype=X.dtype, device=X.device) for frame in frames if CERTIFIED in frame]
     proved = certificates(net, X, best_norm, bounds)
     for frame in frames:
         for column, values in proved.items():

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from marginbench.bench.families import KKT, SUBSPACE
 from marginbench.bench.registry import Registry
 from marginbench.bench.spec import ExperimentSpec, Sweep
 from marginbench.models.train import TrainSpec
@@ -202,3 +203,30 @@ def baseline(scale: Scale) -> Sweep:
     fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)
     attacks = ("universal-z", "pgd", "fmn", "boundary-walk", "region-walk")  # the native attacks: deterministic and quick
     return (ExperimentSpec(family="kkt", d=8, alpha=1.0, width=16, models=("vanilla", "robust-construction"), attacks=attacks, seeds=(0, 1), train=fast),)
+
+
+# Attacks that apply to every two-layer net but are in no family's defaults (slower: a local and an exact search).
+TWO_LAYER_EXTRA_ATTACKS = ("region-walk", "exact")
+ZOO_EXACT_SECONDS = 2.0  # exact's time limit per example in the zoo: a certified lower bound where SCIP runs out
+
+
+@preset("zoo")
+def zoo(scale: Scale) -> Sweep:
+    """The model zoo behind results/zoo: frozen nets of both families with every built-in attack (about 10 min).
+
+    The default preset's kkt nets (d = 64, vanilla and robust-construction), the digits (vanilla, small-init)
+    and a d = 784 subspace net (ell = 756) at init scales 1 and 1/4; each attacked by its family's default
+    attacks, region-walk and exact (2 s a point). Sizes are kept small so the directory can be committed
+    with its runs (a few MB): `marginbench attack` benchmarks new attacks on it without training.
+    """
+    kkt_attacks = KKT.default_attacks + TWO_LAYER_EXTRA_ATTACKS
+    subspace_attacks = SUBSPACE.default_attacks + TWO_LAYER_EXTRA_ATTACKS
+    common = dict(family="subspace", width=100, attacks=subspace_attacks, seeds=(0,), exact_seconds=ZOO_EXACT_SECONDS)
+    return (
+        ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, attacks=kkt_attacks, seeds=(0,), exact_seconds=ZOO_EXACT_SECONDS),
+        ExperimentSpec(dataset="digits", d=64, n=300, n_eval=50, models=("vanilla", "small-init"), **common),
+        *(
+            ExperimentSpec(dataset="subspace", d=784, ell=756, n=100, n_eval=20, init_scale=scale_, models=("vanilla",), **common)
+            for scale_ in (1.0, 0.25)
+        ),
+    )

@@ -264,7 +264,7 @@ def test_a_tampered_directory_is_refused_by_every_reporting_command_and_resume_m
 
 
 def test_the_committed_result_tables_verify() -> None:
-    """results/: every committed directory's manifest vouches for its summary.csv (tables only, no runs/)."""
+    """results/: every committed directory's manifest vouches for its summary.csv (tables only, no runs/; results/zoo keeps its runs, verified too)."""
     from marginbench.bench.report.results import read_results
 
     committed = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "results").rglob("manifest.json"))

@@ -11,7 +11,7 @@ Each figure is drawn only when the merged summary supports it; otherwise the rea
   d per alpha.
 - ``fig4_norm_vs_init_scale``: Melamed et al. Figure 4. The median verified norm of ``pgd-on``, ``pgd-off``
   and ``pgd`` against the factor the first layer's init is divided by (1 / ``init_scale``), one panel per
-  dataset and model (two-layer vanilla, three-layer), mean and standard deviation over seeds; settings where over half the points were not flipped
+  dataset and model (two-layer vanilla, three-layer) swept over two or more init scales, mean and standard deviation over seeds; settings where over half the points were not flipped
   (median +inf) are named in the legend instead of plotted.
 """
 
@@ -138,16 +138,20 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     missing = [a for a in PROJECTED if a not in set(rows["attack"])]
     if missing:
         return f"needs the attacks {', '.join(PROJECTED)} on runs with a known init_scale; missing {', '.join(missing)}"
-    if rows["init_scale"].nunique() < 2:
-        return f"needs two or more init scales; found {sorted(rows['init_scale'].unique().tolist())}"
+    # a panel for each (model, dataset) swept over init scales: a net at one scale (a zoo's) has no curve to draw
+    scales = rows.groupby(["model", "dataset"])["init_scale"].nunique()
+    swept = [pair for pair in sorted(scales.index) if scales[pair] >= 2]
+    if not swept:
+        return f"needs a model and dataset at two or more init scales; found {sorted(rows['init_scale'].unique().tolist())}"
     rows["divisor"] = 1.0 / rows["init_scale"]  # the paper's x-axis: the factor the init is divided by
     # one panel per dataset, as the paper's 4a (sphere) and 4b (MNIST); one row of panels per model
-    datasets, models = sorted(rows["dataset"].unique()), sorted(rows["model"].unique())
-    fig = Figure(figsize=(5.0 * len(datasets), 4.0 * len(models)), layout="constrained")
-    fig.suptitle("Melamed et al. Fig. 4: distance to the boundary vs init divisor")
+    columns = min(len(swept), rows["dataset"].nunique())
+    lines = -(-len(swept) // columns)
+    fig = Figure(figsize=(5.0 * columns, 4.0 * lines), layout="constrained")
+    fig.suptitle("Melamed et al. Fig. 4:" + ("\n" if columns == 1 else " ") + "distance to the boundary vs init divisor")  # one panel: too narrow for a line
     names = {"pgd-on": "projected on P", "pgd-off": "projected on P⊥", "pgd": "no projection"}
-    for i, (model, dataset) in enumerate((m, d) for m in models for d in datasets):
-        ax = fig.add_subplot(len(models), len(datasets), i + 1)
+    for i, (model, dataset) in enumerate(swept):
+        ax = fig.add_subplot(lines, columns, i + 1)
         ax.set(title=f"{model} net, {dataset} data (mean ± std over seeds)", xlabel="first-layer init divided by", ylabel="median verified L2 norm")
         ax.grid(alpha=0.3)
         for attack in PROJECTED:
