@@ -36,7 +36,7 @@ from marginbench.bench.errors import SpecError
 from marginbench.bench.measure import BEST, PASS_COLUMNS, best_of
 from marginbench.bench.report.results import RUN_KEY, Results
 
-MODEL_KEY = ["model", "dataset", "d", "n", "width"]
+MODEL_KEY = ["model", "dataset", "d", "n", "width", "init_scale"]  # init_scale: Melamed et al. Fig. 4's nets differ only in it
 
 
 def _with_best(examples: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +60,8 @@ def scored_examples(results: Results) -> pd.DataFrame:
     if results.examples is None:
         raise SpecError("the model leaderboard needs examples.csv in every result directory")
     rows = _with_best(results.examples)
-    sizes = results.summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, "dataset", "d", "n", "width"]]
+    summary = results.summary if "init_scale" in results.summary else results.summary.assign(init_scale=1.0)  # written before the column
+    sizes = summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, "dataset", "d", "n", "width", "init_scale"]].fillna({"init_scale": 1.0})
     return rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
 
 
@@ -144,7 +145,7 @@ def attack_table(results: Results) -> pd.DataFrame:
 
 
 MODEL_HEADERS = {
-    "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width",
+    "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width", "init_scale": "init",
     "median": "best/√d (median)", "low": "min", "high": "max", "runs": "runs", "seeds": "seeds", "flipped": "flipped",
     "certified_gap": "certified gap", "proved": "proved",
 }  # fmt: skip

@@ -54,7 +54,8 @@ def _step(ax: Axes, norms: np.ndarray, x_min: float, x_max: float, **style: Any)
 
 
 def setting_label(row: pd.Series) -> str:
-    return f"{row['model']} ({row['dataset']}, d={row['d']}, n={row['n']}, width={row['width']})"
+    init = f", init x{float(row['init_scale']):g}" if "init_scale" in row and float(row["init_scale"]) != 1.0 else ""
+    return f"{row['model']} ({row['dataset']}, d={row['d']}, n={row['n']}, width={row['width']}{init})"
 
 
 def _lower_bounds(rows: pd.DataFrame, example: list[str]) -> pd.Series | None:
