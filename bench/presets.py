@@ -219,8 +219,8 @@ def zoo(scale: Scale) -> Sweep:
     attacks, region-walk and exact (2 s a point). Sizes are kept small so the directory can be committed
     with its runs (a few MB): `marginbench attack` benchmarks new attacks on it without training.
     """
-    kkt_attacks = KKT.default_attacks + TWO_LAYER_EXTRA_ATTACKS
-    subspace_attacks = SUBSPACE.default_attacks + TWO_LAYER_EXTRA_ATTACKS
+    kkt_attacks = tuple(dict.fromkeys(KKT.default_attacks + TWO_LAYER_EXTRA_ATTACKS))  # region-walk is a kkt default too
+    subspace_attacks = tuple(dict.fromkeys(SUBSPACE.default_attacks + TWO_LAYER_EXTRA_ATTACKS))
     common = dict(family="subspace", width=100, attacks=subspace_attacks, seeds=(0,), exact_seconds=ZOO_EXACT_SECONDS)
     return (
         ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, attacks=kkt_attacks, seeds=(0,), exact_seconds=ZOO_EXACT_SECONDS),
