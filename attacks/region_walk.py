@@ -86,7 +86,6 @@ class RegionWalk:
         found = best.isfinite()
         return AttackResult(delta=torch.where(found[:, None], delta, 0.0), found=found)
 
-
     def _segment_flips(self, net: TwoLayerNet, X: Tensor) -> Tensor:
         """(n, starts, d): the first flip along the segment to each of the ``starts`` nearest attacked points of
         the other sign (inf rows where there is none): more starting regions for the walk."""
