@@ -7,6 +7,7 @@ into one line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as err:
         print(f"{PROG}: error: {err.cli}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`marginbench leaderboard DIR | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush does not raise again
+        return 1
 
 
 def _plugin_args(argv: Sequence[str]) -> list[str]:
