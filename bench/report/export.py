@@ -40,6 +40,10 @@ COLUMNS = {
     "success": "fraction of examples the attack flipped",
     "ms_per_example": "median over runs of the attack's milliseconds per example",
     "forward_per_example": "median forward passes per example", "backward_per_example": "median backward passes per example",
+    "init_scale": "the multiplier of the initialization's standard deviation (part of the model setting)",
+    "certified_gap": "per run, the median over examples of the best norm / its certified lower bound (1 = proved); then the median over runs",
+    "proved": "fraction of examples whose best norm is a proved optimum (within 0.01% of its certified lower bound)",
+    "vs_proved": "fraction of the attack's runs whose optimality was measured against the proved optimum instead of the best",
     "provenance": "csv only: the provenance list of the JSON export",
 }  # fmt: skip
 
