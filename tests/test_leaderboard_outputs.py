@@ -9,6 +9,8 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +243,12 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync", "--window-size=1400,1000")  # fmt: skip
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver")
-def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None:
+@contextmanager
+def headless_chromium(tmp_path: Path) -> Iterator[Any]:
+    """A selenium driver of headless Chromium with a fresh profile under tmp_path, its console log kept; quit after."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    root, _ = _page(tmp_path)
-    medians = [f"{value:.4g}" for value in model_table(read_results([root]))["median"]]
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
@@ -256,6 +256,18 @@ def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver")
+def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    root, _ = _page(tmp_path)
+    medians = [f"{value:.4g}" for value in model_table(read_results([root]))["median"]]
+    with headless_chromium(tmp_path) as driver:
         driver.get((tmp_path / "board.html").as_uri())
 
         def column(table: str, header: str) -> list[str]:
@@ -287,5 +299,3 @@ def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None
         assert [name for name in loaded if not name.startswith("data:")] == []
         assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
         assert driver.get_screenshot_as_png()[:8] == PNG_SIGNATURE
-    finally:
-        driver.quit()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_leaderboard_outputs import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, PNG_SIGNATURE
+from test_leaderboard_outputs import CHROMEDRIVER, CHROMIUM, PNG_SIGNATURE, headless_chromium
 
 from conftest import run_cli
 from marginbench.bench.families import FAMILIES
@@ -114,20 +114,13 @@ def test_an_attack_author_benchmarks_a_plugin_on_the_zoo(tmp_path: Path, capsys:
 
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver")
 def test_the_zoo_leaderboard_page_renders_in_headless_chromium(tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     page = tmp_path / "zoo.html"
     assert run_cli(["leaderboard", str(ZOO), "--format", "html", "-o", str(page)]) == 0
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path) as driver:
         driver.get(page.as_uri())
+
         def column(table: str, i: int) -> list[str]:
             return [row.find_elements(By.TAG_NAME, "td")[i].get_attribute("textContent") for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
 
@@ -138,5 +131,3 @@ def test_the_zoo_leaderboard_page_renders_in_headless_chromium(tmp_path: Path) -
         assert len(images) >= 2 and all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)
         assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
         assert driver.get_screenshot_as_png()[:8] == PNG_SIGNATURE
-    finally:
-        driver.quit()
