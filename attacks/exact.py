@@ -116,8 +116,7 @@ class Exact:
             seconds[i] = time.perf_counter() - clock
         norm = torch.where(found, delta.norm(dim=1), math.inf)
         lower = torch.minimum(lower, norm)  # a bound above a verified flip would be SCIP's rounding, not a fact
-        searched = self.max_norm_factor * math.sqrt(d)
-        proved = (found & (norm <= lower * (1.0 + PROOF_GAP))) | (~found & (lower >= searched * (1.0 - DUAL_SAFETY)))
+        proved = proved_optimal(norm, lower, d, self.max_norm_factor)
         return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
     def _close_gap(self, scip, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
@@ -140,6 +139,13 @@ class Exact:
             elif outcome.lower < r * (1.0 - DUAL_SAFETY):
                 step /= 2.0  # no answer in time (or only a tie): ask an easier question
         lower[i] = max(float(lower[i]), L)
+
+
+def proved_optimal(norm: Tensor, lower: Tensor, d: int, max_norm_factor: float = SEARCH_RADIUS) -> Tensor:
+    """(n,) bool: a verified norm (n,) within PROOF_GAP of its certified lower bound (n,), or, where no flip was
+    found (+inf), a bound that covers the whole search radius max_norm_factor * sqrt(d)."""
+    searched = max_norm_factor * math.sqrt(d) * (1.0 - DUAL_SAFETY)
+    return torch.where(norm.isfinite(), norm <= lower * (1.0 + PROOF_GAP), lower >= searched)
 
 
 def solve_min_flip(

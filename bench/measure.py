@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, SharedPerturbation
-from marginbench.attacks.exact import DUAL_SAFETY, PROOF_GAP
+from marginbench.attacks.exact import proved_optimal
 from marginbench.attacks.flips import near_ties, strict_flips
 from marginbench.models.certify import bracket_top, certified_radius
 from marginbench.models.two_layer import TwoLayerNet
@@ -180,9 +180,7 @@ def certificates(net: TwoLayerNet | Any, X: Tensor, best_norm: Tensor, bounds: S
     lower = certified_radius(net, X, top) if isinstance(net, TwoLayerNet) else torch.full_like(best_norm, math.nan)
     for bound in bounds:
         lower = torch.fmax(lower, bound.to(lower))
-    searched = SEARCH_RADIUS * math.sqrt(X.shape[1]) * (1.0 - DUAL_SAFETY)
-    proved = torch.where(best_norm.isfinite(), best_norm <= lower * (1.0 + PROOF_GAP), lower >= searched)
-    return {"lower_bound": lower, "proved_optimal": proved}
+    return {"lower_bound": lower, "proved_optimal": proved_optimal(best_norm, lower, X.shape[1])}
 
 
 def certify_frames(net: TwoLayerNet | Any, X: Tensor, frames: Sequence[pd.DataFrame], log: Callable[[str], None] | None = None) -> None:
