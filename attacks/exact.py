@@ -20,7 +20,9 @@ Two things keep the certificate honest:
   true minimum (shrunk by DUAL_SAFETY). Its optimum then sits on the boundary; the answer is the exact first
   flip beyond rounding along the ray through it (``rays``), verified like any attack's.
 An example is ``proved_optimal`` when that verified norm is within PROOF_GAP of the lower bound. Where SCIP
-runs out of time the lower bound is still certified and the answer is the best flip known.
+runs out of its share of the time (OPTIMIZE_SHARE), the rest goes to branch and bound on the relaxation
+(``models.branch_and_bound``), which raises the certified bound and can lower the flip; the answer is the
+best flip known.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavaila
 from marginbench.attacks.flips import strict_flips
 from marginbench.attacks.rays import first_flip_along
 from marginbench.attacks.region_walk import RegionWalk
+from marginbench.models.branch_and_bound import branch_and_bound
 from marginbench.models.certify import bracket_top, certified_radius
 from marginbench.models.two_layer import TwoLayerNet
 
 RELAX = 1e-5  # the model's flip constraint: s N <= RELAX |N(x)|, above SCIP's feasibility tolerance 1e-6
 DUAL_SAFETY = 1e-6  # the certified bound is sqrt(SCIP's dual bound) * (1 - DUAL_SAFETY)
-OPTIMIZE_SHARE = 0.5  # of the time per example for the optimization; the rest raises the bound by bisection (_close_gap)
+OPTIMIZE_SHARE = 0.5  # of the time per example for SCIP's optimization; the rest raises the bound by branch and bound (_close_gap)
 STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
 PROOF_GAP = 1e-4  # proved optimal: verified norm <= lower bound * (1 + PROOF_GAP)
 
@@ -112,32 +115,36 @@ class Exact:
                 if candidate is not None and float(candidate.norm()) < float(start_norm[i]) and bool(strict_flips(net, x, x + candidate)[0]):
                     delta[i], start_norm[i], found[i] = candidate[0], float(candidate.norm()), True
             if found[i] and float(start_norm[i]) > max(float(lower[i]), float(r0[i])) * (1.0 + PROOF_GAP):
-                self._close_gap(scip, net, net64, i, x, X64[i], start_norm, delta, lower, r0, deadline=clock + self.time_limit)
+                self._close_gap(net, net64, i, x, X64[i], start_norm, delta, lower, r0, deadline=clock + self.time_limit)
             seconds[i] = time.perf_counter() - clock
         norm = torch.where(found, delta.norm(dim=1), math.inf)
         lower = torch.minimum(lower, norm)  # a bound above a verified flip would be SCIP's rounding, not a fact
         proved = proved_optimal(norm, lower, d, self.max_norm_factor)
         return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
-    def _close_gap(self, scip, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
+    def _close_gap(self, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
         """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
-        radius r, for r between the bound L and the best flip U? The ball of radius r < U gives tighter big-M
-        bounds (fewer neurons change state in it), so "no" is often proved far faster than the optimum:
-        infeasible raises L to r; a flip found lowers U; a timeout moves the next r closer to L. Updates
-        ``best`` (n,), ``delta`` (n, d) and ``lower`` (n,) in place."""
-        L, step = max(float(lower[i]), float(r0[i])), 1.0 / 3.0
-        while True:
-            U, left = float(best[i]), deadline - time.perf_counter()
-            if left < 0.2 or U <= L * (1.0 + PROOF_GAP):
-                break
-            r = L * (U / L) ** step if L > 0 else U * 0.5
-            outcome = solve_min_flip(scip, net64, x64, r, time_limit=max(0.2, left / 2), seed=self.seed, r0=L, first_solution=True)
-            L = max(L, outcome.lower)  # r itself where no flip lies within r; else SCIP's dual bound
-            flip = None if outcome.delta is None else first_flip_along(net, x, outcome.delta.to(x)[None, :])
-            if flip is not None and float(flip.norm()) < U and bool(strict_flips(net, x, x + flip)[0]):
+        radius r, for r between the bound L and the best flip U (r = sqrt(L U))? Branch and bound on the
+        relaxation answers (``models.branch_and_bound``); a smaller ball gives tighter chords, so "no" is proved
+        far sooner than at U. "No" raises L to r; a relaxed optimum that flips lowers U once verified (else the
+        next r is asked below it); where time runs out the search's own bound still raises L. Updates ``best``
+        (n,), ``delta`` (n, d) and ``lower`` (n,) in place."""
+        L = max(float(lower[i]), float(r0[i]))
+        ceiling = float(best[i])  # U, or below it where a flip of the relaxation failed verification
+        while time.perf_counter() < deadline and ceiling > L * (1.0 + PROOF_GAP):
+            r = math.sqrt(L * ceiling) if L > 0 else 0.5 * ceiling
+            outcome = branch_and_bound(net64, x64, r, deadline=deadline)
+            L = max(L, outcome.lower)
+            if outcome.flip is None:
+                if outcome.lower < r:  # out of time (or of room for leaves): the bound so far is final
+                    break
+                continue
+            flip = first_flip_along(net, x, outcome.flip.to(x)[None, :])
+            if flip is not None and float(flip.norm()) < float(best[i]) and bool(strict_flips(net, x, x + flip)[0]):
                 delta[i], best[i] = flip[0], float(flip.norm())
-            elif outcome.lower < r * (1.0 - DUAL_SAFETY):
-                step /= 2.0  # no answer in time (or only a tie): ask an easier question
+                ceiling = float(best[i])
+            else:
+                ceiling = r
         lower[i] = max(float(lower[i]), L)
 
 
@@ -149,7 +156,7 @@ def proved_optimal(norm: Tensor, lower: Tensor, d: int, max_norm_factor: float =
 
 
 def solve_min_flip(
-    scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0, first_solution: bool = False
+    scip, net: TwoLayerNet, x: Tensor, R: float, *, time_limit: float, seed: int = 0, known: Tensor | None = None, r0: float = 0.0, depth: float = 0.0
 ) -> ExactOutcome:
     """SCIP on min ||delta||^2 s.t. s N(x + delta) <= RELAX |N(x)|, ||delta|| <= R, a strict-flip neuron on.
 
@@ -162,7 +169,6 @@ def solve_min_flip(
         r0: a certified lower bound on the minimal norm (the relaxation's), added as ||delta||^2 >= r0^2.
         depth: > 0 asks for s N(x + delta) <= -depth |N(x)| instead: a point inside the flip set, whose lower
             bound is then not one of the true problem.
-        first_solution: stop at the first solution (a question of feasibility: is there a flip within R?).
     Returns: the optimum (or best solution) found, and the certified lower bound on the minimal norm (R if
     no flip lies in the ball).
     """
@@ -177,8 +183,6 @@ def solve_min_flip(
     model = scip.Model()
     model.hideOutput()
     model.setParam("limits/time", float(time_limit))
-    if first_solution:
-        model.setParam("limits/solutions", 1)
     model.setParam("randomization/randomseedshift", int(seed))
     # measured on the baseline preset's nets (d = 8, width 16): 8 times faster than SCIP's defaults, same optima
     model.setHeuristics(scip.SCIP_PARAMSETTING.OFF)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import marginbench.attacks.exact as exact_module
 from conftest import random_net
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.attacks.exact import STRICT, Exact
@@ -17,6 +19,7 @@ from marginbench.attacks.flips import overshoot, rounding_bound, strict_flips
 from marginbench.attacks.rays import flip_intervals, smallest_verified
 from marginbench.attacks.region_walk import RegionWalk
 from marginbench.bench.measure import certificates, verify
+from marginbench.models.branch_and_bound import branch_and_bound
 from marginbench.models.certify import certified_radius
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import sphere
@@ -63,6 +66,55 @@ def test_exact_is_never_beaten_by_a_brute_force_search_and_its_bound_never_excee
             continue
         assert float(checked.norm[i]) <= brute * (1 + 10 * STRICT) + 1e-12, f"example {i}: exact {float(checked.norm[i])} > brute force {brute}"
         assert float(lower[i]) <= min(brute, float(checked.norm[i])) + 1e-12 and float(relaxed[i]) <= brute + 1e-12
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.integers(2, 3), width=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), bias=st.sampled_from([0.0, 0.5, 2.0]), scale=st.sampled_from([0.5, 0.99, 1.5]))
+def test_branch_and_bound_never_certifies_beyond_a_brute_force_flip(d: int, width: int, seed: int, bias: float, scale: float) -> None:
+    """On random tiny nets, for balls below, at and beyond the brute-force minimum over 20,000 rays: the search's
+    bound never exceeds that minimum (it is sound), nor its ball."""
+    net = random_net(d, width, seed, bias_scale=bias)
+    X = torch.randn(3, d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    directions = _directions(d, 20_000, seed)
+    for i in range(3):
+        if float(net(X[i : i + 1])[0]) == 0.0:
+            continue
+        brute = brute_force_radius(net, X[i], directions)
+        R = scale * brute if math.isfinite(brute) else SEARCH_RADIUS * math.sqrt(d)
+        outcome = branch_and_bound(net, X[i], R, deadline=time.perf_counter() + 10.0)
+        assert outcome.lower <= min(brute, R) + 1e-12, f"example {i}: bound {outcome.lower} > brute force {brute} (ball {R})"
+
+
+@pytest.fixture(scope="module")
+def proved_mid_size() -> tuple[TwoLayerNet, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random net (d = 10, width 40) that SCIP solves outright: (net, X (4, d), y (4,), proved optimum (4,))."""
+    net = random_net(10, 40, 3, bias_scale=0.5)
+    X = torch.randn(4, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.sign(net(X))
+    result = Exact(time_limit=20.0)(net, X, y)
+    assert bool(result.example_facts["solver_proved"].all())
+    return net, X, y, verify(net, X, result).norm
+
+
+def test_branch_and_bound_clears_the_ball_below_the_optimum_and_stops_at_it(proved_mid_size) -> None:
+    """Below SCIP's proved optimum (1%) the whole ball is cleared; a ball beyond it is never cleared, and the
+    bound stays at most the optimum."""
+    net, X, _, optimum = proved_mid_size
+    for i in range(X.shape[0]):
+        below = branch_and_bound(net, X[i], float(optimum[i]) / 1.01, deadline=time.perf_counter() + 60.0)
+        assert below.lower == float(optimum[i]) / 1.01, f"example {i}: ball below the optimum not cleared ({below.lower})"
+        beyond = branch_and_bound(net, X[i], float(optimum[i]) * 1.01, deadline=time.perf_counter() + 60.0)
+        assert beyond.lower <= float(optimum[i])
+
+
+def test_exact_proves_the_optimum_by_branch_and_bound_where_scip_has_no_time(proved_mid_size, monkeypatch) -> None:
+    """With SCIP's share of the time cut to nothing, the gap is closed by branch and bound alone (its relaxed
+    optima lower the flip, its cleared balls raise the bound): the same optima, proved."""
+    net, X, y, optimum = proved_mid_size
+    monkeypatch.setattr(exact_module, "OPTIMIZE_SHARE", 1e-6)
+    result = Exact(time_limit=20.0)(net, X, y)
+    assert bool(result.example_facts["solver_proved"].all())
+    assert torch.allclose(verify(net, X, result).norm, optimum, rtol=1e-4)
 
 
 def test_exact_reports_no_flip_where_only_ties_exist() -> None:
