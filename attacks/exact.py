@@ -47,6 +47,7 @@ DUAL_SAFETY = 1e-6  # the certified bound is sqrt(SCIP's dual bound) * (1 - DUAL
 OPTIMIZE_SHARE = 0.5  # of the time per example for SCIP's optimization; the rest raises the bound by branch and bound (_close_gap)
 STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
 PROOF_GAP = 1e-4  # proved optimal: verified norm <= lower bound * (1 + PROOF_GAP)
+PROVE_SHARE = 0.25  # of the time left to branch and bound, for its first question: no flip just inside the best?
 
 
 @dataclass(frozen=True)
@@ -124,25 +125,32 @@ class Exact:
 
     def _close_gap(self, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
         """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
-        radius r, for r between the bound L and the best flip U (r = sqrt(L U))? Branch and bound on the
+        radius r, for r just inside the best flip U (for PROVE_SHARE of the time: where U is the optimum this
+        proves it), then for r = sqrt(L U) between the bound L and U? Branch and bound on the
         relaxation answers (``models.branch_and_bound``); a smaller ball gives tighter chords, so "no" is proved
         far sooner than at U. "No" raises L to r; a relaxed optimum that flips lowers U once verified (else the
         next r is asked below it); where time runs out the search's own bound still raises L. Updates ``best``
         (n,), ``delta`` (n, d) and ``lower`` (n,) in place."""
         L = max(float(lower[i]), float(r0[i]))
         ceiling = float(best[i])  # U, or below it where a flip of the relaxation failed verification
+        attempt = True  # first ask just inside U, for a share of the time: where U is the optimum this often proves it at once
         while time.perf_counter() < deadline and ceiling > L * (1.0 + PROOF_GAP):
-            r = math.sqrt(L * ceiling) if L > 0 else 0.5 * ceiling
-            outcome = branch_and_bound(net64, x64, r, deadline=deadline)
+            if attempt:
+                r = ceiling / (1.0 + 0.5 * PROOF_GAP)
+                stop = time.perf_counter() + PROVE_SHARE * (deadline - time.perf_counter())
+            else:
+                r, stop = (math.sqrt(L * ceiling) if L > 0 else 0.5 * ceiling), deadline
+            outcome = branch_and_bound(net64, x64, r, deadline=stop)
             L = max(L, outcome.lower)
+            asked_inside, attempt = attempt, False
             if outcome.flip is None:
-                if outcome.lower < r:  # out of time (or of room for leaves): the bound so far is final
+                if outcome.lower < r and not asked_inside:  # out of time (or of room for leaves): the bound so far is final
                     break
                 continue
             flip = first_flip_along(net, x, outcome.flip.to(x)[None, :])
             if flip is not None and float(flip.norm()) < float(best[i]) and bool(strict_flips(net, x, x + flip)[0]):
                 delta[i], best[i] = flip[0], float(flip.norm())
-                ceiling = float(best[i])
+                ceiling, attempt = float(best[i]), True  # a leaf's optimum is often the optimum itself: ask just inside it
             else:
                 ceiling = r
         lower[i] = max(float(lower[i]), L)

@@ -58,7 +58,7 @@ class RegionWalk:
     moves: int = 50
     neighbours: int = 8
     starts: int = 8
-    start_factor: float = 1.5
+    start_factor: float = 3.0  # 1.5 missed the better start of one digits point in the zoo (17% above); 3 finds it, 1.0 s on the default vanilla net
     seed: int = 0
     max_norm_factor: float = SEARCH_RADIUS
 
