@@ -77,10 +77,10 @@ class _Ball:
     order: Tensor  # (Q,) the branching score of each q column
 
 
-def branch_and_bound(net: TwoLayerNet, x: Tensor, R: float, *, deadline: float, batch: int = BATCH) -> BranchOutcome:
+def branch_and_bound(net: TwoLayerNet, x: Tensor, R: float, *, deadline: float, max_nodes: int | None = None, batch: int = BATCH) -> BranchOutcome:
     """A certified lower bound on the minimal strict flip's norm of x: (d,), searched within the ball of radius
-    R until ``deadline`` (time.perf_counter()) or MAX_LEAVES; net and x in float64 on the CPU (sums of many
-    terms), N(x) != 0."""
+    R until ``deadline`` (time.perf_counter()), ``max_nodes`` bounds or MAX_LEAVES open leaves; net and x in
+    float64 on the CPU (sums of many terms), N(x) != 0."""
     N0 = float(net(x[None])[0])
     s = 1.0 if N0 > 0 else -1.0
     ball = _split_ball(net, x, s, R)
@@ -98,7 +98,7 @@ def branch_and_bound(net: TwoLayerNet, x: Tensor, R: float, *, deadline: float, 
         if len(bound) == 0:
             return BranchOutcome(lower=R, flip=None, nodes=nodes)
         lowest = min(R, float(bound.min()))
-        if time.perf_counter() >= deadline or len(bound) > MAX_LEAVES:
+        if time.perf_counter() >= deadline or len(bound) > MAX_LEAVES or (max_nodes is not None and nodes >= max_nodes):
             return BranchOutcome(lower=lowest, flip=None, nodes=nodes)
         pick = torch.topk(bound, min(batch, len(bound)), largest=False).indices
         _, _, _, optimum = _bounds(ball, state[pick], alpha[pick], beta[pick], slack, 0)  # (batch, d), recomputed: not stored per leaf
