@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, SharedPerturbation
-from marginbench.attacks.flips import strict_flips
+from marginbench.attacks.flips import proposable_flips
 from marginbench.attacks.rays import flip_intervals, smallest_common_scale, smallest_verified
 from marginbench.attacks.subspace import SubspaceProjection
 from marginbench.models.diagnostics import MARGIN_SLACK, margin_set, thm51_required_ell
@@ -98,7 +98,7 @@ class SubspaceZ:
         z = (y0 * alpha)[:, None] * direction[None, :]  # (n, d) Theorem 5.1's z
         z_norm = torch.where(defined, z.norm(dim=1), math.inf)
         bound = torch.where(defined, 8.0 * math.sqrt(2.0) * N0.abs() * (m / k_safe) * math.sqrt(d / max(ell, 1)), math.inf)
-        z_flips = defined & strict_flips(net, X, X + torch.where(defined[:, None], z, 0.0))
+        z_flips = defined & proposable_flips(net, X, X + torch.where(defined[:, None], z, 0.0))
 
         U = y0[:, None] * (direction / direction.norm().clamp_min(torch.finfo(X.dtype).tiny))[None, :]
         finite = z_norm[z_norm.isfinite()]

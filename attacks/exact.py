@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
-from marginbench.attacks.flips import strict_flips
+from marginbench.attacks.flips import proposable_flips
 from marginbench.attacks.rays import first_flip_along
 from marginbench.attacks.region_walk import RegionWalk
 from marginbench.models.branch_and_bound import branch_and_bound
@@ -113,7 +113,7 @@ class Exact:
                     nearer = _toward(net, x, outcome.delta.to(X)[None, :], inside.delta.to(X)[None, :])
                     candidates += [nearer, first_flip_along(net, x, nearer)]
             for candidate in candidates:  # each checked as x + candidate, exactly as the harness will
-                if candidate is not None and float(candidate.norm()) < float(start_norm[i]) and bool(strict_flips(net, x, x + candidate)[0]):
+                if candidate is not None and float(candidate.norm()) < float(start_norm[i]) and bool(proposable_flips(net, x, x + candidate)[0]):
                     delta[i], start_norm[i], found[i] = candidate[0], float(candidate.norm()), True
             if found[i] and float(start_norm[i]) > max(float(lower[i]), float(r0[i])) * (1.0 + PROOF_GAP):
                 self._close_gap(net, net64, i, x, X64[i], start_norm, delta, lower, r0, deadline=clock + self.time_limit)
@@ -147,7 +147,7 @@ class Exact:
                     break
                 continue
             flip = first_flip_along(net, x, outcome.flip.to(x)[None, :])
-            if flip is not None and float(flip.norm()) < float(best[i]) and bool(strict_flips(net, x, x + flip)[0]):
+            if flip is not None and float(flip.norm()) < float(best[i]) and bool(proposable_flips(net, x, x + flip)[0]):
                 delta[i], best[i] = flip[0], float(flip.norm())
                 ceiling, attempt = float(best[i]), True  # a leaf's optimum is often the optimum itself: ask just inside it
             else:
@@ -249,13 +249,13 @@ def _toward(net: TwoLayerNet, x: Tensor, near: Tensor, inside: Tensor, steps: in
     """(1, d): the point of the segment from ``near`` (the relaxed optimum, no flip) to ``inside`` (a flip)
     nearest to ``near`` that still flips beyond rounding, by bisection; x, near, inside: (1, d)."""
     lo, hi = 0.0, 1.0
-    if not bool(strict_flips(net, x, x + inside)[0]):
+    if not bool(proposable_flips(net, x, x + inside)[0]):
         return inside
     best = inside
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
         candidate = near + mid * (inside - near)  # checked as x + candidate, exactly as it is reported
-        if bool(strict_flips(net, x, x + candidate)[0]):
+        if bool(proposable_flips(net, x, x + candidate)[0]):
             hi, best = mid, candidate
         else:
             lo = mid

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
-from marginbench.attacks.flips import rounding_bound
+from marginbench.attacks.flips import PROPOSAL_TAUS, rounding_bound
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -70,11 +70,11 @@ class FMN:
             alpha = alpha0 * (self.alpha_final + (1.0 - self.alpha_final) * cosine)
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
             dx = delta.detach().requires_grad_(True)
-            loss = s * net(X + dx)  # (n,) < -tau: adversarial beyond rounding
+            loss = s * net(X + dx)  # (n,) < -PROPOSAL_TAUS tau: a flip the harness will confirm
             (g,) = torch.autograd.grad(loss.sum(), dx)
             loss = loss.detach()
             norm = delta.norm(dim=1)
-            adversarial = (loss < -rounding_bound(net, X + delta)) & (s != 0)
+            adversarial = (loss < -PROPOSAL_TAUS * rounding_bound(net, X + delta)) & (s != 0)
             smaller = adversarial & (norm < best_norm)
             best = torch.where(smaller[:, None], delta, best)
             best_norm = torch.where(smaller, norm, best_norm)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
-from marginbench.attacks.flips import flip_margin
+from marginbench.attacks.flips import PROPOSAL_TAUS, flip_margin
 from marginbench.attacks.subspace import SubspaceProjection
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -201,7 +201,7 @@ class MinimalPGD:
         rows still searching; after that, rows that flip are masked, not removed.
         """
         value, grad = net.value_and_input_grad(X + delta)
-        flipped = flip_margin(net, s, X + delta, value) < 0
+        flipped = flip_margin(net, s, X + delta, value, taus=PROPOSAL_TAUS) < 0
         rows = (~flipped).nonzero(as_tuple=True)[0]
         Xr, sr, er, dr, gr = X[rows], s[rows], eps[rows], delta[rows], grad[rows]
         done = torch.zeros(rows.numel(), dtype=torch.bool, device=X.device)
@@ -211,7 +211,7 @@ class MinimalPGD:
                 value, gr = net.value_and_input_grad(Xr + dr)
             else:
                 value = net(Xr + dr)  # the last iterate needs no gradient
-            done |= flip_margin(net, sr, Xr + dr, value) < 0
+            done |= flip_margin(net, sr, Xr + dr, value, taus=PROPOSAL_TAUS) < 0
         return flipped.index_copy(0, rows, done), delta.index_copy(0, rows, dr)
 
     def _walk(self, net: TwoLayerNet, X: Tensor, s: Tensor, eps_max: float) -> tuple[Tensor, Tensor]:
@@ -242,7 +242,7 @@ class MinimalPGD:
                 value = net(X + delta)  # the last iterate needs no gradient
             margin = s * value
             norm = delta.norm(dim=1)
-            smaller = (flip_margin(net, s, X + delta, value) < 0) & (norm < best_norm)
+            smaller = (flip_margin(net, s, X + delta, value, taus=PROPOSAL_TAUS) < 0) & (norm < best_norm)
             best = torch.where(smaller[:, None], delta, best)
             best_norm = torch.where(smaller, norm, best_norm)
             if step == self.walk_steps:

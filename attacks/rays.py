@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.flips import strict_flips
+from marginbench.attacks.flips import proposable_flips
 from marginbench.models.two_layer import TwoLayerNet
 
 ZERO_TOL = 1e-10  # |N| below this times sum_j |v_j (a_j + t s_j)| is a tie (N = 0), not a sign
@@ -101,8 +101,8 @@ def _chunk_intervals(net: TwoLayerNet, X: Tensor, U: Tensor, t_max: float, offse
 
 
 def flips(net: TwoLayerNet, X: Tensor, delta: Tensor) -> Tensor:
-    """(n,) bool: x_i + delta_i flips sign N(x_i) beyond rounding, by a plain forward pass (a tie is not a flip)."""
-    return strict_flips(net, X, X + delta)
+    """(n,) bool: x_i + delta_i is a proposable flip of sign N(x_i) (``proposable_flips``: a tie is not a flip)."""
+    return proposable_flips(net, X, X + delta)
 
 
 def smallest_verified(net: TwoLayerNet, X: Tensor, U: Tensor, intervals: FlipIntervals) -> Tensor:

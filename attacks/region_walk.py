@@ -29,7 +29,7 @@ from torch import Tensor
 
 from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
 from marginbench.attacks.boundary_walk import BoundaryWalk
-from marginbench.attacks.flips import strict_flips
+from marginbench.attacks.flips import proposable_flips
 from marginbench.attacks.fmn import FMN
 from marginbench.attacks.rays import first_flip_along, flip_intervals, smallest_verified
 from marginbench.models.two_layer import TwoLayerNet
@@ -105,7 +105,7 @@ def first_flips(net: TwoLayerNet, X: Tensor, y: Tensor, *, seed: int, max_norm_f
     """The better verified flip per example of ``BoundaryWalk`` (exact crossings; flat regions) and ``FMN``
     (gradients; trained nets): where the region walk and the exact attack start."""
     results = (BoundaryWalk(seed=seed, max_norm_factor=max_norm_factor)(net, X, y), FMN(max_norm_factor=max_norm_factor)(net, X, y))
-    norms = [torch.where(r.found & strict_flips(net, X, X + r.delta), r.delta.norm(dim=1), math.inf) for r in results]
+    norms = [torch.where(r.found & proposable_flips(net, X, X + r.delta), r.delta.norm(dim=1), math.inf) for r in results]
     second = norms[1] < norms[0]
     return AttackResult(delta=torch.where(second[:, None], results[1].delta, results[0].delta), found=torch.minimum(*norms).isfinite())
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import marginbench.attacks.exact as exact_module
@@ -47,6 +47,7 @@ def brute_force_radius(net: TwoLayerNet, x: torch.Tensor, directions: torch.Tens
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.integers(2, 3), width=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), bias=st.sampled_from([0.0, 0.5, 2.0]))
+@example(d=2, width=4, seed=90687, bias=2.0)  # exact proposed flips at N(x') ~ -tau that a 4-row pass rejected (flips.PROPOSAL_TAUS)
 def test_exact_is_never_beaten_by_a_brute_force_search_and_its_bound_never_exceeds_it(d: int, width: int, seed: int, bias: float) -> None:
     """On random tiny nets (flat all-off regions included: large negative biases), for every point: exact's
     verified norm is at most the brute-force minimum over 20,000 rays (it is the optimum, up to the depth it

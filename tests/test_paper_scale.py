@@ -26,6 +26,11 @@ from marginbench.models.two_layer import pytorch_default_init
 
 # --- float32 training -------------------------------------------------------------------------------------
 
+# How far a float32 trajectory's normalized margin may land from float64's (d = 16, width 64, arc schedule).
+# Measured over 1 and 2 threads and the kernels that other CPUs take (ATEN_CPU_CAPABILITY default/avx2/avx512
+# x MKL_ENABLE_INSTRUCTIONS SSE4_2/AVX2/AVX512): -0.02% to -0.31%; one machine's 1e-3 failed on another CPU.
+FLOAT32_PATH = 1e-2
+
 
 def test_float32_training_hands_back_float64_nets_on_the_float64_path() -> None:
     data = sphere(d=16, n=16, seed=0)
@@ -36,7 +41,7 @@ def test_float32_training_hands_back_float64_nets_on_the_float64_path() -> None:
         assert net.W.dtype == torch.float64 and report.stop_reason == "target_loss"
         margins[precision] = float((data.y * net(data.X)).min()) / net.sq_norm()
     assert margins["float32"] != margins["float64"]  # it did compute in float32 ...
-    assert margins["float32"] == pytest.approx(margins["float64"], rel=1e-3)  # ... and landed on the same net
+    assert margins["float32"] == pytest.approx(margins["float64"], rel=FLOAT32_PATH)  # ... and landed on the same net
 
 
 def test_an_unknown_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
