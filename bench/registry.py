@@ -21,6 +21,7 @@ from marginbench.bench import build, sources
 from marginbench.bench.build import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
 from marginbench.bench.errors import SpecError
 from marginbench.bench.families import FAMILIES
+from marginbench.bench.names import check_name
 from marginbench.bench.sources import Source
 from marginbench.bench.spec import ExperimentSpec
 
@@ -31,7 +32,8 @@ class Registry(Generic[F]):
     """Name -> factory, for one kind of thing (dataset, model, attack, preset), and where each name comes from.
 
     A name taken twice raises, except while a plugin is being loaded: then the second registration is set
-    aside as a conflict, and only asking for that name is an error (``get``).
+    aside as a conflict, and only asking for that name is an error (``get``). A name that would not read back
+    as itself from the tables or name a safe folder raises SpecError (``marginbench.bench.names``).
     """
 
     def __init__(self, kind: str, factories: Mapping[str, F] | None = None) -> None:
@@ -44,6 +46,8 @@ class Registry(Generic[F]):
                 self.register(name)(factory)
 
     def register(self, name: str) -> Callable[[F], F]:
+        check_name(self.kind, name)
+
         def add(factory: F) -> F:
             source = sources.current(factory)
             if name in self._factories:
