@@ -10,7 +10,8 @@ Two ways in:
   (``ATTACKS.register(...)``) when it is imported.
 
 A plugin that fails to import, or that registers a name already taken, is one warning line naming it, and the
-rest goes on; a taken name is an error only when it is asked for (``Registry.get``). Every name remembers its
+rest goes on; a taken name is an error only when it is asked for (``Registry.get``). A plugin that ends the
+program while it is imported (sys.exit, or a KeyboardInterrupt of its own) is an error (``PluginExit``). Every name remembers its
 source (``marginbench.bench.sources``), and result directories record the sources of the plugin names they
 used (manifest ``plugins``), which ``run --resume`` then requires again.
 """
@@ -22,9 +23,12 @@ import importlib
 import importlib.metadata
 import importlib.util
 import re
+import signal
 import sys
+import threading
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,45 @@ _loaded: dict[str, Source | None] = {}  # --plugin argument -> its source (None:
 _entry_points_loaded = False
 
 
+class PluginExit(Exception):
+    """Code that marginbench called (a plugin at import, an attack, a model) raised SystemExit, or a
+    KeyboardInterrupt that no Ctrl-C caused: a failure of that code, not a request to stop marginbench."""
+
+
+@contextmanager
+def plugin_code(what: str) -> Iterator[None]:
+    """Within the block, SystemExit and a KeyboardInterrupt that no SIGINT caused become PluginExit; ``what``
+    names the code (e.g. "attack fmn").
+
+    SystemExit is always converted: called code has no business ending the program, and letting it through
+    ends a sweep with status 0 and its work unsaved. KeyboardInterrupt is also how a user's Ctrl-C arrives,
+    which must still stop the run, so the two are told apart by watching SIGINT during the block: Python
+    raises a Ctrl-C's KeyboardInterrupt from the SIGINT handler, so one raised while no SIGINT came is the
+    code's own (off the main thread, or with SIGINT ignored, no signal can raise it at all).
+    """
+    seen = [False]
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    watch = callable(previous)
+
+    def note(signum: int, frame: types.FrameType | None) -> None:
+        seen[0] = True
+        previous(signum, frame)  # type: ignore[misc, operator]  # the usual handler: it raises KeyboardInterrupt
+
+    if watch:
+        signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    except SystemExit as err:
+        raise PluginExit(f"{what} called sys.exit({err.code!r})") from None
+    except KeyboardInterrupt:
+        if seen[0]:
+            raise  # the user's Ctrl-C: stop, as everywhere else
+        raise PluginExit(f"{what} raised KeyboardInterrupt itself (no Ctrl-C came)") from None
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]
+
+
 def _stderr(line: str) -> None:
     print(f"marginbench: warning: {line}", file=sys.stderr, flush=True)
 
@@ -53,8 +96,10 @@ def _guarded(label: str, source: Source, load: Callable[[], None], warn: Warn) -
     """Run ``load`` with its registrations attributed to ``source``; an exception or a taken name is one line."""
     before = _conflicts()
     try:
-        with sources.loading(source):
+        with sources.loading(source), plugin_code(f"plugin {label}"):
             load()
+    except PluginExit as err:  # it meant to end the program: going on without it would hide that
+        raise SpecError(f"{err} while being imported; a plugin registers names and returns: remove that, or leave the plugin out") from None
     except Exception as err:  # a broken plugin must not stop the others, nor the built-ins
         text = " ".join(str(err).split())
         warn(f"plugin {label} failed to import ({type(err).__name__}{': ' + text if text else ''}); going on without it")
@@ -104,6 +149,8 @@ def load_plugin(plugin: str, warn: Warn = _stderr) -> Source | None:
         if not path.is_file():
             warn(f"plugin {plugin} failed to import (no such file); going on without it")
             return None
+        if path.suffix != ".py":  # importlib has no loader for it
+            raise SpecError(f"plugin {plugin} is a file whose name does not end in .py: give a .py file, or an importable module's name", cli=f"--plugin {plugin} is a file whose name does not end in .py: give a .py file, or an importable module's name")
         source = _file_source(path)
         # A unique module name per file and content: two plugins named plugin.py do not replace each other.
         name = "marginbench_plugin_" + re.sub(r"\W", "_", path.stem) + "_" + source.sha256[:12]

@@ -35,7 +35,8 @@ from marginbench.bench.measure import (
     verify,
     verify_shared,
 )
-from marginbench.bench.plugins import load_plugins, quiet
+from marginbench.bench.plugins import load_plugins, plugin_code, quiet
+from marginbench.bench.proposal import checked
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
 from marginbench.bench.timing import clocked
@@ -138,19 +139,20 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     """(result, status, error) of attack ``name`` on the run's attacked points.
 
     status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
-    missing (AttackUnavailable); or "failed" where it raised or proposed arrays of the wrong shape. An attack
+    missing (AttackUnavailable); or "failed" where it raised or proposed what cannot be verified. An attack
     that fails on one model must not end the sweep: its rows carry no proposal (every norm +inf), the error
-    is one line, and the other attacks and runs go on.
+    is one line, and the other attacks and runs go on. So is an attack that calls sys.exit or raises
+    KeyboardInterrupt itself (``plugin_code``: a user's Ctrl-C still stops the run), or that returns
+    something the harness cannot verify (``proposal.checked``).
     """
     X, y = data.attacked
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
     if not isinstance(net, TwoLayerNet) and name not in AUTOGRAD_ATTACKS:
         return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(AUTOGRAD_ATTACKS)}"
     try:
-        result = ATTACKS.get(name)(data, context)(net, X, y)
-        if result.delta.shape != X.shape or result.found.shape != y.shape:
-            raise ValueError(f"proposed delta {tuple(result.delta.shape)} and found {tuple(result.found.shape)} for points {tuple(X.shape)}")
-        return result, "ok", ""
+        with plugin_code(f"attack {name}"):
+            result = ATTACKS.get(name)(data, context)(net, X, y)
+        return checked(result, X, y), "ok", ""
     except AttackUnavailable as err:
         return nothing, "unavailable", one_line(err)
     except Exception as err:  # any failure of third-party attack code is recorded, not raised
@@ -263,11 +265,12 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
             echo(line)
 
     run = task.run
-    load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
     start = time.perf_counter()
     try:
-        record = execute_run(task, log, prebuilt)
+        load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
+        with plugin_code(f"the run's dataset or model ({run.dataset}, {run.model})"):  # a plugin's sys.exit fails this run only
+            record = execute_run(task, log, prebuilt)
     except Exception as err:  # a failed run is recorded and the sweep goes on
         error = one_line(err)
         log(f"  failed: {error}")

@@ -22,7 +22,11 @@ __all__ = ["main", "make_parser", "prepare_run", "run_conflict", "specs_from_arg
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marginbench`` console script and of ``python -m marginbench``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    load_plugins(_plugin_args(argv))  # before the parser: plugin names are choices of --models and --attacks
+    try:
+        load_plugins(_plugin_args(argv))  # before the parser: plugin names are choices of --models and --attacks
+    except SpecError as err:
+        print(f"{PROG}: error: {err.cli}", file=sys.stderr)
+        return 2
     parser = make_parser()
     args = parser.parse_args(argv)
     conflict = run_conflict(args) if args.command == "run" else None
