@@ -104,6 +104,10 @@ def attack(args: argparse.Namespace) -> int:
     except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
         print(f"{PROG}: error: {err}; finish with: {again}", file=sys.stderr)
         return 1
+    from marginbench.bench.report.results import verify_directory
+
+    # as `run` does (its figures read DIR back, verified): a plugin's code ran here and may have damaged other runs
+    verify_directory(Path(target), target)
     print(run_table(summary[summary["attack"].isin([*args.attacks, "best"])]))
     print(f"\nresults: {target}/summary.csv, {target}/examples.csv, {target}/runs/")
     return 1 if (summary["run_status"] != "ok").any() else 0
@@ -227,6 +231,11 @@ def plot(args: argparse.Namespace) -> int:
     if args.out is None and len(args.dirs) > 1:
         raise SpecError("give -o OUTDIR when plotting several result directories")
     results = read_results(args.dirs)
+    rows = results.examples if results.examples is not None else results.summary
+    if results.examples is None and "n_attacked" in rows:
+        rows = rows[rows["n_attacked"] > 0]
+    if (rows["attack"] == "best").all():  # only failed runs: nothing to draw, said as `leaderboard` says it
+        raise SpecError("the result directories hold no attack rows")
     out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
     if out.exists() and not out.is_dir():
         raise SpecError(f"-o {out} exists and is not a directory")
