@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,105 @@ def test_resume_retries_a_failed_run_and_says_so(tmp_path: Path, monkeypatch: py
     assert run_cli(["run", "--resume", str(out), "--no-progress"]) == 0
     assert f"retrying {run_id}: it failed (MemoryError: pretend the model did not fit)" in capsys.readouterr().err
     assert attempts == [run_id, run_id] and (pd.read_csv(out / "summary.csv")["run_status"] == "ok").all()
+
+
+def _returns(make: Callable[[Tensor, Tensor, AttackResult], object]) -> Callable[[Dataset, RunContext], Attack]:
+    """A factory of an attack that returns ``make(X, y, universal-z's result)``: a good proposal made bad."""
+
+    def factory(data: Dataset, context: RunContext) -> Attack:
+        good = ATTACKS.get("universal-z")(data, context)
+        return lambda net, X, y: make(X, y, good(net, X, y))  # type: ignore[return-value]
+
+    return factory
+
+
+def _exits(X: Tensor, y: Tensor, good: AttackResult) -> object:
+    raise SystemExit(0)
+
+
+def _interrupts(X: Tensor, y: Tensor, good: AttackResult) -> object:
+    raise KeyboardInterrupt
+
+
+BAD_ATTACKS = {
+    "exits": (_exits, "PluginExit: attack exits called sys.exit(0)"),
+    "interrupts": (_interrupts, "PluginExit: attack interrupts raised KeyboardInterrupt itself (no Ctrl-C came)"),
+    "float-found": (lambda X, y, good: AttackResult(delta=good.delta, found=1.0), "BadProposal: found must be a bool tensor of shape (8,), got a float"),  # type: ignore[arg-type]
+    "float-mask": (lambda X, y, good: AttackResult(delta=good.delta, found=good.found.double()), "BadProposal: found must be a bool tensor of shape (8,), got a float64 tensor of shape (8,)"),
+    "short-delta": (lambda X, y, good: AttackResult(delta=good.delta[:3], found=good.found), "BadProposal: delta must be a floating tensor of shape (8, 8), got a float64 tensor of shape (3, 8)"),
+    "nan-delta": (lambda X, y, good: AttackResult(delta=good.delta * torch.nan, found=good.found), "BadProposal: delta holds NaN or inf in 8 of the rows that found proposes as flips"),
+    "not-a-result": (lambda X, y, good: (good.delta, good.found), "BadProposal: an attack returns an AttackResult, not a tuple"),
+}
+
+
+def test_an_attack_that_exits_or_returns_what_cannot_be_verified_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, (make, _) in BAD_ATTACKS.items():
+        monkeypatch.setitem(ATTACKS._factories, name, _returns(make))
+    # detached, not refused: the harness reads the values only
+    monkeypatch.setitem(ATTACKS._factories, "grad-delta", _returns(lambda X, y, good: AttackResult(delta=good.delta.clone().requires_grad_(), found=good.found)))
+    out = tmp_path / "o"
+    attacks = ",".join([*BAD_ATTACKS, "grad-delta", "universal-z"])
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--attacks", attacks, "--seeds", "0", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv").set_index("attack")
+    for name, (_, error) in BAD_ATTACKS.items():
+        assert (summary.loc[name, "attack_status"], summary.loc[name, "error"], summary.loc[name, "success_rate"]) == ("failed", error, 0), name
+    assert summary.loc["universal-z", "success_rate"] == 1 and summary.loc["best", "success_rate"] == 1
+    assert summary.loc["grad-delta", "attack_status"] == "ok" and summary.loc["grad-delta", "success_rate"] == 1
+    norms = pd.read_csv(out / "examples.csv").pivot(index="index", columns="attack", values="norm")
+    np.testing.assert_array_equal(norms["grad-delta"], norms["universal-z"])
+    np.testing.assert_array_equal(norms["best"], norms["universal-z"])
+
+
+def test_a_model_that_exits_is_a_failed_run_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def quits(data: Dataset, context: RunContext) -> BuiltModel:
+        raise SystemExit(3)
+
+    monkeypatch.setitem(MODELS._factories, "quits", quits)
+    out = tmp_path / "o"
+    assert run_cli(["run", *QUICK, "--models", "quits,robust-construction", "--seeds", "0", "--out", str(out)]) == 1
+    summary = pd.read_csv(out / "summary.csv").set_index("model")
+    assert summary.loc["quits", "run_status"] == "failed"
+    assert summary.loc["quits", "error"] == "PluginExit: the run's dataset or model (sphere, quits) called sys.exit(3)"
+    assert (summary.loc["robust-construction", "run_status"] == "ok").all()
+
+
+def test_a_ctrl_c_during_an_attack_still_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def pressed(X: Tensor, y: Tensor, good: AttackResult) -> object:
+        signal.raise_signal(signal.SIGINT)  # what a Ctrl-C delivers: a KeyboardInterrupt from the SIGINT handler
+        return good
+
+    monkeypatch.setitem(ATTACKS._factories, "pressed", _returns(pressed))
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "o"
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--attacks", "pressed", "--seeds", "0,1", "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler  # put back as it was
+
+
+def test_attack_fails_when_a_plugin_damaged_other_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--seeds", "0,1", "--out", str(out)]) == 0
+
+    def vandal(X: Tensor, y: Tensor, good: AttackResult) -> object:
+        for marker in out.glob("runs/*/COMPLETE"):
+            marker.unlink()
+        return good
+
+    monkeypatch.setitem(ATTACKS._factories, "vandal", _returns(vandal))
+    capsys.readouterr()
+    assert run_cli(["attack", str(out), "--attacks", "vandal"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"marginbench: error: {out}/runs/") and "it has no completion marker" in last and f"marginbench run --resume {out}" in last
+
+
+def test_plot_of_only_failed_runs_is_exit_2_as_leaderboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def explodes(data: Dataset, context: RunContext) -> BuiltModel:
+        raise MemoryError("pretend the model did not fit")
+
+    monkeypatch.setitem(MODELS._factories, "explodes", explodes)
+    out = tmp_path / "o"
+    assert run_cli(["run", *QUICK, "--models", "explodes", "--seeds", "0", "--out", str(out)]) == 1
+    for command in ("leaderboard", "plot"):
+        capsys.readouterr()
+        assert run_cli([command, str(out)]) == 2, command
+        assert capsys.readouterr().err.strip().splitlines() == ["marginbench: error: the result directories hold no attack rows"], command
