@@ -21,6 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from marginbench.bench.errors import SpecError
+from marginbench.bench.names import NA_VALUES, name_problem
+from marginbench.bench.presets import PRESETS
+from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
+
 DIST = Path(__file__).resolve().parent / "plugin_dist"
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--seeds", "0", "--no-progress"]
 ENTRY = "distribution marginbench-demo-plugin 0.1.0"
@@ -140,3 +145,61 @@ def test_plugin_files_and_modules_broken_plugins_and_taken_names(tmp_path: Path)
     assert taken.returncode == 2
     assert "attack 'pgd' is registered twice, by built-in and by plugin file" in taken.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    ("file", "code", "message"),
+    [
+        ("stop.py", "import sys\nsys.exit(0)\n", "plugin stop.py called sys.exit(0) while being imported"),
+        ("ctrl_c.py", "raise KeyboardInterrupt\n", "plugin ctrl_c.py raised KeyboardInterrupt itself (no Ctrl-C came) while being imported"),
+        ("my_plugin", "x = 1\n", "--plugin my_plugin is a file whose name does not end in .py: give a .py file, or an importable module's name"),
+    ],
+    ids=["sys-exit", "keyboard-interrupt", "no-py-suffix"],
+)
+def test_a_plugin_that_ends_the_program_at_import_is_one_line_and_exit_2(file: str, code: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / file).write_text(code)
+    listed = marginbench(["list", "--plugin", file], tmp_path)
+    assert listed.returncode == 2 and listed.stdout == ""
+    assert listed.stderr.strip().splitlines() == [f"marginbench: error: {message}" + ("; a plugin registers names and returns: remove that, or leave the plugin out" if file.endswith(".py") else "")]
+
+
+REFUSED = {
+    "best.py": ("attack", "best", "'best' is reserved (the per-example minimum over the attacks, which the harness adds)"),
+    "escape.py": ("model", "x/../../../../escaped", "it contains a path separator or '..' (it names a folder under runs/)"),
+    "missing.py": ("attack", "NaN", "pandas reads it back as a missing value"),
+}
+
+
+def test_plugin_names_that_would_not_read_back_are_refused(tmp_path: Path) -> None:
+    for file, (kind, name, _) in REFUSED.items():
+        registry = "ATTACKS" if kind == "attack" else "MODELS"
+        (tmp_path / file).write_text(f"from marginbench import {registry}\n{registry}.register({name!r})(lambda data, context: None)\n")
+    plugins = [arg for file in REFUSED for arg in ("--plugin", file)]
+    listed = marginbench(["list", *plugins], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    warnings = listed.stderr.strip().splitlines()
+    assert warnings == [f"marginbench: warning: plugin {file} failed to import (SpecError: {kind} name {name!r} is refused: {why}); going on without it" for file, (kind, name, why) in REFUSED.items()]
+    best = marginbench(["run", *QUICK, "--models", "robust-construction", "--attacks", "best", "--out", "o", "--plugin", "best.py"], tmp_path)
+    assert best.returncode == 2 and "unknown attack 'best'" in best.stderr.strip().splitlines()[-1]
+    escaped = marginbench(["run", *QUICK, "--models", "x/../../../../escaped", "--attacks", "universal-z", "--out", "deep/er/o", "--plugin", "escape.py"], tmp_path)
+    assert escaped.returncode == 2 and "unknown model 'x/../../../../escaped'" in escaped.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "deep").exists() and not list(tmp_path.parent.glob("**/*escaped*"))
+
+
+@pytest.mark.parametrize("name", ["best", "nan", "NA", "NaN", "null", "None", "", "n/a", "x/../../../../escaped", "a\\b", "..", ".hidden", "a\tb", "a\nb", "a,b", "a b", "1", "1e5", "inf", "True", "x" * 65, 3])
+def test_the_name_rule_refuses_names_that_would_not_read_back(name: object) -> None:
+    registry: Registry[object] = Registry("widget")
+    with pytest.raises(SpecError, match=r"^widget name .* is refused: ") as refused:
+        registry.register(name)  # type: ignore[arg-type]
+    assert "\n" not in str(refused.value)
+    assert name_problem(name) is not None and name not in registry
+
+
+def test_every_built_in_name_passes_the_rule_and_it_knows_pandas_missing_values() -> None:
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    for registry in (DATASETS, MODELS, ATTACKS, TRAINING_PLANS, PRESETS):
+        assert {name: name_problem(name) for name in registry.names() if name_problem(name)} == {}
+    assert set(STR_NA_VALUES) <= NA_VALUES  # a pandas that reads more as missing must be followed
+    for name in ("demo-gradient-step", "my_attack.v2", "pgd+restarts", "A1"):
+        assert name_problem(name) is None
