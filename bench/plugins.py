@@ -150,7 +150,8 @@ def load_plugin(plugin: str, warn: Warn = _stderr) -> Source | None:
             warn(f"plugin {plugin} failed to import (no such file); going on without it")
             return None
         if path.suffix != ".py":  # importlib has no loader for it
-            raise SpecError(f"plugin {plugin} is a file whose name does not end in .py: give a .py file, or an importable module's name", cli=f"--plugin {plugin} is a file whose name does not end in .py: give a .py file, or an importable module's name")
+            why = "is a file whose name does not end in .py: give a .py file, or an importable module's name"
+            raise SpecError(f"plugin {plugin} {why}", cli=f"--plugin {plugin} {why}")
         source = _file_source(path)
         # A unique module name per file and content: two plugins named plugin.py do not replace each other.
         name = "marginbench_plugin_" + re.sub(r"\W", "_", path.stem) + "_" + source.sha256[:12]
