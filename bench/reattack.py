@@ -98,7 +98,7 @@ def copy_directory(source: Path, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_FILE, WRITER_FILE, ".*.tmp"))
-            manifest = json.loads((staging / "manifest.json").read_text())
+            manifest = ResultStore(staging).read_manifest()  # checked before it is sealed again with copied_from
             manifest["copied_from"] = {"path": str(source.resolve()), "at": _now()}
             ResultStore(staging).write_manifest(manifest)
             if out.exists():
@@ -107,6 +107,17 @@ def copy_directory(source: Path, out: Path) -> None:
         except OSError as err:
             shutil.rmtree(staging, ignore_errors=True)
             raise SpecError(f"cannot copy {source} to --out {out}: {err.strerror or err}") from None
+
+
+def _check_apart(source: Path, out: Path) -> None:
+    """SpecError unless --out and DIR are apart: a copy into the directory it copies never ends."""
+    a, b = source.resolve(), out.resolve()
+    if a == b:
+        raise SpecError(f"--out {out} is {source} itself: leave --out out to attack {source} in place")
+    if a in b.parents:
+        raise SpecError(f"--out {out} lies inside {source}: a copy cannot go into the directory it copies; choose a folder outside it")
+    if b in a.parents:
+        raise SpecError(f"--out {out} holds {source}: a copy cannot replace a folder around the directory it copies; choose a folder outside it")
 
 
 def _now() -> str:
@@ -162,6 +173,7 @@ def attack_directory(
     target = source
     if out is not None:
         target = Path(out)
+        _check_apart(source, target)
         if not _copy_of(target, source):
             sweep = tuple(spec_from_dict(stored) for stored in ResultStore(source).read_manifest()["specs"])
             if not overwrite:
@@ -182,6 +194,9 @@ def attack_directory(
         else:
             log(f"finishing the unfinished attack of {target} with {', '.join(attacks)} ({session['id']}, started {session.get('started')})")
         runs = [run for spec in sweep for run in spec.runs()]
+        stray = store.stray_runs({run.run_id for run in runs})
+        if stray:
+            raise SpecError(f"{target}: {store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
         devices = {run.device: _device(target, run.device) for run in runs}
 
         finished: dict[int, RunRecord] = {}

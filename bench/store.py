@@ -11,6 +11,13 @@ the tables are rewritten after each run, so everything finished so far is on dis
 its ``COMPLETE`` marker exists: the marker is written last and holds the SHA-256 of every file of the run,
 so ``marginbench run --resume DIR`` can trust the run's rows, rebuild the tables from them, and redo every
 run that has no marker (or whose files do not match it).
+
+The checks fail closed. manifest.json carries ``manifest_sha256``, the SHA-256 of its own canonical content
+(``manifest_digest``), so an edited spec, commit, preset, run list or table checksum is refused, not trusted.
+A marker must vouch for every file of its run that is there, and for model.pt, data.npz and
+perturbations.npz wherever run.json says the run finished ("ok"): a deleted entry is a refusal, never a
+skipped check. Checksums guard against accidents, partial edits and truncation, not against a forger who
+recomputes them all.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +42,7 @@ RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
 ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")
 ROW_FILES = ("examples.csv", "run.json")
 MARKER = "COMPLETE"
+SEAL = "manifest_sha256"  # manifest.json's checksum of its own canonical content (``manifest_digest``)
 STAGED = ".next"  # suffix of a finished run's replacement files until they are committed (``rewrite_rows``)
 
 
@@ -110,12 +118,13 @@ class ResultStore:
                     run_dir.rmdir()
 
     def read_manifest(self) -> dict[str, Any]:
-        """manifest.json as a dict; SpecError if it is not a JSON object."""
+        """manifest.json as a dict; SpecError if it is not a JSON object or does not match its own checksum."""
         path = self.root / "manifest.json"
         try:
             manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise SpecError(f"cannot read {path}: {err}") from None
+        except (OSError, ValueError, RecursionError) as err:
+            raise SpecError(f"cannot read {path}: {_first_line(err)}") from None
+        check_seal(manifest, path)
         specs = manifest.get("specs") if isinstance(manifest, dict) else None
         if not (isinstance(specs, list) and specs and all(isinstance(spec, dict) for spec in specs)):
             raise SpecError(f"{path} holds no experiment spec")
@@ -125,7 +134,9 @@ class ResultStore:
         return self.root / "runs" / run_id
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        text = json.dumps(manifest, indent=2, sort_keys=False, default=str, allow_nan=True) + "\n"
+        """manifest.json with its ``manifest_sha256``, computed on the JSON as it will be read back."""
+        plain = json.loads(json.dumps({k: v for k, v in manifest.items() if k != SEAL}, default=str, allow_nan=True))
+        text = json.dumps({**plain, SEAL: manifest_digest(plain)}, indent=2, sort_keys=False, allow_nan=True) + "\n"
         atomic_write(self.root / "manifest.json", lambda f: f.write(text.encode()))
 
     def write_run(
@@ -206,12 +217,16 @@ class ResultStore:
         return rows
 
     def read_run(self, run_id: str) -> tuple[tuple[pd.DataFrame, dict[str, Any]] | None, str | None]:
-        """((examples, record), None) for a finished run whose files match its marker, else (None, why not)."""
+        """((examples, record), None) for a finished run whose files match its marker, else (None, why not).
+
+        SpecError where the marker itself was edited (``_check_marker_covers``): refused, not mended by a redo.
+        """
         run_dir = self.run_dir(run_id)
         if not (run_dir / MARKER).exists():
             return None, "it has no completion marker (it did not finish)" if run_dir.exists() else "it has not run"
         try:
-            files = json.loads((run_dir / MARKER).read_text())["sha256"]
+            marker = json.loads((run_dir / MARKER).read_text())
+            files = marker["sha256"]
             missing = [name for name in ROW_FILES if name not in files]
             if missing:
                 return None, f"its completion marker does not vouch for {', '.join(missing)}"
@@ -222,9 +237,28 @@ class ResultStore:
                     return None, f"{name} does not match the checksum in its completion marker"
             record = json.loads((run_dir / "run.json").read_text())
             examples = pd.read_csv(run_dir / "examples.csv")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            status = record["run_row"]["run_status"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             return None, f"its files cannot be read ({type(err).__name__}: {err})"
+        self._check_marker_covers(run_id, marker, status)
         return (examples, record), None
+
+    def _check_marker_covers(self, run_id: str, marker: Mapping[str, Any], status: object) -> None:
+        """SpecError where the marker leaves out a file it must vouch for (every array file that is there, and
+        all three where the run finished "ok"), or names another run: no crash writes such a marker (it is
+        written whole, after every file), so it was edited, and the run can be neither trusted nor mended."""
+        run_dir = self.run_dir(run_id)
+        files = marker["sha256"]
+        unvouched = [name for name in ARRAY_FILES if name not in files and (status == "ok" or (run_dir / name).exists())]
+        fix = f"the run cannot be trusted: delete {run_dir} and `marginbench run --resume {self.root}` redoes it"
+        if unvouched:
+            raise SpecError(f"{run_dir}: its completion marker does not vouch for {', '.join(unvouched)} (an entry deleted from {MARKER}?); {fix}")
+        if marker.get("run_id") != run_id:
+            raise SpecError(f"{run_dir}: its completion marker is another run's ({marker.get('run_id')!r}); {fix}")
+
+    def stray_runs(self, run_ids: Collection[str]) -> list[str]:
+        """Finished runs (with a marker) under runs/ that are not among ``run_ids``, sorted."""
+        return sorted(marker.parent.name for marker in self.root.glob(f"runs/*/{MARKER}") if marker.parent.name not in run_ids)
 
     def forget_run(self, run_id: str) -> None:
         """Remove a run's files, its marker first: before a run is (re)written, nothing stale can be vouched for."""
@@ -232,6 +266,27 @@ class ResultStore:
             (self.run_dir(run_id) / name).unlink(missing_ok=True)
         for staged in self.run_dir(run_id).glob(f"*{STAGED}"):
             staged.unlink(missing_ok=True)
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON (sorted keys, no spaces), ``manifest_sha256`` itself left out."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
+
+
+def check_seal(manifest: object, path: Path) -> None:
+    """SpecError unless ``manifest`` (manifest.json, parsed) is an object that matches its ``manifest_sha256``."""
+    if not isinstance(manifest, dict):
+        raise SpecError(f"{path} is not a JSON object")
+    if not isinstance(manifest.get(SEAL), str):
+        raise SpecError(f"{path} carries no checksum of itself ({SEAL}), so its specs, commit and list of runs cannot be trusted")
+    if manifest_digest(manifest) != manifest[SEAL]:
+        raise SpecError(f"{path} does not match its own checksum ({SEAL}): its specs, preset, commit, list of runs or table checksums were edited")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err)
+    return text.splitlines()[0] if text.strip() else type(err).__name__
 
 
 def _check_writable(root: Path, option: str, *, create: bool) -> None:

@@ -187,6 +187,9 @@ def run_sweep(
             # The first session's provenance stays on top; each resume adds its own (code may have changed since).
             manifest = store.read_manifest()
             check_same_sweep(out, sweep, stored_sweep(store)[0])
+            stray = store.stray_runs({run.run_id for run in runs})
+            if stray:  # not this sweep's: resuming would leave it there, and every report would refuse DIR
+                raise SpecError(f"resume {out}: {store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
             manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
         else:
             manifest = _new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), session, now)

@@ -56,7 +56,7 @@ def _result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere") -> 
     tables = ResultStore(root).write_tables(examples=pd.DataFrame(ex), summary=pd.DataFrame(su))
     manifest = {"preset": "default", "specs": [{"d": 4, "width": 8, "note": "<i>&"}], "git_commit": COMMIT, "versions": {"marginbench": "0.1.0"},
                 "command": ["marginbench", "run", "--out", str(root)], "tables": tables}  # fmt: skip
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    ResultStore(root).write_manifest(manifest)
     return root
 
 

@@ -25,7 +25,7 @@ def _write_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame) -> Pat
     """A hand-made result directory: the two tables and a manifest that holds their checksums (store.verify)."""
     root.mkdir(parents=True, exist_ok=True)
     tables = ResultStore(root).write_tables(examples=examples, summary=summary)
-    (root / "manifest.json").write_text(json.dumps({"tables": tables}))
+    ResultStore(root).write_manifest({"tables": tables})
     return root
 
 
@@ -211,7 +211,7 @@ def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture
         (["check", "{tmp}/r", "--baseline", "{tmp}/missing.json"], "cannot read baseline"),
         (["check", "{tmp}/r", "--baseline", "{tmp}/r/summary.csv"], "is not valid JSON"),
         (["check", "{tmp}/r", "--baseline", "{tmp}/other.json"], "is not a marginbench baseline"),
-        (["check", "{tmp}"], "the following arguments are required: --baseline"),
+        (["check", "{tmp}"], "give --baseline PATH, --deep, or both"),
         (["plot", "{tmp}/nope"], "no such result directory"),
         (["plot", "{tmp}/r", "{tmp}/r"], "give -o OUTDIR"),
     ],

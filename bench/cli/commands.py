@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,36 +151,15 @@ def _table_format(name: str, *, exports: tuple[str, ...] = ()) -> str:
     return name
 
 
-def _check_output(path: Path) -> None:
-    """SpecError (one line) unless -o names a file in an existing folder: said before any work."""
-    if path.is_dir():
-        raise SpecError(f"-o {path} is a directory: give the file's path, e.g. {path / 'leaderboard.html'}")
-    if not path.parent.is_dir():
-        raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
-
-
-def _write_output(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (-o) whole or not at all; SpecError (one line) when it cannot be."""
-    from marginbench.bench.store import atomic_write
-
-    _check_output(path)
-    try:
-        atomic_write(path, lambda f: f.write(text.encode()))
-        umask = os.umask(0o022)  # the temporary file is private (0600); a page to publish is readable as umask allows
-        os.umask(umask)
-        path.chmod(0o666 & ~umask)
-    except OSError as err:
-        raise SpecError(f"cannot write {path}: {err.strerror or err}") from None
-
-
 def leaderboard(args: argparse.Namespace) -> int:
+    from marginbench.bench.report.output_file import check_output, write_output
     from marginbench.bench.report.results import read_results
 
     tablefmt = _table_format(args.format, exports=EXPORTS)
     if tablefmt == "html" and args.output is None:
         raise SpecError("--format html writes a page with its figures: give -o PAGE, e.g. -o leaderboard.html")
     if args.output is not None:
-        _check_output(Path(args.output))
+        check_output(Path(args.output), example="leaderboard.html")
     results = read_results(args.dirs, need_examples=True)
     if tablefmt in ("json", "csv"):
         from marginbench.bench.report.export import leaderboard_csv, leaderboard_json
@@ -201,14 +179,16 @@ def leaderboard(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="")
     else:
-        _write_output(Path(args.output), text)
+        write_output(Path(args.output), text, example="leaderboard.html")
         print(f"wrote {args.output}")
     return 0
 
 
 def baseline(args: argparse.Namespace) -> int:
     from marginbench.bench.report.check import make_baseline, write_baseline
+    from marginbench.bench.report.output_file import check_output
 
+    check_output(Path(args.output), example="baseline.json")  # before any work
     baseline = make_baseline(args.dir)
     write_baseline(baseline, args.output)
     print(f"wrote {args.output}: {len(baseline['values'])} numbers of {args.dir} with their tolerance bands")
@@ -217,12 +197,22 @@ def baseline(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     from marginbench.bench.report.check import compare, drift_text, read_baseline
+    from marginbench.bench.report.deep_check import deep_check, deep_text
 
+    if args.baseline is None and not args.deep:
+        raise SpecError("give --baseline PATH, --deep, or both: there is nothing to check DIR against")
     tablefmt = _table_format(args.format)
-    baseline = read_baseline(args.baseline)
-    drifted = compare(args.dir, baseline)
-    print(drift_text(drifted, checked=len(baseline["values"]), tablefmt=tablefmt))
-    return 0 if drifted.empty else 1
+    failed = False
+    if args.baseline is not None:
+        baseline = read_baseline(args.baseline)
+        drifted = compare(args.dir, baseline)
+        print(drift_text(drifted, checked=len(baseline["values"]), tablefmt=tablefmt))
+        failed = not drifted.empty
+    if args.deep:
+        problems, checked = deep_check(args.dir)
+        print(deep_text(problems, checked=checked, tablefmt=tablefmt))
+        failed = failed or not problems.empty
+    return 1 if failed else 0
 
 
 def plot(args: argparse.Namespace) -> int:

@@ -154,9 +154,22 @@ in the file to tighten or loosen one metric; "*" applies to metrics without thei
 CHECK_EPILOG = """\
 examples:
   marginbench check runs/baseline --baseline results/baseline.json
+  marginbench check results/zoo --deep
+  marginbench check runs/baseline --baseline results/baseline.json --deep     both checks, in that order
 
-Exit status: 0 when every number of the baseline is within its band in DIR, 1 when some drifted or are
-missing (a table names each one: run, attack, metric, baseline, value, difference, allowed), 2 on bad input.
+DIR is first verified against its checksums (manifest.json's own, the tables', each run's COMPLETE marker);
+anything altered, cut short or left without a checksum entry is refused (exit 2).
+
+--baseline: every number of the baseline must lie within its band in DIR's summary.csv.
+--deep: every row of examples.csv is recomputed from runs/<run_id>/{model.pt,data.npz,perturbations.npz}:
+  the net in float64, each attack's saved perturbation applied to the attacked points, success by the
+  harness's flip rule (sign change beyond the rounding bound), norm ||delta|| where it flips (+inf elsewhere),
+  best = the minimum over the attacks; a table lists every row whose success or norm (beyond 1e-9 relative)
+  disagrees. It needs DIR's runs/ folder. Give --baseline, --deep, or both.
+
+Exit status: 0 when every check passes; 1 when some number drifted or is missing (a table names each one:
+run, attack, metric, baseline, value, difference, allowed) or some row disagrees with its recomputation; 2 on
+bad input (an unreadable, non-regular, oversize or malformed baseline; a directory that fails verification).
 """
 
 

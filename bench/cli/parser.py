@@ -214,7 +214,7 @@ def make_parser() -> argparse.ArgumentParser:
     attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
     # names are checked by the command, which can say which plugin an attack DIR already had came from
     attack.add_argument("--attacks", required=True, type=_comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
-    attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched")
+    attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched (NEWDIR must lie outside DIR, and DIR outside NEWDIR)")
     attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
     _add_plugin_option(attack)
     attack.set_defaults(handler=commands.attack)
@@ -269,17 +269,27 @@ def _add_report_commands(sub: Any) -> None:
         help="a tabulate table format: github (default), plain, simple, grid, latex, ...; or json / csv: both tables as records at full "
         "precision with each directory's provenance (see below); or html: one self-contained page (needs -o)",
     )
-    board.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output (required for --format html)")
+    board.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output (required for --format html). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.")
     board.set_defaults(handler=commands.leaderboard)
 
     base = sub.add_parser("baseline", help="write a regression baseline of a result directory", description="Write DIR's numbers and their tolerance bands to a JSON baseline.", epilog=BASELINE_EPILOG, formatter_class=raw)
     base.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
-    base.add_argument("-o", "--output", required=True, metavar="PATH", help="the baseline file to write (JSON)")
+    base.add_argument("-o", "--output", required=True, metavar="PATH", help="the baseline file to write (JSON). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.")
     base.set_defaults(handler=commands.baseline)
 
-    check = sub.add_parser("check", help="compare a result directory with a baseline", description="Check that every number of a baseline is within its band in DIR.", epilog=CHECK_EPILOG, formatter_class=raw)
+    check = sub.add_parser(
+        "check",
+        help="compare a result directory with a baseline, and/or recompute its norms and flips (--deep)",
+        description="Check that every number of a baseline is within its band in DIR (--baseline), and/or that every norm and flip "
+        "of DIR's examples.csv follows from its saved nets, points and perturbations (--deep). Give one of them, or both.",
+        epilog=CHECK_EPILOG,
+        formatter_class=raw,
+    )
     check.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
-    check.add_argument("--baseline", required=True, metavar="PATH", help="a file written by `marginbench baseline`")
+    check.add_argument("--baseline", metavar="PATH", help="a file written by `marginbench baseline`")
+    check.add_argument(
+        "--deep", action="store_true", help="recompute every norm and flip of examples.csv from runs/*/{model.pt,data.npz,perturbations.npz} (float64, the harness's flip rule)"
+    )
     check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
     check.set_defaults(handler=commands.check)
 

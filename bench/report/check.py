@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,12 @@ import pandas as pd
 from tabulate import tabulate
 
 from marginbench.bench.errors import SpecError
+from marginbench.bench.report.output_file import check_output, write_output
 from marginbench.bench.report.results import read_provenance, read_results
-from marginbench.bench.store import atomic_write
 
 FORMAT = "marginbench-baseline/1"
+VALUE_KEYS = ("run_id", "attack", "metric", "value")
+MAX_BASELINE_BYTES = 256 * 2**20  # the committed baselines are ~70 kB: a file this large is not one
 KEY = ("run_id", "attack")
 # Never compared: timings vary from call to call and machine to machine; the rest are keys or inputs.
 UNCHECKED = frozenset({"train_seconds", "attack_seconds", "seed", "source", "alpha", "init_scale"})
@@ -98,35 +102,48 @@ def make_baseline(result_dir: str | Path) -> dict[str, Any]:
 
 def write_baseline(baseline: dict[str, Any], path: str | Path) -> None:
     """Write ``baseline`` as JSON (+inf as Infinity, which Python's json reads back)."""
-    path = Path(path)
-    if path.is_dir():
-        raise SpecError(f"-o {path} is a directory: give the baseline file's path, e.g. {path / 'baseline.json'}")
-    if not path.parent.is_dir():
-        raise SpecError(f"-o {path}: the folder {path.parent} does not exist")
+    check_output(Path(path), example="baseline.json")
     head = json.dumps({k: v for k, v in baseline.items() if k != "values"}, indent=1, allow_nan=True)
     rows = ",\n  ".join(json.dumps(row, allow_nan=True) for row in baseline["values"])
     text = head[:-2] + f',\n "values": [\n  {rows}\n ]\n}}\n'  # one number per line: readable diffs
-    try:
-        atomic_write(path, lambda f: f.write(text.encode()))
-    except OSError as err:
-        raise SpecError(f"cannot write baseline {path}: {err.strerror or err}") from None
+    write_output(Path(path), text, example="baseline.json")
 
 
 def read_baseline(path: str | Path) -> dict[str, Any]:
-    """A baseline file, checked for shape; SpecError (one line) if it is missing or malformed."""
+    """A baseline file, checked for shape; SpecError (one line) if it is missing, not a regular file, larger
+    than MAX_BASELINE_BYTES, nested too deep, or malformed."""
     try:
-        baseline = json.loads(Path(path).read_text())
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: opening a FIFO blocks, /dev/zero never ends
+            raise SpecError(f"baseline {path} is not a regular file (a device, FIFO or directory): give a file written by `marginbench baseline`")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_BASELINE_BYTES + 1)
     except OSError as err:
         raise SpecError(f"cannot read baseline {path}: {err.strerror or err}") from None
+    if len(data) > MAX_BASELINE_BYTES:
+        raise SpecError(f"baseline {path} is larger than {MAX_BASELINE_BYTES:,} bytes: not a baseline that `marginbench baseline` writes")
+    try:
+        baseline = json.loads(data)
+    except RecursionError:
+        raise SpecError(f"baseline {path} is nested too deep to be a baseline") from None
     except ValueError as err:
         raise SpecError(f"baseline {path} is not valid JSON: {err}") from None
     if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
         raise SpecError(f"baseline {path} is not a marginbench baseline (no \"format\": \"{FORMAT}\")")
     try:
         bands = {name: Band(rel=float(b["rel"]), abs=float(b["abs"]), why=str(b.get("why", ""))) for name, b in baseline["bands"].items()}
-        values = pd.DataFrame(baseline["values"], columns=["run_id", "attack", "metric", "value"]).astype({"value": float})
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise SpecError(f"baseline {path} is malformed: {type(err).__name__} {err}") from None
+    entries = baseline.get("values")
+    if not isinstance(entries, list):
+        raise SpecError(f"baseline {path}: \"values\" is not a list of entries")
+    for number, entry in enumerate(entries):
+        # one bad entry would otherwise read as a missing number, a drift (exit 1) instead of a mistake (exit 2)
+        missing = [key for key in VALUE_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise SpecError(f"baseline {path}: entry {number} of \"values\" lacks {', '.join(missing)}")
+        if not all(isinstance(entry[key], str) for key in VALUE_KEYS[:3]) or isinstance(entry["value"], bool) or not isinstance(entry["value"], int | float):
+            raise SpecError(f"baseline {path}: entry {number} of \"values\" needs strings run_id, attack, metric and a number value")
+    values = pd.DataFrame(entries, columns=list(VALUE_KEYS)).astype({"value": float})
     if "*" not in bands:
         raise SpecError(f"baseline {path} has no default band \"*\"")
     for name, band in bands.items():

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.store import ResultStore, _sha256
+from marginbench.bench.store import SEAL, ResultStore, _sha256, check_seal
 
 RUN_KEY = ["source", "run_id"]
 
@@ -53,11 +53,14 @@ def _alpha(summary: pd.DataFrame) -> pd.Series:
 
 
 def verify_directory(root: Path, given: str | Path) -> None:
-    """SpecError, one line naming the file, unless DIR is as its sweep wrote it.
+    """SpecError, one line naming the file, unless DIR is as its sweep wrote it. Fails closed:
 
-    The manifest's ``tables`` hold the SHA-256 of summary.csv and examples.csv, written with them; every
-    run the manifest lists must have files that match its completion marker. A directory whose runs/ folder
-    was left out (the committed tables under results/) is verified by its tables' checksums alone.
+    manifest.json must match its own checksum (``manifest_sha256``: its specs, commit, run list and table
+    checksums); its ``tables`` must vouch for summary.csv, and for examples.csv wherever that file is there;
+    every run it lists must have files that match its completion marker, and a marker must vouch for every
+    file of its run (``ResultStore.read_run``); a finished run under runs/ that it does not list is refused
+    too. A directory whose runs/ folder was left out (the committed tables under results/) is verified by
+    the manifest and its tables' checksums alone.
     """
     resume = f"`marginbench run --resume {given}` rebuilds it from the runs"
     path = root / "manifest.json"
@@ -65,11 +68,15 @@ def verify_directory(root: Path, given: str | Path) -> None:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{given} has no manifest.json: not a marginbench result directory, or its first run has not finished") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise SpecError(f"{path} cannot be read: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    tables = manifest.get("tables") if isinstance(manifest, dict) else None
-    if not (isinstance(tables, dict) and "summary.csv" in tables):
+    check_seal(manifest, path)
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict):
         raise SpecError(f"{path} holds no checksums of the tables, so they cannot be verified; {resume}")
+    for name in ("summary.csv", "examples.csv"):
+        if name not in tables and (name == "summary.csv" or (root / name).exists()):
+            raise SpecError(f"{path} holds no checksum of {name}, so it cannot be verified; {resume}")
     for name, digest in tables.items():
         if not (root / name).is_file():
             raise SpecError(f"{root / name} is missing, though {path} vouches for it; {resume}")
@@ -77,10 +84,31 @@ def verify_directory(root: Path, given: str | Path) -> None:
             raise SpecError(f"{root / name} does not match its checksum in {path} (edited, or cut short); {resume}")
     if (root / "runs").is_dir():
         store = ResultStore(root)
-        for run_id in manifest.get("runs", {}):
+        listed = manifest.get("runs", {})
+        for run_id in listed:
             _, why = store.read_run(run_id)
             if why is not None:
                 raise SpecError(f"{store.run_dir(run_id)}: {why}; `marginbench run --resume {given}` redoes the run")
+        stray = store.stray_runs(listed)
+        if stray:
+            raise SpecError(f"{store.run_dir(stray[0])} is a finished run that {path} does not list (a sweep cut short); `marginbench run --resume {given}` adds it")
+
+
+def seal_manifest(root: Path | str) -> None:
+    """Add ``manifest_sha256`` to the manifest of a directory written before manifests carried it (a one-off
+    for the committed results/; see results/README.md), after checking everything else as
+    ``verify_directory`` does. SpecError if it is sealed already or anything else fails."""
+    root = Path(root)
+    before = (root / "manifest.json").read_bytes()
+    manifest = json.loads(before)
+    if SEAL in manifest:
+        raise SpecError(f"{root / 'manifest.json'} carries {SEAL} already")
+    ResultStore(root).write_manifest(manifest)  # sealed as it is now, so that verify_directory can check the rest
+    try:
+        verify_directory(root, root)
+    except SpecError:
+        (root / "manifest.json").write_bytes(before)
+        raise
 
 
 def read_results(dirs: Sequence[str | Path], *, need_examples: bool = False) -> Results:
