@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.attacks.rays import flip_intervals, smallest_verified
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, SharedPerturbation
-from marginbench.attacks.flips import proposable_flips
 from marginbench.attacks.rays import flip_intervals, smallest_common_scale, smallest_verified
 from marginbench.attacks.subspace import SubspaceProjection
+from marginbench.checking.flips import proposable_flips
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult, SharedPerturbation
 from marginbench.models.diagnostics import MARGIN_SLACK, margin_set, thm51_required_ell
 from marginbench.models.two_layer import TwoLayerNet
 

@@ -34,19 +34,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
-from marginbench.attacks.flips import proposable_flips
+from marginbench.attacks.base import AttackUnavailable
 from marginbench.attacks.rays import first_flip_along
 from marginbench.attacks.region_walk import RegionWalk
-from marginbench.models.branch_and_bound import branch_and_bound
-from marginbench.models.certify import bracket_top, certified_radius
+from marginbench.checking.branch_and_bound import branch_and_bound
+from marginbench.checking.certify import bracket_top, certified_radius
+from marginbench.checking.flips import proposable_flips
+from marginbench.checking.proof import DUAL_SAFETY, PROOF_GAP, proved_optimal
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 RELAX = 1e-5  # the model's flip constraint: s N <= RELAX |N(x)|, above SCIP's feasibility tolerance 1e-6
-DUAL_SAFETY = 1e-6  # the certified bound is sqrt(SCIP's dual bound) * (1 - DUAL_SAFETY)
 OPTIMIZE_SHARE = 0.5  # of the time per example for SCIP's optimization; the rest raises the bound by branch and bound (_close_gap)
 STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
-PROOF_GAP = 1e-4  # proved optimal: verified norm <= lower bound * (1 + PROOF_GAP)
 PROVE_NODES = 2000  # bounds for branch and bound's first question, no flip just inside the best? (0.1-0.4 s at width 256)
 
 
@@ -153,13 +153,6 @@ class Exact:
             else:
                 ceiling = r
         lower[i] = max(float(lower[i]), L)
-
-
-def proved_optimal(norm: Tensor, lower: Tensor, d: int, max_norm_factor: float = SEARCH_RADIUS) -> Tensor:
-    """(n,) bool: a verified norm (n,) within PROOF_GAP of its certified lower bound (n,), or, where no flip was
-    found (+inf), a bound that covers the whole search radius max_norm_factor * sqrt(d)."""
-    searched = max_norm_factor * math.sqrt(d) * (1.0 - DUAL_SAFETY)
-    return torch.where(norm.isfinite(), norm <= lower * (1.0 + PROOF_GAP), lower >= searched)
 
 
 def solve_min_flip(

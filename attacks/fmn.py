@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
-from marginbench.attacks.flips import PROPOSAL_TAUS, rounding_bound
+from marginbench.checking.flips import PROPOSAL_TAUS, rounding_bound
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
-from marginbench.attacks.flips import overshoot
+from marginbench.attacks.base import AttackUnavailable
+from marginbench.checking.flips import overshoot
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 if TYPE_CHECKING:

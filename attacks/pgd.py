@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
-from marginbench.attacks.flips import PROPOSAL_TAUS, flip_margin
 from marginbench.attacks.subspace import SubspaceProjection
+from marginbench.checking.flips import PROPOSAL_TAUS, flip_margin
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.flips import proposable_flips
+from marginbench.checking.flips import proposable_flips
 from marginbench.models.two_layer import TwoLayerNet
 
 ZERO_TOL = 1e-10  # |N| below this times sum_j |v_j (a_j + t s_j)| is a tie (N = 0), not a sign

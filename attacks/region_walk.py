@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult, AttackUnavailable
+from marginbench.attacks.base import AttackUnavailable
 from marginbench.attacks.boundary_walk import BoundaryWalk
-from marginbench.attacks.flips import proposable_flips
 from marginbench.attacks.fmn import FMN
 from marginbench.attacks.rays import first_flip_along, flip_intervals, smallest_verified
+from marginbench.checking.flips import proposable_flips
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
 from marginbench.models.two_layer import TwoLayerNet
 
 # The QP asks for s N_A <= -KAPPA |N(x)|: well beyond DAQP's feasibility tolerance (~1e-6), or a tie on a flat

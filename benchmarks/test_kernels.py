@@ -17,7 +17,7 @@ import torch
 
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.pgd import MinimalPGD
-from marginbench.bench.throughput import (
+from marginbench.bench.performance.throughput import (
     SEEDS,
     TRAIN_STEPS,
     matmul_gflops,

@@ -27,37 +27,37 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "ATTACKS": "marginbench.bench.registry",
-    "DATASETS": "marginbench.bench.registry",
-    "MODELS": "marginbench.bench.registry",
-    "TRAINING_PLANS": "marginbench.bench.registry",
-    "PRESETS": "marginbench.bench.presets",
-    "Registry": "marginbench.bench.registry",
+    "ATTACKS": "marginbench.bench.registry.registries",
+    "DATASETS": "marginbench.bench.registry.registries",
+    "MODELS": "marginbench.bench.registry.registries",
+    "TRAINING_PLANS": "marginbench.bench.registry.registries",
+    "PRESETS": "marginbench.bench.experiment.presets",
+    "Registry": "marginbench.bench.registry.registries",
     "Attack": "marginbench.attacks.base",
-    "AttackResult": "marginbench.attacks.base",
+    "AttackResult": "marginbench.checking.proposal",
     "AttackUnavailable": "marginbench.attacks.base",
-    "SharedPerturbation": "marginbench.attacks.base",
-    "AttackFactory": "marginbench.bench.build",
-    "ModelFactory": "marginbench.bench.build",
-    "BuiltModel": "marginbench.bench.build",
-    "RunContext": "marginbench.bench.build",
-    "TrainingPlan": "marginbench.bench.build",
+    "SharedPerturbation": "marginbench.checking.proposal",
+    "AttackFactory": "marginbench.bench.experiment.recipes",
+    "ModelFactory": "marginbench.bench.experiment.recipes",
+    "BuiltModel": "marginbench.bench.experiment.recipes",
+    "RunContext": "marginbench.bench.experiment.recipes",
+    "TrainingPlan": "marginbench.bench.experiment.recipes",
     "Dataset": "marginbench.models.datasets",
     "TwoLayerNet": "marginbench.models.two_layer",
     "TrainSpec": "marginbench.models.train",
     "TrainReport": "marginbench.models.train",
     "train": "marginbench.models.train",
-    "RunSpec": "marginbench.bench.spec",
-    "ExperimentSpec": "marginbench.bench.spec",
+    "RunSpec": "marginbench.bench.experiment.spec",
+    "ExperimentSpec": "marginbench.bench.experiment.spec",
     "SpecError": "marginbench.bench.errors",
-    "ExecutorSpec": "marginbench.bench.executors",
-    "run_sweep": "marginbench.bench.sweep",
-    "attack_directory": "marginbench.bench.reattack",
-    "load_plugins": "marginbench.bench.plugins",
-    "load_plugin": "marginbench.bench.plugins",
-    "Source": "marginbench.bench.sources",
-    "read_results": "marginbench.bench.report.results",
-    "verify": "marginbench.bench.measure",
+    "ExecutorSpec": "marginbench.bench.execution.executors",
+    "run_sweep": "marginbench.bench.execution.sweep",
+    "attack_directory": "marginbench.bench.execution.reattack",
+    "load_plugins": "marginbench.bench.registry.plugins",
+    "load_plugin": "marginbench.bench.registry.plugins",
+    "Source": "marginbench.bench.registry.provenance",
+    "read_results": "marginbench.bench.results.readback",
+    "verify": "marginbench.checking.verify",
 }
 __all__ = [
     "ATTACKS",
@@ -95,19 +95,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from marginbench.attacks.base import Attack, AttackResult, AttackUnavailable, SharedPerturbation
-    from marginbench.bench.build import AttackFactory, BuiltModel, ModelFactory, RunContext, TrainingPlan
+    from marginbench.attacks.base import Attack, AttackUnavailable
     from marginbench.bench.errors import SpecError
-    from marginbench.bench.executors import ExecutorSpec
-    from marginbench.bench.measure import verify
-    from marginbench.bench.plugins import load_plugin, load_plugins
-    from marginbench.bench.presets import PRESETS
-    from marginbench.bench.reattack import attack_directory
-    from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
-    from marginbench.bench.report.results import read_results
-    from marginbench.bench.sources import Source
-    from marginbench.bench.spec import ExperimentSpec, RunSpec
-    from marginbench.bench.sweep import run_sweep
+    from marginbench.bench.execution.executors import ExecutorSpec
+    from marginbench.bench.execution.reattack import attack_directory
+    from marginbench.bench.execution.sweep import run_sweep
+    from marginbench.bench.experiment.presets import PRESETS
+    from marginbench.bench.experiment.recipes import AttackFactory, BuiltModel, ModelFactory, RunContext, TrainingPlan
+    from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
+    from marginbench.bench.registry.plugins import load_plugin, load_plugins
+    from marginbench.bench.registry.provenance import Source
+    from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
+    from marginbench.bench.results.readback import read_results
+    from marginbench.checking.proposal import AttackResult, SharedPerturbation
+    from marginbench.checking.verify import verify
     from marginbench.models.datasets import Dataset
     from marginbench.models.train import TrainReport, TrainSpec, train
     from marginbench.models.two_layer import TwoLayerNet

@@ -5,7 +5,7 @@ One short, linear loop you can read top to bottom, written as a user would (``nn
 training set, full-batch gradient descent with learning rate 1e-5 multiplied by 1.1 every 100 iterations
 (``StepLR``). ``models/train.py`` computes the same steps analytically and in the log domain
 (``TrainSpec()``, the paper schedule); tests/test_reference.py checks that both give the same nets, and
-bench/throughput.py times the fast kernel against this loop.
+bench/performance/throughput.py times the fast kernel against this loop.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class ThreeLayerNet:
 
     def rounding_terms(self) -> tuple[Tensor, Tensor, int]:
         """(A, B, K) with |fl(N(x)) - N(x)| <= gamma_K (A ||x|| + B) in any summation order
-        (``marginbench.attacks.flips``): the net of absolute values, its first layer bounded by Cauchy-Schwarz."""
+        (``marginbench.checking.flips``): the net of absolute values, its first layer bounded by Cauchy-Schwarz."""
         v, W2 = self.v.abs(), self.W2.abs()
         A = v @ (W2 @ self.W1.norm(dim=1))
         B = v @ (W2 @ self.b1.abs() + self.b2.abs()) + self.c.abs()

@@ -63,7 +63,7 @@ class TwoLayerNet:
 
     def rounding_terms(self) -> tuple[Tensor, Tensor, int]:
         """(A, B, K) with |fl(N(x)) - N(x)| <= gamma_K (A ||x|| + B) in any summation order
-        (``marginbench.attacks.flips``): A = sum_j |v_j| ||w_j||, B = sum_j |v_j| |b_j|, K = d + width + 2."""
+        (``marginbench.checking.flips``): A = sum_j |v_j| ||w_j||, B = sum_j |v_j| |b_j|, K = d + width + 2."""
         v = self.v.abs()
         return v @ self.W.norm(dim=1), v @ self.b.abs(), self.d + self.width + 2
 

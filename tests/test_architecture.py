@@ -70,7 +70,7 @@ def test_the_cycle_check_finds_a_planted_cycle() -> None:
 
 def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
-    assert "marginbench.bench.sweep" in graph and "marginbench.bench.report.leaderboard" in graph  # the walk found the code
+    assert "marginbench.bench.execution.sweep" in graph and "marginbench.bench.report.leaderboard" in graph  # the walk found the code
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import assert_same_tables, run_cli
-from marginbench.bench import store as store_module
-from marginbench.bench.reattack import attack_directory
-from marginbench.bench.report.results import verify_directory
-from marginbench.bench.store import ResultStore
-from marginbench.bench.writer_lock import WriterLock
+from marginbench.bench.execution.reattack import attack_directory
+from marginbench.bench.results import store as store_module
+from marginbench.bench.results.readback import verify_directory
+from marginbench.bench.results.store import ResultStore
+from marginbench.bench.results.writer_lock import WriterLock
 
 KKT = ["--d", "8", "--width", "8", "--max-iters", "300", "--models", "vanilla,robust-construction", "--seeds", "0,1", "--no-progress"]
 # the subspace family carries per-example theory columns (k, g_off, ...) on every attack's rows; three-layer nets

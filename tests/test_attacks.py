@@ -23,12 +23,13 @@ from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBrendelBethge
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import SubspaceProjection
-from marginbench.bench.build import RunContext
-from marginbench.bench.counting import CountingNet
-from marginbench.bench.measure import BEST, verify
-from marginbench.bench.registry import ATTACKS
-from marginbench.bench.spec import ExperimentSpec, RunSpec
-from marginbench.bench.sweep import run_sweep
+from marginbench.bench.execution.sweep import run_sweep
+from marginbench.bench.experiment.recipes import RunContext
+from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
+from marginbench.bench.performance.counting import CountingNet
+from marginbench.bench.registry.registries import ATTACKS
+from marginbench.bench.results.record import BEST
+from marginbench.checking.verify import verify
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.diagnostics import thm51_required_ell

@@ -14,7 +14,7 @@ import torch
 
 from conftest import assert_same_tables, read_json, without_timing
 from marginbench.bench.cli import main
-from marginbench.bench.registry import ATTACKS, MODELS
+from marginbench.bench.registry.registries import ATTACKS, MODELS
 
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
@@ -176,7 +176,7 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_time_to_margin_records_reach_the_recipes_margin() -> None:
     """The paper recipe (plain PyTorch) sets the target margin; every schedule's record says how far it got."""
-    from marginbench.bench.throughput import time_to_margin
+    from marginbench.bench.performance.throughput import time_to_margin
 
     records = time_to_margin(torch.device("cpu"), shape=(8, 8, 16))
     recipe, *others = records

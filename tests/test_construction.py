@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from marginbench.attacks.closed_form import UniversalZ
-from marginbench.bench.measure import verify
+from marginbench.checking.verify import verify
 from marginbench.models.construction import construction_radius, max_correlation, robust_construction
 from marginbench.models.datasets import sphere
 

@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 
 import marginbench.attacks.exact as exact_module
 from conftest import random_net
-from marginbench.attacks.base import SEARCH_RADIUS, AttackResult
 from marginbench.attacks.exact import STRICT, Exact
-from marginbench.attacks.flips import overshoot, rounding_bound, strict_flips
 from marginbench.attacks.rays import flip_intervals, smallest_verified
 from marginbench.attacks.region_walk import RegionWalk
-from marginbench.bench.measure import certificates, verify
-from marginbench.models.branch_and_bound import branch_and_bound
-from marginbench.models.certify import certified_radius
+from marginbench.checking.branch_and_bound import branch_and_bound
+from marginbench.checking.certify import certified_radius
+from marginbench.checking.flips import overshoot, rounding_bound, strict_flips
+from marginbench.checking.proposal import SEARCH_RADIUS, AttackResult
+from marginbench.checking.verify import certificates, verify
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import sphere
 from marginbench.models.two_layer import TwoLayerNet

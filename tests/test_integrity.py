@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_cli
 from marginbench.bench.report import check as check_module
-from marginbench.bench.store import SEAL, ResultStore, _csv_bytes, _sha256
+from marginbench.bench.results.store import SEAL, ResultStore, _csv_bytes, _sha256
 
 
 def _one_line_error(err: str) -> str:

@@ -23,8 +23,8 @@ from matplotlib.lines import Line2D
 from marginbench.bench.cli import main
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures, not_flipped
-from marginbench.bench.report.results import read_results
-from marginbench.bench.store import ResultStore
+from marginbench.bench.results.readback import read_results
+from marginbench.bench.results.store import ResultStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -122,8 +122,8 @@ def test_without_examples_the_curves_are_skipped_with_the_reason() -> None:
 @pytest.fixture
 def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default preset shrunk to seconds: d = 6, two attacks, a fast schedule."""
-    from marginbench.bench.presets import PRESETS, Preset
-    from marginbench.bench.spec import ExperimentSpec
+    from marginbench.bench.experiment.presets import PRESETS, Preset
+    from marginbench.bench.experiment.spec import ExperimentSpec
     from marginbench.models.train import TrainSpec
 
     tiny = (ExperimentSpec(d=6, alpha=1.0, width=8, attacks=("universal-z", "boundary-walk"), train=TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)),)

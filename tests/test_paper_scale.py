@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-import marginbench.bench.twin as twin_module
+import marginbench.bench.execution.twin as twin_module
 from conftest import SWEEP, assert_same_tables, read_json, run_cli
 from marginbench.bench.errors import SpecError
-from marginbench.bench.estimate import ARC_STEPS_AT_R1, steps_estimate
-from marginbench.bench.executors import ExecutorSpec
-from marginbench.bench.presets import FAST_TRAIN, PRESETS
-from marginbench.bench.spec import ExperimentSpec
-from marginbench.bench.twin import TWIN_TOLERANCE, relative_difference, twin_report
+from marginbench.bench.execution.estimate import ARC_STEPS_AT_R1, steps_estimate
+from marginbench.bench.execution.executors import ExecutorSpec
+from marginbench.bench.execution.twin import TWIN_TOLERANCE, relative_difference, twin_report
+from marginbench.bench.experiment.presets import FAST_TRAIN, PRESETS
+from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.train_spec import ARC_LATE_STEP, arc_schedule

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from marginbench.attacks.base import AttackUnavailable
-from marginbench.bench.build import RunContext
-from marginbench.bench.families import FAMILIES
-from marginbench.bench.measure import verify
-from marginbench.bench.presets import PRESETS
-from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.runner import attempt_attack
-from marginbench.bench.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.execution.runner import attempt_attack
+from marginbench.bench.experiment.families import FAMILIES
+from marginbench.bench.experiment.presets import PRESETS
+from marginbench.bench.experiment.recipes import RunContext
+from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, SpecError
+from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
+from marginbench.checking.verify import verify
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.train import TrainSpec
@@ -82,7 +82,7 @@ def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str
 
 
 def test_verification_rejects_a_false_claim() -> None:
-    from marginbench.attacks.base import AttackResult
+    from marginbench.checking.proposal import AttackResult
     from marginbench.models.construction import robust_construction
 
     data = sphere(d=10, n=6, seed=0)

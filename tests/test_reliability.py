@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import make_baseline, write_baseline
-from marginbench.bench.writer_lock import WriterLock
+from marginbench.bench.results.writer_lock import WriterLock
 
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
@@ -128,7 +128,7 @@ def test_the_lock_of_a_killed_writer_is_taken_over(finished: Path, tmp_path: Pat
 
     out = tmp_path / "stale"
     shutil.copytree(finished, out)
-    holder = "import sys, time; from marginbench.bench.writer_lock import WriterLock\nwith WriterLock(sys.argv[1], create=False):\n    print('held', flush=True); time.sleep(600)"
+    holder = "import sys, time; from marginbench.bench.results.writer_lock import WriterLock\nwith WriterLock(sys.argv[1], create=False):\n    print('held', flush=True); time.sleep(600)"
     child = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
@@ -265,7 +265,7 @@ def test_a_tampered_directory_is_refused_by_every_reporting_command_and_resume_m
 
 def test_the_committed_result_tables_verify() -> None:
     """results/: every committed directory's manifest vouches for its summary.csv (tables only, no runs/; results/zoo keeps its runs, verified too)."""
-    from marginbench.bench.report.results import read_results
+    from marginbench.bench.results.readback import read_results
 
     committed = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "results").rglob("manifest.json"))
     assert len(committed) >= 7

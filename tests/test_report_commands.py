@@ -12,9 +12,9 @@ import pytest
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.report.leaderboard import attack_table, model_table
-from marginbench.bench.report.plots import FIGURES, build_figures, save_figures
-from marginbench.bench.report.results import read_results
-from marginbench.bench.store import ResultStore
+from marginbench.bench.report.paper_figures import FIGURES, build_figures, save_figures
+from marginbench.bench.results.readback import read_results
+from marginbench.bench.results.store import ResultStore
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -238,8 +238,8 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """paper-fig1a's sweep, shrunk to two tiny settings: `run` writes DIR/figures/fig1a_*.png itself."""
-    from marginbench.bench.presets import PRESETS, Preset
-    from marginbench.bench.spec import ExperimentSpec
+    from marginbench.bench.experiment.presets import PRESETS, Preset
+    from marginbench.bench.experiment.spec import ExperimentSpec
     from marginbench.models.train import TrainSpec
 
     fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)

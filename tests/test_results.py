@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from marginbench.bench.measure import BEST, EXAMPLE_COLUMNS, KKT_COLUMNS, SUMMARY_COLUMNS
+from marginbench.bench.results.record import BEST, EXAMPLE_COLUMNS, KKT_COLUMNS, SUMMARY_COLUMNS
 
 
 def _forward(state: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:

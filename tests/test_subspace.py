@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from marginbench.bench.build import BuiltModel, RunContext
-from marginbench.bench.registry import DATASETS, MODELS
-from marginbench.bench.runner import theory_diagnostics
-from marginbench.bench.spec import ExperimentSpec, SpecError
+from marginbench.bench.execution.runner import theory_diagnostics
+from marginbench.bench.experiment.recipes import BuiltModel, RunContext
+from marginbench.bench.experiment.spec import ExperimentSpec, SpecError
+from marginbench.bench.registry.registries import DATASETS, MODELS
 from marginbench.models.datasets import Dataset, digits, subspace
 from marginbench.models.diagnostics import off_manifold_gradients, project_off, thm51_assumption
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec

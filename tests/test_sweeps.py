@@ -101,7 +101,7 @@ def test_resume_without_a_manifest_is_one_line(tmp_path: Path, capsys: pytest.Ca
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One torch thread: where a lone net's products may be split across threads, batched training agrees only
-    to tolerance with unbatched (bench/executors.py, SequentialExecutor)."""
+    to tolerance with unbatched (bench/execution/executors.py, SequentialExecutor)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

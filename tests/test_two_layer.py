@@ -28,7 +28,7 @@ def test_analytic_gradient_matches_autograd() -> None:
 def test_input_gradient_matches_autograd_and_is_counted_as_one_backward_pass() -> None:
     """value_and_input_grad's closed form (1[Z > 0] * v) @ W against autograd, including rows with a
     preactivation exactly 0 (relu's derivative there is 0 in both), and the pass counts it reports."""
-    from marginbench.bench.counting import CountingNet
+    from marginbench.bench.performance.counting import CountingNet
 
     net = random_net(7, 11, seed=3)
     g = torch.Generator().manual_seed(5)

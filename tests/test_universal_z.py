@@ -9,7 +9,7 @@ import torch
 
 from conftest import Trained
 from marginbench.attacks.closed_form import UniversalZ
-from marginbench.bench.measure import verify, verify_shared
+from marginbench.checking.verify import verify, verify_shared
 from marginbench.models.diagnostics import margin_set
 
 

@@ -12,9 +12,9 @@ import pytest
 from test_leaderboard_outputs import CHROMEDRIVER, CHROMIUM, PNG_SIGNATURE, headless_chromium
 
 from conftest import run_cli
-from marginbench.bench.families import FAMILIES
-from marginbench.bench.presets import PRESETS, TWO_LAYER_EXTRA_ATTACKS
-from marginbench.bench.report.results import read_results
+from marginbench.bench.experiment.families import FAMILIES
+from marginbench.bench.experiment.presets import PRESETS, TWO_LAYER_EXTRA_ATTACKS
+from marginbench.bench.results.readback import read_results
 
 ZOO = Path(__file__).resolve().parent.parent / "results" / "zoo"
 RUN_FILES = ("model.pt", "data.npz", "perturbations.npz", "examples.csv", "run.json", "COMPLETE")

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marginbench.bench.executors import ExecutorSpec
-from marginbench.bench.presets import PRESETS
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS
-from marginbench.bench.spec import SpecError, Sweep, with_options
+from marginbench.bench.execution.executors import ExecutorSpec
+from marginbench.bench.experiment.presets import PRESETS
+from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 
 if TYPE_CHECKING:
-    from marginbench.bench.report.results import Results
+    from marginbench.bench.results.readback import Results
 
 PROG = "marginbench"
 _GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds")
@@ -42,8 +42,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run)
     if args.resume is None:
         return specs_from_args(args), args.preset or "default", args.out, executor
-    from marginbench.bench.store import ResultStore
-    from marginbench.bench.sweep import check_same_sweep, stored_sweep
+    from marginbench.bench.execution.sweep import check_same_sweep, stored_sweep
+    from marginbench.bench.results.store import ResultStore
 
     sweep, preset = stored_sweep(ResultStore.reopen(args.resume))
     if args.preset is not None and args.preset != preset:
@@ -53,9 +53,9 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
 
 
 def run(args: argparse.Namespace) -> int:
-    from marginbench.bench.executors import SweepAborted
+    from marginbench.bench.execution.executors import SweepAborted
+    from marginbench.bench.execution.sweep import run_sweep
     from marginbench.bench.report.tables import run_table
-    from marginbench.bench.sweep import run_sweep
 
     specs, preset, out, executor = prepare_run(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(run_table(summary))
     print(f"\nresults: {out}/summary.csv, {out}/examples.csv, {out}/runs/")
-    from marginbench.bench.report.results import read_results
+    from marginbench.bench.results.readback import read_results
 
     # every run gets its security curves and leaderboard figure; a figure preset also its paper's figures
     papers = preset is not None and preset in PRESETS and PRESETS.get(preset).figures
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def attack(args: argparse.Namespace) -> int:
-    from marginbench.bench.reattack import attack_directory
+    from marginbench.bench.execution.reattack import attack_directory
     from marginbench.bench.report.tables import run_table
 
     if args.out is not None and not args.out.strip():
@@ -103,7 +103,7 @@ def attack(args: argparse.Namespace) -> int:
     except OSError as err:  # a full disk, a directory removed under our feet: not a user mistake, still one line
         print(f"{PROG}: error: {err}; finish with: {again}", file=sys.stderr)
         return 1
-    from marginbench.bench.report.results import verify_directory
+    from marginbench.bench.results.readback import verify_directory
 
     # as `run` does (its figures read DIR back, verified): a plugin's code ran here and may have damaged other runs
     verify_directory(Path(target), target)
@@ -117,8 +117,8 @@ def throughput(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from marginbench.bench.runner import resolve_device
-    from marginbench.bench.throughput import as_rows, measure
+    from marginbench.bench.execution.runner import resolve_device
+    from marginbench.bench.performance.throughput import as_rows, measure
 
     rows = as_rows(measure(device=resolve_device(args.device), sizes=args.sizes))
     if args.format == "json":
@@ -153,7 +153,7 @@ def _table_format(name: str, *, exports: tuple[str, ...] = ()) -> str:
 
 def leaderboard(args: argparse.Namespace) -> int:
     from marginbench.bench.report.output_file import check_output, write_output
-    from marginbench.bench.report.results import read_results
+    from marginbench.bench.results.readback import read_results
 
     tablefmt = _table_format(args.format, exports=EXPORTS)
     if tablefmt == "html" and args.output is None:
@@ -168,7 +168,7 @@ def leaderboard(args: argparse.Namespace) -> int:
     elif tablefmt == "html":
         from marginbench.bench.report.html_page import leaderboard_page
         from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures
-        from marginbench.bench.report.plots import build_figures
+        from marginbench.bench.report.paper_figures import build_figures
 
         figures = {**build_leaderboard_figures(results).drawn, **build_figures(results.summary).drawn}
         text = leaderboard_page(results, args.dirs, figures)
@@ -216,7 +216,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from marginbench.bench.report.results import read_results
+    from marginbench.bench.results.readback import read_results
 
     if args.out is None and len(args.dirs) > 1:
         raise SpecError("give -o OUTDIR when plotting several result directories")
@@ -237,7 +237,7 @@ def draw_figures(results: Results, out: Path, *, papers: bool = True) -> None:
     """Write the security curves, the leaderboard figure and (``papers``) the papers' figures that ``results``
     support into ``out``; say what was written and skipped."""
     from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures
-    from marginbench.bench.report.plots import Figures, build_figures, save_figures
+    from marginbench.bench.report.paper_figures import Figures, build_figures, save_figures
 
     ours = build_leaderboard_figures(results)
     theirs = build_figures(results.summary) if papers else Figures()

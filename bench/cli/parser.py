@@ -19,11 +19,11 @@ from marginbench.bench.cli.help_text import (
     THROUGHPUT_EPILOG,
 )
 from marginbench.bench.errors import SpecError
-from marginbench.bench.executors import EXECUTORS
-from marginbench.bench.families import FAMILIES
-from marginbench.bench.presets import PRESETS, SCALES
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES, TWINS
+from marginbench.bench.execution.executors import EXECUTORS
+from marginbench.bench.experiment.families import FAMILIES
+from marginbench.bench.experiment.presets import PRESETS, SCALES
+from marginbench.bench.experiment.spec import DEVICES, TWINS
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS

@@ -29,7 +29,7 @@ from tabulate import tabulate
 
 from marginbench.bench.errors import SpecError
 from marginbench.bench.report.output_file import check_output, write_output
-from marginbench.bench.report.results import read_provenance, read_results
+from marginbench.bench.results.readback import read_provenance, read_results
 
 FORMAT = "marginbench-baseline/1"
 VALUE_KEYS = ("run_id", "attack", "metric", "value")

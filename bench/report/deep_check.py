@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from marginbench.attacks.flips import strict_flips
 from marginbench.bench.errors import SpecError
-from marginbench.bench.report.results import read_results
+from marginbench.bench.results.readback import read_results
+from marginbench.checking.flips import strict_flips
 from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.two_layer import TwoLayerNet
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from marginbench.bench.report.leaderboard import ATTACK_HEADERS, MODEL_HEADERS, attack_table, model_table
-from marginbench.bench.report.results import Results, read_manifest
+from marginbench.bench.results.readback import Results, read_manifest
 
 FORMAT = "marginbench-leaderboard/1"
 # The tables' own names for their columns are short; exported records say what the numbers are.

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 import marginbench
 from marginbench.bench.report.export import COLUMNS, RENAMED, provenance
 from marginbench.bench.report.leaderboard import ATTACK_HEADERS, MODEL_HEADERS, attack_table, model_table
-from marginbench.bench.report.results import Results
+from marginbench.bench.results.readback import Results
 
 RUN_HEADERS = {
     "run_id": "run", "model": "model", "dataset": "dataset", "seed": "seed", "d": "d", "n": "n", "width": "width", "ell": "ell",

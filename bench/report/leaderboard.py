@@ -33,8 +33,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.measure import BEST, PASS_COLUMNS, best_of
-from marginbench.bench.report.results import RUN_KEY, Results
+from marginbench.bench.results.readback import RUN_KEY, Results
+from marginbench.bench.results.record import BEST, PASS_COLUMNS
+from marginbench.bench.results.rows import best_of
 
 MODEL_KEY = ["model", "dataset", "d", "n", "width", "init_scale"]  # init_scale: Melamed et al. Fig. 4's nets differ only in it
 

@@ -30,8 +30,8 @@ from matplotlib.figure import Figure
 
 from marginbench.bench.errors import SpecError
 from marginbench.bench.report.leaderboard import MODEL_KEY, attack_table, model_table, scored_examples
-from marginbench.bench.report.plots import Figures
-from marginbench.bench.report.results import RUN_KEY, Results
+from marginbench.bench.report.paper_figures import Figures
+from marginbench.bench.results.readback import RUN_KEY, Results
 
 EXACT = "exact"  # the proved minimal norm, where an attack of that name ran
 LOWER_BOUND = "lower_bound"  # examples.csv column of certified lower bounds on the minimal norm

@@ -13,8 +13,8 @@ import stat
 from pathlib import Path
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.store import RESULT_FILES, atomic_write
-from marginbench.bench.writer_lock import LOCK_FILE, WRITER_FILE
+from marginbench.bench.results.store import RESULT_FILES, atomic_write
+from marginbench.bench.results.writer_lock import LOCK_FILE, WRITER_FILE
 
 OWN_FILES = frozenset({*RESULT_FILES, "runs", LOCK_FILE, WRITER_FILE})  # a result directory's, by their first path part
 

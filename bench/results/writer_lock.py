@@ -12,7 +12,7 @@ from pathlib import Path
 import filelock
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.store import atomic_write
+from marginbench.bench.results.store import atomic_write
 
 LOCK_FILE = ".marginbench.lock"  # held (flock) by the one process writing DIR
 WRITER_FILE = ".marginbench.writer"  # who holds it: pid, host, command, since

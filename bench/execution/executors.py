@@ -6,7 +6,7 @@
 - ``PoolExecutor`` (``--workers N``): a ``concurrent.futures.ProcessPoolExecutor`` with the spawn context;
 - ``RayExecutor`` (``--executor ray``): one Ray task per run, on the cluster at ``--ray-address`` or a local Ray.
 
-Only the sweep (``marginbench.bench.sweep``) writes the result directory, whatever the executor.
+Only the sweep (``marginbench.bench.execution.sweep``) writes the result directory, whatever the executor.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from marginbench.bench.build import RunContext, train_plans
 from marginbench.bench.errors import SpecError
-from marginbench.bench.measure import RunRecord
-from marginbench.bench.registry import TRAINING_PLANS
-from marginbench.bench.runner import Log, Prebuilt, RunTask, compute_run, make_data, one_line
+from marginbench.bench.execution.runner import Log, Prebuilt, RunTask, compute_run, make_data, one_line
+from marginbench.bench.experiment.recipes import RunContext, train_plans
+from marginbench.bench.registry.registries import TRAINING_PLANS
+from marginbench.bench.results.record import RunRecord
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 RAY_INSTALL = "pip install 'marginbench[ray]' (or: pip install ray)"

@@ -1,9 +1,9 @@
-"""Registries: the public names of DESIGN.md mapped to the factories of ``marginbench.bench.build``.
+"""Registries: the public names of DESIGN.md mapped to the factories of ``marginbench.bench.experiment.recipes``.
 
 A registry holds factories, never instances; registering a name twice raises; ``names()`` is sorted, and
 the CLI's choices and the tests' parametrization both come from it. Code outside the package adds names with
-``MODELS.register("my-model")(factory)`` and the like, or as a plugin (``marginbench.bench.plugins``); each
-name remembers its source (``marginbench.bench.sources``).
+``MODELS.register("my-model")(factory)`` and the like, or as a plugin (``marginbench.bench.registry.plugins``); each
+name remembers its source (``marginbench.bench.registry.provenance``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from marginbench.attacks.fmn import FMN
 from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbCW, FbDDN, FbDeepFool, FbFMN
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.region_walk import RegionWalk
-from marginbench.bench import build, sources
-from marginbench.bench.build import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
 from marginbench.bench.errors import SpecError
-from marginbench.bench.families import FAMILIES
-from marginbench.bench.names import check_name
-from marginbench.bench.sources import Source
-from marginbench.bench.spec import ExperimentSpec
+from marginbench.bench.experiment import recipes
+from marginbench.bench.experiment.families import FAMILIES
+from marginbench.bench.experiment.recipes import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
+from marginbench.bench.experiment.spec import ExperimentSpec
+from marginbench.bench.registry import provenance
+from marginbench.bench.registry.names import check_name
+from marginbench.bench.registry.provenance import Source
 
 F = TypeVar("F")
 
@@ -33,7 +34,7 @@ class Registry(Generic[F]):
 
     A name taken twice raises, except while a plugin is being loaded: then the second registration is set
     aside as a conflict, and only asking for that name is an error (``get``). A name that would not read back
-    as itself from the tables or name a safe folder raises SpecError (``marginbench.bench.names``).
+    as itself from the tables or name a safe folder raises SpecError (``marginbench.bench.registry.names``).
     """
 
     def __init__(self, kind: str, factories: Mapping[str, F] | None = None) -> None:
@@ -41,7 +42,7 @@ class Registry(Generic[F]):
         self._factories: dict[str, F] = {}
         self._sources: dict[str, Source] = {}
         self._conflicts: dict[str, list[Source]] = {}
-        with sources.loading(sources.BUILT_IN):
+        with provenance.loading(provenance.BUILT_IN):
             for name, factory in (factories or {}).items():
                 self.register(name)(factory)
 
@@ -49,9 +50,9 @@ class Registry(Generic[F]):
         check_name(self.kind, name)
 
         def add(factory: F) -> F:
-            source = sources.current(factory)
+            source = provenance.current(factory)
             if name in self._factories:
-                if not sources.loading_plugin():
+                if not provenance.loading_plugin():
                     raise ValueError(f"{self.kind} {name!r} is already registered")
                 if source != self._sources[name]:  # the same plugin loaded twice is not a conflict
                     self._conflicts.setdefault(name, []).append(source)
@@ -77,7 +78,7 @@ class Registry(Generic[F]):
         if name not in self._factories:
             self.get(name)  # the unknown name's error
         # a factory put in place without register (tests patch _factories) is judged by its module
-        return self._sources.get(name) or sources.current(self._factories[name])
+        return self._sources.get(name) or provenance.current(self._factories[name])
 
     def conflicts(self) -> dict[str, tuple[Source, ...]]:
         """Names that plugins registered again: name -> the registrations set aside."""
@@ -98,34 +99,34 @@ class Registry(Generic[F]):
 
 
 DATASETS: Registry[DatasetFactory] = Registry(
-    "dataset", {"sphere": build.sphere_data, "subspace": build.subspace_data, "digits": build.digits_data}
+    "dataset", {"sphere": recipes.sphere_data, "subspace": recipes.subspace_data, "digits": recipes.digits_data}
 )
 # The trained models' recipes: a model of TRAINING_PLANS can be trained in one batch with other seeds.
 TRAINING_PLANS: Registry[PlanFactory] = Registry(
-    "trained model", {"vanilla": build.vanilla_plan, "small-init": build.small_init_plan, "l2": build.l2_plan}
+    "trained model", {"vanilla": recipes.vanilla_plan, "small-init": recipes.small_init_plan, "l2": recipes.l2_plan}
 )
 MODELS: Registry[ModelFactory] = Registry(
     "model",
-    {**{name: build.trained(TRAINING_PLANS.get(name)) for name in TRAINING_PLANS.names()}, "robust-construction": build.robust_construction_model, "three-layer": build.three_layer_model},
+    {**{name: recipes.trained(TRAINING_PLANS.get(name)) for name in TRAINING_PLANS.names()}, "robust-construction": recipes.robust_construction_model, "three-layer": recipes.three_layer_model},
 )
 ATTACKS: Registry[AttackFactory] = Registry(
     "attack",
     {
-        "universal-z": build.plain(UniversalZ),
-        "subspace-z": build.on_basis(SubspaceZ, "subspace-z"),
-        "pgd": build.seeded(MinimalPGD),
-        "pgd-off": build.projected_pgd("P-perp", "pgd-off"),
-        "pgd-on": build.projected_pgd("P", "pgd-on"),
-        "fmn": build.plain(FMN),
-        "boundary-walk": build.seeded(BoundaryWalk),
-        "region-walk": build.seeded(RegionWalk),
-        "exact": build.exact,
-        "fb-fmn": build.seeded(FbFMN),
-        "fb-ddn": build.seeded(FbDDN),
-        "fb-deepfool": build.seeded(FbDeepFool),
-        "fb-cw": build.seeded(FbCW),
-        "fb-boundary": build.seeded(FbBoundary),
-        "fb-brendel-bethge": build.seeded(FbBrendelBethge),
+        "universal-z": recipes.plain(UniversalZ),
+        "subspace-z": recipes.on_basis(SubspaceZ, "subspace-z"),
+        "pgd": recipes.seeded(MinimalPGD),
+        "pgd-off": recipes.projected_pgd("P-perp", "pgd-off"),
+        "pgd-on": recipes.projected_pgd("P", "pgd-on"),
+        "fmn": recipes.plain(FMN),
+        "boundary-walk": recipes.seeded(BoundaryWalk),
+        "region-walk": recipes.seeded(RegionWalk),
+        "exact": recipes.exact,
+        "fb-fmn": recipes.seeded(FbFMN),
+        "fb-ddn": recipes.seeded(FbDDN),
+        "fb-deepfool": recipes.seeded(FbDeepFool),
+        "fb-cw": recipes.seeded(FbCW),
+        "fb-boundary": recipes.seeded(FbBoundary),
+        "fb-brendel-bethge": recipes.seeded(FbBrendelBethge),
     },
 )
 CONSTRUCTED_MODELS = frozenset({"robust-construction"})  # built in closed form: nothing trained

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.store import SEAL, ResultStore, _sha256, check_seal
+from marginbench.bench.results.store import SEAL, ResultStore, _sha256, check_seal
 
 RUN_KEY = ["source", "run_id"]
 

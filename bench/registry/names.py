@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.measure import BEST
+from marginbench.bench.results.record import BEST
 
 RESERVED = frozenset({BEST})  # the harness's own rows: the per-example minimum over the attacks
 # pandas' default na_values (pandas._libs.parsers.STR_NA_VALUES; tests/test_plugins.py keeps them in step):

@@ -23,16 +23,17 @@ import pandas as pd
 import torch
 
 import marginbench
-from marginbench.bench.estimate import SweepProgress, sweep_cost
-from marginbench.bench.executors import ExecutorSpec, SweepAborted, check_ray_address, import_ray, make_executor
-from marginbench.bench.measure import RunRecord, sweep_tables
-from marginbench.bench.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
-from marginbench.bench.registry import DATASETS, check_names
-from marginbench.bench.runner import Log, RunTask, one_line, resolve_device
-from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
-from marginbench.bench.store import ResultStore
-from marginbench.bench.twin import twin_report
-from marginbench.bench.writer_lock import WriterLock
+from marginbench.bench.execution.estimate import SweepProgress, sweep_cost
+from marginbench.bench.execution.executors import ExecutorSpec, SweepAborted, check_ray_address, import_ray, make_executor
+from marginbench.bench.execution.runner import Log, RunTask, one_line, resolve_device
+from marginbench.bench.execution.twin import twin_report
+from marginbench.bench.experiment.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
+from marginbench.bench.registry.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
+from marginbench.bench.registry.registries import DATASETS, check_names
+from marginbench.bench.results.record import RunRecord
+from marginbench.bench.results.rows import sweep_tables
+from marginbench.bench.results.store import ResultStore
+from marginbench.bench.results.writer_lock import WriterLock
 
 
 def _stderr(line: str) -> None:

@@ -38,8 +38,8 @@ from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
-from marginbench.bench.measure import verify
-from marginbench.bench.timing import clocked
+from marginbench.bench.performance.timing import clocked
+from marginbench.checking.verify import verify
 from marginbench.models.datasets import sphere
 from marginbench.models.reference import autograd_recipe, autograd_steps
 from marginbench.models.train import TrainSpec, normalized_schedule, train, train_batch

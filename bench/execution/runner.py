@@ -1,7 +1,7 @@
 """The runner: one run, dataset -> model -> attacks -> verified rows, as a ``RunRecord`` (``compute_run``).
 
 Any failure of a run (an exception, NaN/inf in training) becomes a failed record rather than an exception:
-the sweep goes on. The executors (``marginbench.bench.executors``) decide where runs are computed.
+the sweep goes on. The executors (``marginbench.bench.execution.executors``) decide where runs are computed.
 """
 
 from __future__ import annotations
@@ -18,29 +18,21 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult, AttackUnavailable
-from marginbench.bench.build import BuiltModel, RunContext
-from marginbench.bench.counting import CountingAutogradNet, counting
+from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.errors import SpecError
-from marginbench.bench.families import KKT
-from marginbench.bench.measure import (
-    RunKeys,
-    RunRecord,
-    attack_row,
-    best_attack_row,
-    best_rows,
-    certify_frames,
-    example_rows,
-    failed_record,
-    verify,
-    verify_shared,
-)
-from marginbench.bench.plugins import load_plugins, plugin_code, quiet
-from marginbench.bench.proposal import checked
-from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
-from marginbench.bench.spec import RunSpec
-from marginbench.bench.timing import clocked
-from marginbench.bench.twin import COMPARED, twin_facts
+from marginbench.bench.execution.twin import COMPARED, twin_facts
+from marginbench.bench.experiment.families import KKT
+from marginbench.bench.experiment.recipes import BuiltModel, RunContext
+from marginbench.bench.experiment.spec import RunSpec
+from marginbench.bench.performance.counting import CountingAutogradNet, counting
+from marginbench.bench.performance.timing import clocked
+from marginbench.bench.registry.plugins import load_plugins, plugin_code, quiet
+from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
+from marginbench.bench.results.record import RunKeys, RunRecord, failed_record
+from marginbench.bench.results.rows import attack_row, best_attack_row, best_rows, certify_frames, example_rows
+from marginbench.checking.proposal import AttackResult
+from marginbench.checking.verify import verify, verify_shared
+from marginbench.checking.well_formed import checked
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
 from marginbench.models.two_layer import TwoLayerNet

@@ -1,6 +1,6 @@
 """Recipes: how each public name becomes, for one run, a dataset, a network or an attack.
 
-The papers' constants live here, next to the recipe that uses them; ``marginbench.bench.registry`` maps the
+The papers' constants live here, next to the recipe that uses them; ``marginbench.bench.registry.registries`` maps the
 names of DESIGN.md to these factories. A factory receives the run's ``RunContext`` (its spec, the torch device
 resolved once for the sweep, whether to show progress) and never reads a device off a tensor.
 """
@@ -17,8 +17,8 @@ import torch
 from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import Onto, SubspaceProjection
-from marginbench.bench.families import KKT
-from marginbench.bench.spec import RunSpec
+from marginbench.bench.experiment.families import KKT
+from marginbench.bench.experiment.spec import RunSpec
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset

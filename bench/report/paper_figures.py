@@ -29,8 +29,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from marginbench.bench.families import KKT
-from marginbench.bench.store import atomic_write
+from marginbench.bench.experiment.families import KKT
+from marginbench.bench.results.store import atomic_write
 
 FIGURES = ("fig1a_common_c_vs_d", "fig1b_common_c_vs_width", "fig2a_margin_fraction", "fig2b_not_on_margin", "fig4_norm_vs_init_scale")
 UNIVERSAL = "universal-z"

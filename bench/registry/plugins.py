@@ -12,7 +12,7 @@ Two ways in:
 A plugin that fails to import, or that registers a name already taken, is one warning line naming it, and the
 rest goes on; a taken name is an error only when it is asked for (``Registry.get``). A plugin that ends the
 program while it is imported (sys.exit, or a KeyboardInterrupt of its own) is an error (``PluginExit``). Every name remembers its
-source (``marginbench.bench.sources``), and result directories record the sources of the plugin names they
+source (``marginbench.bench.registry.provenance``), and result directories record the sources of the plugin names they
 used (manifest ``plugins``), which ``run --resume`` then requires again.
 """
 
@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from marginbench.bench import sources
 from marginbench.bench.errors import SpecError
-from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.sources import Source
+from marginbench.bench.registry import provenance
+from marginbench.bench.registry.provenance import Source
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
 
 Warn = Callable[[str], None]
 GROUPS: Mapping[str, Registry[Any]] = {"marginbench.attacks": ATTACKS, "marginbench.models": MODELS}
@@ -96,7 +96,7 @@ def _guarded(label: str, source: Source, load: Callable[[], None], warn: Warn) -
     """Run ``load`` with its registrations attributed to ``source``; an exception or a taken name is one line."""
     before = _conflicts()
     try:
-        with sources.loading(source), plugin_code(f"plugin {label}"):
+        with provenance.loading(source), plugin_code(f"plugin {label}"):
             load()
     except PluginExit as err:  # it meant to end the program: going on without it would hide that
         raise SpecError(f"{err} while being imported; a plugin registers names and returns: remove that, or leave the plugin out") from None

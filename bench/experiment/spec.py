@@ -3,10 +3,10 @@
 An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run) at one data setting; ``runs()``
 expands it into ``RunSpec``s, one trained (or constructed) network each. A preset may hold several specs
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
-registries by ``marginbench.bench.registry.check_names`` before any work starts.
+registries by ``marginbench.bench.registry.registries.check_names`` before any work starts.
 
 Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in
-``marginbench.bench.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).
+``marginbench.bench.experiment.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from marginbench.bench.errors import SpecError, field_error
-from marginbench.bench.families import FAMILIES, KKT, FamilySpec, family_of
+from marginbench.bench.experiment.families import FAMILIES, KKT, FamilySpec, family_of
 from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
 from marginbench.models.train import TrainSpec
 from marginbench.models.train_spec import on_schedule
@@ -47,8 +47,8 @@ class RunSpec:
     n_eval: int = 0  # held-out points of P that are attacked (subspace family)
     label_rule: str = "random"
     init_scale: float = 1.0  # multiplies the initialization's standard deviation
-    l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/build.py)
-    twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/twin.py)
+    l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/experiment/recipes.py)
+    twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/execution/twin.py)
     exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP)
 
     @property

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from marginbench.attacks.closed_form import UniversalZ
-from marginbench.bench.build import BuiltModel, RunContext
-from marginbench.bench.measure import verify_shared
-from marginbench.bench.spec import RunSpec
+from marginbench.bench.experiment.recipes import BuiltModel, RunContext
+from marginbench.bench.experiment.spec import RunSpec
+from marginbench.checking.verify import verify_shared
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import margin_set, normalized_margin
 from marginbench.models.train import TrainSpec, train

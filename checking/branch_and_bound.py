@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from marginbench.attacks.flips import rounding_bound_within
+from marginbench.checking.flips import rounding_bound_within
 from marginbench.models.two_layer import TwoLayerNet
 
 BATCH = 256  # leaves expanded per step (two children each)

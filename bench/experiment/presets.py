@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from marginbench.bench.families import KKT, SUBSPACE
-from marginbench.bench.registry import Registry
-from marginbench.bench.spec import ExperimentSpec, Sweep
+from marginbench.bench.experiment.families import KKT, SUBSPACE
+from marginbench.bench.experiment.spec import ExperimentSpec, Sweep
+from marginbench.bench.registry.registries import Registry
 from marginbench.models.train import TrainSpec
 from marginbench.models.train_spec import ARC_LATE_STEP, SUBSPACE_TRAIN, arc_schedule
 

@@ -14,7 +14,7 @@ Maximizing over alpha (alpha-CROWN, Xu et al. 2021) reaches the triangle relaxat
 objective is convex in delta and linear in alpha, so min and max swap). Where the bound is positive no
 perturbation of norm <= r flips x; bisection on r finds the largest such r. Any alpha gives a valid bound,
 so the answer is sound however far the ascent got; floating-point error is covered by asking the bound to
-exceed the rounding bound of ``marginbench.attacks.flips``.
+exceed the rounding bound of ``marginbench.checking.flips``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from marginbench.attacks.flips import rounding_bound, rounding_bound_within
+from marginbench.checking.flips import rounding_bound, rounding_bound_within
 from marginbench.models.two_layer import TwoLayerNet
 
 BISECTION_STEPS = 20  # the radius to 2^-20 of the bracket

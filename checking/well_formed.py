@@ -17,7 +17,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from marginbench.attacks.base import AttackResult, SharedPerturbation
+from marginbench.checking.proposal import AttackResult, SharedPerturbation
 
 # the keys of an attack's row in summary.csv (measure.attack_row) that an attack's extras must not replace
 ROW_KEYS = frozenset({"run_id", "attack", "attack_seconds", "common_c", "forward_passes_per_example", "backward_passes_per_example", "rejected_ties", "attack_status", "attack_error"})

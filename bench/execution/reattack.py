@@ -28,16 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.errors import SpecError
-from marginbench.bench.measure import BEST, RunKeys, RunRecord, best_attack_row, best_rows, certify_frames, sweep_tables
-from marginbench.bench.plugins import check_recorded, load_entry_points, recorded_sources
-from marginbench.bench.registry import ATTACKS
-from marginbench.bench.runner import Log, measure_attack, resolve_device, theory_diagnostics
-from marginbench.bench.spec import ExperimentSpec, RunSpec, spec_from_dict
-from marginbench.bench.store import ResultStore
-from marginbench.bench.sweep import environment, recorded_plugins
-from marginbench.bench.writer_lock import LOCK_FILE, WRITER_FILE, WriterLock
+from marginbench.bench.execution.runner import Log, measure_attack, resolve_device, theory_diagnostics
+from marginbench.bench.execution.sweep import environment, recorded_plugins
+from marginbench.bench.experiment.recipes import BuiltModel, RunContext
+from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, spec_from_dict
+from marginbench.bench.registry.plugins import check_recorded, load_entry_points, recorded_sources
+from marginbench.bench.registry.registries import ATTACKS
+from marginbench.bench.results.record import BEST, RunKeys, RunRecord
+from marginbench.bench.results.rows import best_attack_row, best_rows, certify_frames, sweep_tables
+from marginbench.bench.results.store import ResultStore
+from marginbench.bench.results.writer_lock import LOCK_FILE, WRITER_FILE, WriterLock
 from marginbench.models.datasets import Dataset
 from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.train import TrainReport

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from marginbench.bench.build import KKT_L2_MAX_ITERS
-from marginbench.bench.registry import CONSTRUCTED_MODELS
-from marginbench.bench.spec import RunSpec, Sweep
-from marginbench.bench.twin import twin_spec
+from marginbench.bench.execution.twin import twin_spec
+from marginbench.bench.experiment.recipes import KKT_L2_MAX_ITERS
+from marginbench.bench.experiment.spec import RunSpec, Sweep
+from marginbench.bench.registry.registries import CONSTRUCTED_MODELS
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
@@ -80,7 +80,7 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
     if run.model == "three-layer":  # the second hidden layer's (width, width) products, and autograd's overhead
         step = 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
         steps = min(THREE_LAYER_STEPS, run.train.iteration_cap)
-    elif run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/build.py's l2_plan
+    elif run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/experiment/recipes.py's l2_plan
         steps = run.train.iteration_cap if run.family_spec.on_subspace else (run.train.max_iters or KKT_L2_MAX_ITERS)
     else:
         steps = steps_estimate(run.train, run.n, run.d)
@@ -90,7 +90,7 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
 @functools.cache
 def machine_gflops(device: str, dtype: str) -> float:
     """This machine's matmul rate at a training-sized product (measured once per process, ~0.2 s)."""
-    from marginbench.bench.throughput import matmul_gflops
+    from marginbench.bench.performance.throughput import matmul_gflops
 
     return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype))
 
