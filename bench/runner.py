@@ -42,9 +42,14 @@ from marginbench.bench.timing import clocked
 from marginbench.bench.twin import COMPARED, twin_facts
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
+from marginbench.models.train_spec import STUCK
 from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
+
+
+class TrainingStuck(RuntimeError):
+    """Training stopped because the net cannot train (models.train_spec.STUCK): the run fails, with that reason."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +229,8 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         log(f"  trained {t.iterations} iterations in {t.seconds:.1f} s: log10 loss {t.log10_loss:.2f} ({t.stop_reason})")
         if t.stop_reason == "nonfinite":
             log(f"  warning: training hit NaN/inf at iteration {t.nonfinite_iteration}; attacking the last finite parameters")
+        if t.stop_reason in STUCK:  # nothing to attack: a net that cannot train fails at once, with the reason
+            raise TrainingStuck(f"training stopped at iteration {t.iterations}: {STUCK[t.stop_reason]}")
     start = time.perf_counter()
     row = run_facts(run, data, built, seconds["model"])
     diagnostics, per_example = theory_diagnostics(run, data, built)
@@ -269,7 +276,7 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
     try:
         record = execute_run(task, log, prebuilt)
     except Exception as err:  # a failed run is recorded and the sweep goes on
-        error = one_line(err)
+        error = str(err) if isinstance(err, TrainingStuck) else one_line(err)
         log(f"  failed: {error}")
         keys = RunKeys.of(run)
         manifest = {"wall_seconds": time.perf_counter() - start, "run_status": "failed", "error": error}
