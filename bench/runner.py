@@ -38,6 +38,7 @@ from marginbench.bench.measure import (
 from marginbench.bench.plugins import load_plugins, quiet
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
+from marginbench.bench.time_limit import AttackTimeout, time_limit
 from marginbench.bench.timing import clocked
 from marginbench.bench.twin import COMPARED, twin_facts
 from marginbench.models.datasets import Dataset
@@ -143,7 +144,8 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     """(result, status, error) of attack ``name`` on the run's attacked points.
 
     status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
-    missing (AttackUnavailable); or "failed" where it raised or proposed arrays of the wrong shape. An attack
+    missing (AttackUnavailable); or "failed" where it raised, proposed arrays of the wrong shape or ran past the
+    run's attack_seconds_limit. An attack
     that fails on one model must not end the sweep: its rows carry no proposal (every norm +inf), the error
     is one line, and the other attacks and runs go on.
     """
@@ -151,11 +153,18 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
     if not isinstance(net, TwoLayerNet) and name not in AUTOGRAD_ATTACKS:
         return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(AUTOGRAD_ATTACKS)}"
+    seconds = context.run.attack_seconds_limit
+    timed_out = f"timed out after {seconds:g} s (the per-attack limit, --attack-timeout); its rows count as not flipped"
     try:
-        result = ATTACKS.get(name)(data, context)(net, X, y)
+        with time_limit(seconds) as limit:  # an alarm in this (main) thread: see bench/time_limit.py
+            result = ATTACKS.get(name)(data, context)(net, X, y)
+        if limit.expired:  # it swallowed the alarm, or ran where none can be raised
+            return nothing, "failed", timed_out
         if result.delta.shape != X.shape or result.found.shape != y.shape:
             raise ValueError(f"proposed delta {tuple(result.delta.shape)} and found {tuple(result.found.shape)} for points {tuple(X.shape)}")
         return result, "ok", ""
+    except AttackTimeout:
+        return nothing, "failed", timed_out
     except AttackUnavailable as err:
         return nothing, "unavailable", one_line(err)
     except Exception as err:  # any failure of third-party attack code is recorded, not raised
