@@ -70,12 +70,23 @@ def _finite(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            value = _integral(text) if kind is int else None  # 1e20 is an integer too
+            if value is None:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         return value
 
     return parse
+
+
+def _integral(text: str) -> int | None:
+    """The integer a number written with a point or an exponent stands for (1e20, 64.0), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def make_parser() -> argparse.ArgumentParser:
