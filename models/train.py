@@ -140,7 +140,7 @@ def _stuck(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, StopReas
     """Every CHECK_EVERY iterations (on a full pass, so no product of its own): the nets that cannot train.
 
     dead: at every training point either relu(Z) is 0 for every neuron, so that the point's gradient (v_j 1[z > 0] x,
-    v_j 1[z > 0], relu(z)) is exactly 0, or (full batch) its weight softmax(s)_i in the step is 0 in floating point:
+    v_j 1[z > 0], relu(z)) is exactly 0, or (full batch, no L2) its weight softmax(s)_i in the step is 0 in floating point:
     the step is exactly 0, forever, and no step, however large, moves the net (the paper schedule's would grow
     until it overflowed, after ~750,000 iterations). stalled: the step grows (lr_growth > 1) and the loss has stayed
     bitwise the same for STALL_ITERS iterations. A constant step that stops moving the loss is at a rest point, not
@@ -151,8 +151,8 @@ def _stuck(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, StopReas
     run.next_check = run.it + CHECK_EVERY
     assert batch.H is not None and batch.s is not None, "set by _full_pass"
     carries = batch.H.amax(2) > 0  # (S, n): the points where some ReLU is on
-    if run.spec.batch_size is None:  # ... and whose share softmax(s)_i of the full-batch gradient is not 0 in floating point
-        carries &= torch.softmax(batch.s, 1) > 0
+    if run.spec.batch_size is None and run.spec.l2 == 0:  # ... and whose share softmax(s)_i of the step is not 0 in
+        carries &= torch.softmax(batch.s, 1) > 0  # floating point (L2's shrinking could bring a vanished share back)
     alive = carries.any(1).tolist()  # one (S,) read-back per CHECK_EVERY iterations
     reasons: dict[int, StopReason] = {}
     for i, live in zip(batch.ids, alive, strict=True):

@@ -37,14 +37,13 @@ PRECISIONS: tuple[str, ...] = ("float64", "float32")
 StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite", "dead", "stalled"]
 MAX_ITERS = 2_000_000  # the cap of a spec that gives none: far past the paper schedule's ~72,000 steps
 LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
+CHECK_EVERY = 100  # iterations between the checks for a dead or stalled net (on a full pass: no extra product)
+STALL_ITERS = 10_000  # a loss bitwise unchanged this long while the step grows (x1.1^100 on the paper's) is stuck
 # Stops that say the net cannot train (the run fails): what each means, for a log line and summary.csv.
 STUCK: dict[str, str] = {
     "dead": "every ReLU is off at every training point that still carries loss: the gradient is exactly 0, so no step can change the net",
-    "stalled": "the loss has not moved over {STALL_ITERS} iterations while the step grew",
+    "stalled": f"the loss has not moved over {STALL_ITERS:,} iterations while the step grew",
 }
-CHECK_EVERY = 100  # iterations between the checks for a dead or stalled net (on a full pass: no extra product)
-STALL_ITERS = 10_000  # a loss bitwise unchanged this long while the step grows (x1.1^100 on the paper's) is stuck
-STUCK["stalled"] = STUCK["stalled"].format(STALL_ITERS=f"{STALL_ITERS:,}")
 
 # How far the paper schedule must go. Along gradient flow on the exponential (or logistic) loss the loss decays
 # like 1 / (flow time), up to logs (Lyu & Li 2020; Vardi et al. build on it), where the flow time of GD is
