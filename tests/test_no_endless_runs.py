@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
+from marginbench.bench.build import family_init
 from marginbench.bench.estimate import steps_estimate, sweep_cost
+from marginbench.bench.registry import DATASETS
 from marginbench.bench.spec import ExperimentSpec
 from marginbench.bench.time_limit import AttackTimeout, time_limit
 from marginbench.models.datasets import sphere
@@ -137,3 +139,15 @@ def test_a_three_layer_net_with_a_dead_hidden_layer_stops_at_once() -> None:
     spec = TrainSpec(loss="logistic", lr=0.01, lr_growth=1.0, target_loss=None, target_margin=1.0, max_iters=5000)
     _, report = train_three_layer(dead, data.X, data.y, spec)
     assert report.stop_reason == "dead" and report.iterations == 0
+
+
+def test_a_loss_that_stops_moving_while_the_step_grows_is_stalled() -> None:
+    """The issue's net (d 2, n 5, width 6, seed 4): ReLUs die at 4 points and the 5th's loss underflows. With SGD
+    the dead check looks at relu(Z) only (a mini-batch's own softmax could revive the 5th), so the stall rule ends it."""
+    run = ExperimentSpec(d=2, n=5, width=6, models=("vanilla",), seeds=(4,)).runs()[0]
+    data = DATASETS.get("sphere")(run)
+    init, _ = family_init(data, run, small=False)
+    _, report = train(init, data.X, data.y, TrainSpec(batch_size=5))
+    assert report.stop_reason == "stalled" and report.iterations < 40_000
+    _, report = train(init, data.X, data.y, TrainSpec())  # full batch: the step is exactly 0, dead at once
+    assert report.stop_reason == "dead" and report.iterations < 20_000
