@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from marginbench.bench.report.results import Results
 
 PROG = "marginbench"
-_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds")
+_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds", "attack_timeout")
 _TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every", "precision", "late_lr")
 
 

@@ -23,7 +23,7 @@ from marginbench.bench.executors import EXECUTORS
 from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
-from marginbench.bench.spec import DEVICES, TWINS
+from marginbench.bench.spec import ATTACK_TIMEOUT, DEVICES, TWINS
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
@@ -70,12 +70,23 @@ def _finite(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            value = _integral(text) if kind is int else None  # 1e20 is an integer too
+            if value is None:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         return value
 
     return parse
+
+
+def _integral(text: str) -> int | None:
+    """The integer a number written with a point or an exponent stands for (1e20, 64.0), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -137,6 +148,14 @@ def make_parser() -> argparse.ArgumentParser:
         type=_finite(float),
         help="the exact attack's time limit per example, in seconds (default 10): within it SCIP proves the minimal flip; "
         "beyond it the example keeps SCIP's certified lower bound and the best flip known",
+    )
+    grid.add_argument(
+        "--attack-timeout",
+        type=_finite(float),
+        metavar="SECONDS",
+        help=f"each attack's wall-time limit per run (default {ATTACK_TIMEOUT:g} s, or 3 x --exact-seconds per attacked point if longer; "
+        "the slowest built-in attack measured takes ~130 s): an attack past it is stopped and recorded as failed "
+        "(attack_status failed, error 'timed out'); the other attacks and runs go on",
     )
     training = run.add_argument_group("training (defaults: the family's recipe, see below)")
     training.add_argument(
