@@ -1,7 +1,9 @@
 """The measurement behind ``marginbench.bench.threads``' rule: the training step at 1 and 2 torch threads, on an
 otherwise idle machine and next to one busy process (``python -c "while True: pass"``), over a range of shapes.
 
-    OMP_NUM_THREADS= python benchmarks/thread_table.py [--rounds 5]
+    env -u OMP_NUM_THREADS python benchmarks/thread_table.py [--rounds 5]
+    env -u OMP_NUM_THREADS taskset -c 0,1 python benchmarks/thread_table.py   # 2 cores of a larger idle machine
+                                                                              # (the busy process inherits them)
 
 Rounds interleave every variant (idle/busy x 1/2 threads), so that a change of load on a shared machine
 reaches all of them; each cell is the median over rounds of the seconds per step. Prints a GitHub table.
