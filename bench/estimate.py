@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from marginbench.bench.build import KKT_L2_MAX_ITERS
 from marginbench.bench.registry import CONSTRUCTED_MODELS
 from marginbench.bench.spec import RunSpec, Sweep
+from marginbench.bench.threads import Threads, choose_threads, using
 from marginbench.bench.twin import twin_spec
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
 
@@ -86,6 +87,11 @@ def step_gflop(run: RunSpec) -> float:
     return 4e-9 * run.n * run.d * run.width
 
 
+def run_threads(run: RunSpec, requested: int | None, seeds: int = 1) -> Threads:
+    """The torch threads for ``run``'s training and attacks (``seeds`` nets trained in one batch): bench/threads.py's rule."""
+    return choose_threads(seeds * step_gflop(run), requested=requested)
+
+
 def run_gflop(run: RunSpec, trained: bool) -> float:
     """GFLOPs of one run's training (and of its --twin's), 0 for a construction."""
     if not trained:
@@ -102,12 +108,18 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
     return step * (steps + twin)
 
 
+RATE_SAMPLES = 15  # timed products per rate, after RATE_WARMUP: their median, so that a moment of load on a shared machine does not set it
+RATE_WARMUP = 3
+
+
 @functools.cache
-def machine_gflops(device: str, dtype: str) -> float:
-    """This machine's matmul rate at a training-sized product (measured once per process, ~0.2 s)."""
+def machine_gflops(device: str, dtype: str, threads: int) -> float:
+    """This machine's matmul rate at a training-sized product at ``threads`` torch threads: the median of
+    RATE_SAMPLES timed products (measured once per process and thread count, ~0.3 s)."""
     from marginbench.bench.throughput import matmul_gflops
 
-    return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype))
+    with using(Threads(count=threads, why="the sweep's estimate")):
+        return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype), repeats=RATE_SAMPLES, warmup=RATE_WARMUP)
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class SweepCost:
     trainings: int
     gflop: float
     minutes: float
-    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype of the sweep
+    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype and thread count of the sweep ("float64, 1 thread")
     capped: dict[int, int] = field(default_factory=dict)  # iteration cap -> trainings estimated to stop there
 
 
@@ -126,7 +138,7 @@ class SweepCost:
         """The line printed before the sweep starts."""
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
         when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
-        rates = " and ".join(f"{rate:.0f} GFLOP/s {dtype}" for dtype, rate in self.rates.items())
+        rates = " and ".join(f"{rate:.0f} GFLOP/s {kind}" for kind, rate in self.rates.items())
         line = (
             f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated from "
             f"this machine's matmul rate ({rates}; attacks not counted)"
@@ -136,24 +148,25 @@ class SweepCost:
         return line
 
 
-def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
-    """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep)."""
+def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, list[float]]:
+    """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep);
+    each run's rate is measured at the thread count it will run with (``threads``: --threads)."""
     runs = [run for spec in sweep for run in spec.runs()]
     trained = [run.model not in CONSTRUCTED_MODELS for run in runs]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
-    dtypes = [run.train.precision or "float64" for run in runs]
-    rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
+    kinds = [(run.train.precision or "float64", run_threads(run, threads).count) for run in runs]
+    rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(
-        max(gflop / (step_efficiency(step) * rates[dtype]), gflop / step * STEP_SECONDS_FLOOR) for gflop, step, dtype in zip(per_run, steps, dtypes, strict=True) if gflop > 0
+        max(gflop / (step_efficiency(step) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR) for gflop, step, kind in zip(per_run, steps, kinds, strict=True) if gflop > 0
     )
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     capped: dict[int, int] = {}
     for run, t in zip(runs, trained, strict=True):  # the models whose steps follow the recipe (run_gflop's last case)
         if t and run.model not in ("three-layer", "l2") and stops_at_cap(run.train, run.n, run.d):
             capped[run.train.iteration_cap] = capped.get(run.train.iteration_cap, 0) + 1
-    cost = SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=rates, capped=capped)
-    return cost, per_run
+    shown = {f"{dtype}, {count} thread{'s' * (count > 1)}": rate for (dtype, count), rate in rates.items()}
+    return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=shown, capped=capped), per_run
 
 
 class SweepProgress:

@@ -22,6 +22,7 @@ from marginbench.attacks.base import AttackResult, AttackUnavailable
 from marginbench.bench.build import BuiltModel, RunContext
 from marginbench.bench.counting import CountingAutogradNet, counting
 from marginbench.bench.errors import SpecError
+from marginbench.bench.estimate import run_threads
 from marginbench.bench.families import KKT
 from marginbench.bench.measure import (
     RunKeys,
@@ -39,6 +40,7 @@ from marginbench.bench.plugins import load_plugins, plugin_code, quiet
 from marginbench.bench.proposal import checked
 from marginbench.bench.registry import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
 from marginbench.bench.spec import RunSpec
+from marginbench.bench.threads import using
 from marginbench.bench.time_limit import AttackTimeout, time_limit
 from marginbench.bench.timing import clocked
 from marginbench.bench.twin import COMPARED, twin_facts
@@ -65,6 +67,7 @@ class RunTask:
     device: torch.device  # resolved once for the sweep
     progress: bool  # tqdm bars (in this process only)
     plugins: tuple[str, ...] = ()  # --plugin modules and files, loaded again by a worker process
+    threads: int | None = None  # --threads: torch's intra-op threads for every run (None: bench/threads.py's rule)
 
 
 @dataclass(frozen=True)
@@ -282,16 +285,18 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
     run = task.run
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
     start = time.perf_counter()
+    threads = run_threads(run, task.threads)
+    log(f"  torch threads: {threads.count} ({threads.why})")
     try:
         load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
-        with plugin_code(f"the run's dataset or model ({run.dataset}, {run.model})"):  # a plugin's sys.exit fails this run only
+        with using(threads), plugin_code(f"the run's dataset or model ({run.dataset}, {run.model})"):  # a plugin's sys.exit fails this run only
             record = execute_run(task, log, prebuilt)
     except Exception as err:  # a failed run is recorded and the sweep goes on
         error = str(err) if isinstance(err, TrainingStuck) else one_line(err)
         log(f"  failed: {error}")
         keys = RunKeys.of(run)
-        manifest = {"wall_seconds": time.perf_counter() - start, "run_status": "failed", "error": error}
+        manifest = {"wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), "run_status": "failed", "error": error}
         return failed_record(task.index, keys, {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
     status = {"run_status": record.run_row["run_status"], "error": record.run_row["run_error"]}
-    manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, **status}
+    manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), **status}
     return dataclasses.replace(record, manifest=manifest, log=tuple(lines))

@@ -213,7 +213,7 @@ def run_sweep(
             for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
                 log(f"note: `marginbench attack {out} --attacks {','.join(attack.get('attacks', []))}` did not finish; run it again to finish it")
         tasks = [
-            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins())
+            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins(), threads=executor.threads)
             for i, (run, attacks) in enumerate(planned)
             if i not in finished
         ]
@@ -225,7 +225,7 @@ def run_sweep(
             store.write_manifest(manifest)
             return examples, summary
 
-        cost, weights = sweep_cost(sweep)
+        cost, weights = sweep_cost(sweep, executor.threads)
         log(cost.line())
         with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
             write_tables()

@@ -39,7 +39,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     With --resume the sweep is the one in DIR/manifest.json, and an explicit option that contradicts it is a
     mistake.
     """
-    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run)
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run, threads=args.threads)
     if args.resume is None:
         return specs_from_args(args), args.preset or "default", args.out, executor
     from marginbench.bench.store import ResultStore

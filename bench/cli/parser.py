@@ -24,6 +24,7 @@ from marginbench.bench.families import FAMILIES
 from marginbench.bench.presets import PRESETS, SCALES
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import ATTACK_TIMEOUT, DEVICES, TWINS
+from marginbench.bench.threads import ONE_THREAD_BELOW_GFLOP
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
@@ -197,6 +198,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--batch-seeds",
         action="store_true",
         help="train the seeds of each trained model together in one batch (runs in this process only); at one torch thread the numbers are bitwise those without it",
+    )
+    scale.add_argument(
+        "--threads",
+        type=_finite(int),
+        metavar="N",
+        help="torch's threads for each run's training and attacks (default: OMP_NUM_THREADS if set, else one thread for nets "
+        f"whose training step is below {ONE_THREAD_BELOW_GFLOP:g} GFLOP (4 n d width), the process's share of the cores above)",
     )
     scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
