@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from marginbench.models.train_spec import TrainReport, TrainSpec, log_loss_terms
+from marginbench.models.train_spec import CHECK_EVERY, TrainReport, TrainSpec, log_loss_terms
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def three_layer_init(d: int, width: int, *, generator: torch.Generator, first_sc
 def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec) -> tuple[ThreeLayerNet, TrainReport]:
     """Full-batch GD with a constant step on the mean loss (1/n) sum_i loss(y_i N(x_i)) (what PyTorch's BCELoss
     minimizes in the authors' code), every layer trained; stops at
-    spec.target_margin (min_i y_i N(x_i)), spec.target_loss or after spec.iteration_cap steps.
+    spec.target_margin (min_i y_i N(x_i)), spec.target_loss or after spec.iteration_cap steps, and at once (stop
+    reason "dead") where a hidden layer is off at every training point: N is then one constant on them, forever.
 
     Args:
         net: initial parameters (not modified).
@@ -136,6 +137,9 @@ def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec)
         if spec.target_loss is not None and log_L < math.log(spec.target_loss):
             reason = "target_loss"
             break
+        if it % CHECK_EVERY == 0 and _dead(params, X):
+            reason = "dead"
+            break
         if it >= spec.iteration_cap or (spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds):
             reason = "max_iters" if it >= spec.iteration_cap else "max_seconds"
             break
@@ -151,3 +155,14 @@ def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec)
         final_lr=spec.lr, nonfinite_iteration=nonfinite_at,
     )  # fmt: skip
     return trained, report
+
+
+def _dead(params: list[Tensor], X: Tensor) -> bool:
+    """Whether a hidden layer's ReLUs are all off at every point of X (checked every CHECK_EVERY steps: one forward).
+
+    Then the layers below it get no gradient and N is the same at every point, forever: with layer 1 off, W1 and
+    b1 never move and layer 2 sees relu(b2) everywhere; with layer 2 off, only c moves.
+    """
+    W1, b1, W2, b2 = (p.detach() for p in params[:4])
+    H1 = torch.relu(X @ W1.T + b1)
+    return not bool(H1.gt(0).any()) or not bool(torch.relu(H1 @ W2.T + b2).gt(0).any())

@@ -34,9 +34,24 @@ Schedule = Literal["paper", "normalized", "arc"]
 SCHEDULES: tuple[str, ...] = ("paper", "normalized", "arc")
 Precision = Literal["float64", "float32"]
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
-StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite"]
+StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite", "dead", "stalled"]
 MAX_ITERS = 2_000_000  # the cap of a spec that gives none: far past the paper schedule's ~72,000 steps
 LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
+CHECK_EVERY = 100  # iterations between the checks for a dead or stalled net (on a full pass: no extra product)
+STALL_ITERS = 10_000  # a loss bitwise unchanged this long while the step grows (x1.1^100 on the paper's) is stuck
+# Stops that say the net cannot train (the run fails): what each means, for a log line and summary.csv.
+STUCK: dict[str, str] = {
+    "dead": "every ReLU is off at every training point that still carries loss: the gradient is exactly 0, so no step can change the net",
+    "stalled": f"the loss has not moved over {STALL_ITERS:,} iterations while the step grew",
+}
+
+# How far the paper schedule must go. Along gradient flow on the exponential (or logistic) loss the loss decays
+# like 1 / (flow time), up to logs (Lyu & Li 2020; Vardi et al. build on it), where the flow time of GD is
+# sum_t lr_t. The paper's schedule stops at L < 1e-30 after a flow time of 1.3e28 (72,737 steps at d = n = 100,
+# width 1000: 1e-5 * 100 * (1.1^727 - 1) / 0.1), i.e. L * time = 0.013; measured at 1e-30 with growth_every 10:
+# 0.007 (d 2, n 5, width 6), 0.013 (d 16, width 32; d 64, width 256), 0.026 (d 32, n 100, width 64).
+FLOW_TIMES_LOSS = 0.013
+REACH_SLACK = 1e4  # a schedule is refused when its cap's flow time is below 1 / REACH_SLACK of the time needed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,11 +111,54 @@ class TrainSpec:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self._refuses_unreachable and log_flow_time(self, MAX_ITERS) < math.log(flow_time_needed(self) / REACH_SLACK):
+            raise ValueError(
+                f"the paper schedule cannot reach loss {self.target_loss:g} within {MAX_ITERS:,} iterations: lr {self.lr:g} grown x{self.lr_growth:g} "
+                f"every {self.growth_every:,} iterations adds up to a step total (gradient-flow time) of {math.exp(log_flow_time(self, MAX_ITERS)):.3g} "
+                f"by then, and ~{flow_time_needed(self):.2g} is needed; raise lr_growth, lower growth_every, or give max_iters to stop there"
+            )
+
+    @property
+    def _refuses_unreachable(self) -> bool:
+        """Whether the loss target is this spec's only stop before the default iteration cap (the paper schedule
+        with no other target, no stationarity and no cap of the user's own): then a schedule that cannot reach it
+        would run for MAX_ITERS iterations in vain."""
+        others = (self.target_margin, self.target_normalized_margin, self.stationarity, self.max_iters, self.max_seconds)
+        return self.schedule == "paper" and self.target_loss is not None and all(value is None for value in others)
 
     @property
     def iteration_cap(self) -> int:
         """max_iters, or MAX_ITERS where the spec leaves the cap to the recipe."""
         return self.max_iters if self.max_iters is not None else MAX_ITERS
+
+
+def flow_time_needed(spec: TrainSpec) -> float:
+    """The paper schedule's gradient-flow time sum_t lr_t to spec.target_loss (FLOW_TIMES_LOSS / target)."""
+    assert spec.target_loss is not None, "a loss target"
+    return FLOW_TIMES_LOSS / spec.target_loss
+
+
+def log_flow_time(spec: TrainSpec, iterations: int) -> float:
+    """log sum_{t < iterations} lr_t of the paper schedule: lr * every * (g^K - 1) / (g - 1), K = iterations / every
+    (in logs: g^K overflows a float long before the cap)."""
+    g, every = spec.lr_growth, spec.growth_every
+    if g == 1 or iterations < every:
+        return math.log(spec.lr * max(iterations, 1))
+    k_log_g = iterations / every * math.log(g)
+    grown = k_log_g if k_log_g > 30 else math.log(math.expm1(k_log_g))
+    return math.log(spec.lr * every / (g - 1)) + grown
+
+
+def paper_steps(spec: TrainSpec) -> float:
+    """The paper schedule's iterations to spec.target_loss by the flow-time rule (FLOW_TIMES_LOSS; ~72,700 for its
+    own schedule), whatever the spec's iteration cap."""
+    need = flow_time_needed(spec)
+    g, every = spec.lr_growth, spec.growth_every
+    if g == 1:
+        steps = need / spec.lr
+    else:
+        steps = every * math.log1p(need * (g - 1) / (spec.lr * every)) / math.log(g)
+    return steps
 
 
 # The normalized schedule's default step: on d = n = 100, width 1000 it reaches loss 1e-30 at the paper

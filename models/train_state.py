@@ -150,6 +150,8 @@ class Run:
         # What a net returns when it stops (so that a failure can be inspected); at first its initial parameters.
         self.last_finite = {i: Finite(batch.W, batch.b, batch.v, i, math.inf, -math.inf) for i in batch.ids}
         self.done: dict[int, tuple[TwoLayerNet, TrainReport]] = {}
+        self.next_check = 0  # the iteration of the next check for a dead or stalled net (train._stuck)
+        self.still: dict[int, tuple[float, int]] = {}  # per net: (log L, the iteration since which it has not moved)
         self.start = time.perf_counter()
 
     def finish(self, i: int, reason: StopReason) -> None:

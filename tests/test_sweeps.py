@@ -135,7 +135,7 @@ def test_a_process_pool_writes_the_same_results(tmp_path: Path, reference_sweep:
     assert run_cli(["run", *SWEEP, "--workers", "2", "--out", str(out)]) == 0
     assert_same_tables(reference_sweep, out)
     manifest = read_json(out / "manifest.json")
-    assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None, "batch_seeds": False, "gpus_per_run": None}
+    assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None, "batch_seeds": False, "gpus_per_run": None, "threads": None}
     assert list(manifest["runs"]) == list(read_json(reference_sweep / "manifest.json")["runs"])  # spec order, not finish order
 
 

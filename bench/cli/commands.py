@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
-from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
+from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS
 
 if TYPE_CHECKING:
     from marginbench.bench.results.readback import Results
 
 PROG = "marginbench"
-_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds")
+_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds", "attack_timeout")
 _TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every", "precision", "late_lr")
 
 
@@ -39,7 +39,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     With --resume the sweep is the one in DIR/manifest.json, and an explicit option that contradicts it is a
     mistake.
     """
-    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run)
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run, threads=args.threads)
     if args.resume is None:
         return specs_from_args(args), args.preset or "default", args.out, executor
     from marginbench.bench.execution.sweep import check_same_sweep, stored_sweep

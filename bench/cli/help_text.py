@@ -103,6 +103,13 @@ certified lower bound on its minimal flip (examples.csv lower_bound: the triangl
 and proved_optimal (its best norm is within 0.01% of that bound); summary.csv has proved_fraction and
 median_certified_gap (median norm / lower_bound). A run whose training hits NaN/inf,
 or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
+
+Nothing runs forever: training stops at --max-iters (default 2,000,000), and a paper schedule that cannot
+reach its target loss by then (e.g. --lr-growth 1) is refused before any work; the estimate line names the
+trainings that will stop at their cap. A net whose every ReLU is off at every training point that still
+carries loss (its gradient is exactly 0), or whose loss has not moved for 10,000 iterations while the step
+grows, stops at once as a failed run with that reason. An attack past --attack-timeout is stopped and
+recorded as failed ("timed out"); the run's other attacks keep their rows.
 """
 
 

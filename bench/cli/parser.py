@@ -22,7 +22,8 @@ from marginbench.bench.errors import SpecError
 from marginbench.bench.execution.executors import EXECUTORS
 from marginbench.bench.experiment.families import FAMILIES
 from marginbench.bench.experiment.presets import PRESETS, SCALES
-from marginbench.bench.experiment.spec import DEVICES, TWINS
+from marginbench.bench.experiment.spec import ATTACK_TIMEOUT, DEVICES, TWINS
+from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
@@ -70,12 +71,23 @@ def _finite(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            value = _integral(text) if kind is int else None  # 1e20 is an integer too
+            if value is None:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         return value
 
     return parse
+
+
+def _integral(text: str) -> int | None:
+    """The integer a number written with a point or an exponent stands for (1e20, 64.0), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -138,6 +150,14 @@ def make_parser() -> argparse.ArgumentParser:
         help="the exact attack's time limit per example, in seconds (default 10): within it SCIP proves the minimal flip; "
         "beyond it the example keeps SCIP's certified lower bound and the best flip known",
     )
+    grid.add_argument(
+        "--attack-timeout",
+        type=_finite(float),
+        metavar="SECONDS",
+        help=f"each attack's wall-time limit per run (default {ATTACK_TIMEOUT:g} s, or 3 x --exact-seconds per attacked point if longer; "
+        "the slowest built-in attack measured takes ~130 s): an attack past it is stopped and recorded as failed "
+        "(attack_status failed, error 'timed out'); the other attacks and runs go on",
+    )
     training = run.add_argument_group("training (defaults: the family's recipe, see below)")
     training.add_argument(
         "--schedule",
@@ -178,6 +198,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--batch-seeds",
         action="store_true",
         help="train the seeds of each trained model together in one batch (runs in this process only); at one torch thread the numbers are bitwise those without it",
+    )
+    scale.add_argument(
+        "--threads",
+        type=_finite(int),
+        metavar="N",
+        help="torch's threads for each run's training and attacks (default: OMP_NUM_THREADS if set, else one thread for nets "
+        f"whose training step is below {ONE_THREAD_BELOW_GFLOP:g} GFLOP (4 n d width), the process's share of the cores above)",
     )
     scale.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray: one Ray task per run")
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")

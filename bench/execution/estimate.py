@@ -12,7 +12,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -20,22 +20,26 @@ from tqdm.auto import tqdm
 from marginbench.bench.execution.twin import twin_spec
 from marginbench.bench.experiment.recipes import KKT_L2_MAX_ITERS
 from marginbench.bench.experiment.spec import RunSpec, Sweep
+from marginbench.bench.performance.threads import Threads, choose_threads, using
 from marginbench.bench.registry.registries import CONSTRUCTED_MODELS
-from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec
+from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
 #   arc (rho 0.003): 129 (r 0.1), 196 (0.4), 264 (1), 468 (2.5), 1473 (10), 1977 (14), 2274 (17.3)
 #   ~ 264 r^0.33 below r = 1 and 264 r^0.75 above. Scaled by ARC_STEP / rho for other steps, which over-counts
 #   them: past r ~ 3 the count hardly moves with rho (d = 200, n = 577: 761, 544, 465 steps at rho 0.0015, 0.003, 0.006).
-#   normalized (lr 0.003): 1,437-1,570 at r = 1; paper: 72,737 at d = n = 100.
+#   normalized (lr 0.003): 1,437-1,570 at r = 1; paper: 72,737 at d = n = 100 (any lr and growth: paper_steps,
+#   the flow-time rule of models/train_spec.py).
 # LATE_EXTRA: the arc schedule's late step (0.0007 below loss 1e-10) multiplies the count by 1.73 at r = 2.5
 #   (468 -> 808) and 1.14 at r = 10 (1473 -> 1675), d = 100: ~1.73 (r / 2.5)^-0.3, at least 1.
 # Constant steps to a margin (Melamed et al.'s recipe, lr 0.05 to margin 1): 88-102 steps at d = 784, n = 1000,
 # width 1000, init divided by 1 ... 32; 31 on the digits.
 ARC_STEPS_AT_R1 = 264
 NORMALIZED_STEPS_AT_R1 = 1500
-PAPER_STEPS = 73_000
 MARGIN_STEPS = 100
+# Every step also costs the loop's own time, whatever its FLOPs: 754,600 steps of a d = 2, n = 5, width 6 net took
+# 75 s on one CPU core (~100 us a step); tiny nets run for that, not for their products.
+STEP_SECONDS_FLOOR = 1e-4
 THREE_LAYER_STEPS = 300  # the three-layer net, mean loss, step 0.5, to margin 1: 254 steps (d = 784, init / 1); more at / 32
 
 
@@ -49,26 +53,43 @@ def step_efficiency(step_gflop: float) -> float:
 
 def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
     """Rough number of training steps of ``train`` on n examples in R^d (capped by its iteration cap)."""
+    steps = steps_to_target(train, n, d)
+    return int(min(steps if steps is not None else math.inf, train.iteration_cap))
+
+
+def steps_to_target(train: TrainSpec, n: int, d: int) -> float | None:
+    """Rough number of steps of ``train`` to its target on n examples in R^d, past its cap if need be; None where
+    the recipe has no rule (a fixed number of steps: the l2 recipes): it runs to its cap."""
     r = n / d
     growth = r**0.75 if r >= 1 else r ** (1 / 3)
     if train.schedule == "arc":
         steps = ARC_STEPS_AT_R1 * growth * ARC_STEP / train.lr
         if train.late_lr is not None and train.late_lr < train.lr:  # the late phase's extra steps (LATE_EXTRA above)
             steps *= max(1.0, 1.73 * (r / 2.5) ** -0.3) ** (math.log(train.lr / train.late_lr) / math.log(ARC_STEP / ARC_LATE_STEP))
-    elif train.schedule == "normalized":
-        steps = NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
-    elif train.target_loss is not None and train.lr_growth > 1:
-        steps = PAPER_STEPS
-    elif train.target_margin is not None and train.l2 == 0:
-        steps = MARGIN_STEPS
-    else:  # a fixed number of steps (the l2 recipes) or no rule measured: the cap
-        steps = train.iteration_cap
-    return int(min(steps, train.iteration_cap))
+        return steps
+    if train.schedule == "normalized":
+        return NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
+    if train.target_loss is not None and (train.lr_growth > 1 or train.target_margin is None) and train.l2 == 0:
+        return paper_steps(train)
+    if train.target_margin is not None and train.l2 == 0:
+        return MARGIN_STEPS
+    return None
+
+
+def stops_at_cap(train: TrainSpec, n: int, d: int) -> bool:
+    """Whether the estimate puts ``train``'s target at or past its iteration cap (it stops there: max_iters)."""
+    steps = steps_to_target(train, n, d)
+    return steps is not None and steps >= train.iteration_cap
 
 
 def step_gflop(run: RunSpec) -> float:
     """GFLOPs of one full-batch training step of a two-layer net: the (n, d, width) products X W^T and A^T X."""
     return 4e-9 * run.n * run.d * run.width
+
+
+def run_threads(run: RunSpec, requested: int | None, seeds: int = 1) -> Threads:
+    """The torch threads for ``run``'s training and attacks (``seeds`` nets trained in one batch): bench/performance/threads.py's rule."""
+    return choose_threads(seeds * step_gflop(run), requested=requested)
 
 
 def run_gflop(run: RunSpec, trained: bool) -> float:
@@ -87,12 +108,18 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
     return step * (steps + twin)
 
 
+RATE_SAMPLES = 15  # timed products per rate, after RATE_WARMUP: their median, so that a moment of load on a shared machine does not set it
+RATE_WARMUP = 3
+
+
 @functools.cache
-def machine_gflops(device: str, dtype: str) -> float:
-    """This machine's matmul rate at a training-sized product (measured once per process, ~0.2 s)."""
+def machine_gflops(device: str, dtype: str, threads: int) -> float:
+    """This machine's matmul rate at a training-sized product at ``threads`` torch threads: the median of
+    RATE_SAMPLES timed products (measured once per process and thread count, ~0.3 s)."""
     from marginbench.bench.performance.throughput import matmul_gflops
 
-    return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype))
+    with using(Threads(count=threads, why="the sweep's estimate")):
+        return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype), repeats=RATE_SAMPLES, warmup=RATE_WARMUP)
 
 
 @dataclass(frozen=True)
@@ -103,30 +130,43 @@ class SweepCost:
     trainings: int
     gflop: float
     minutes: float
-    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype of the sweep
+    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype and thread count of the sweep ("float64, 1 thread")
+    capped: dict[int, int] = field(default_factory=dict)  # iteration cap -> trainings estimated to stop there
+
 
     def line(self) -> str:
         """The line printed before the sweep starts."""
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
         when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
-        rates = " and ".join(f"{rate:.0f} GFLOP/s {dtype}" for dtype, rate in self.rates.items())
-        return (
+        rates = " and ".join(f"{rate:.0f} GFLOP/s {kind}" for kind, rate in self.rates.items())
+        line = (
             f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated from "
             f"this machine's matmul rate ({rates}; attacks not counted)"
         )
+        for cap, count in sorted(self.capped.items()):
+            line += f"; {count} training{'s' if count > 1 else ''} will stop at the iteration cap of {cap:,} before the target (max_iters)"
+        return line
 
 
-def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
-    """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep)."""
+def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, list[float]]:
+    """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep);
+    each run's rate is measured at the thread count it will run with (``threads``: --threads)."""
     runs = [run for spec in sweep for run in spec.runs()]
     trained = [run.model not in CONSTRUCTED_MODELS for run in runs]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
-    dtypes = [run.train.precision or "float64" for run in runs]
-    rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
+    kinds = [(run.train.precision or "float64", run_threads(run, threads).count) for run in runs]
+    rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
-    seconds = sum(gflop / (step_efficiency(step) * rates[dtype]) for gflop, step, dtype in zip(per_run, steps, dtypes, strict=True))
+    seconds = sum(
+        max(gflop / (step_efficiency(step) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR) for gflop, step, kind in zip(per_run, steps, kinds, strict=True) if gflop > 0
+    )
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
-    return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=rates), per_run
+    capped: dict[int, int] = {}
+    for run, t in zip(runs, trained, strict=True):  # the models whose steps follow the recipe (run_gflop's last case)
+        if t and run.model not in ("three-layer", "l2") and stops_at_cap(run.train, run.n, run.d):
+            capped[run.train.iteration_cap] = capped.get(run.train.iteration_cap, 0) + 1
+    shown = {f"{dtype}, {count} thread{'s' * (count > 1)}": rate for (dtype, count), rate in rates.items()}
+    return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=shown, capped=capped), per_run
 
 
 class SweepProgress:

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 from marginbench.bench.errors import SpecError
+from marginbench.bench.execution.estimate import run_threads
 from marginbench.bench.execution.runner import Log, Prebuilt, RunTask, compute_run, make_data, one_line
 from marginbench.bench.experiment.recipes import RunContext, train_plans
+from marginbench.bench.performance.threads import pool_share, using
 from marginbench.bench.registry.registries import TRAINING_PLANS
 from marginbench.bench.results.record import RunRecord
 
@@ -58,6 +60,8 @@ class ExecutorSpec:
         batch_seeds: sequential only: train the seeds of one model and setting in one batch.
         gpus_per_run: ray only: the GPUs each run asks Ray for (a fraction packs several runs on one GPU);
             None: 1 for runs on cuda, 0 for runs on the CPU.
+        threads: torch's intra-op threads for every run's training and attacks; None: OMP_NUM_THREADS if
+            set, else bench/performance/threads.py's rule (one thread for small nets, the process's share of the cores above).
     """
 
     kind: str = "local"
@@ -65,8 +69,11 @@ class ExecutorSpec:
     ray_address: str | None = None
     batch_seeds: bool = False
     gpus_per_run: float | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise SpecError(f"threads must be a positive integer, got {self.threads!r}", cli=f"--threads must be a positive integer, got {self.threads!r}")
         if self.kind not in EXECUTORS:
             raise SpecError(f"unknown executor {self.kind!r}; choose one of: {', '.join(EXECUTORS)}")
         if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
@@ -120,7 +127,10 @@ class SequentialExecutor:
             data = [d for d, _ in made]
             plans = [TRAINING_PLANS.get(run.model)(d, run) for d, run in zip(data, runs, strict=True)]
             context = RunContext(run=runs[0], device=group[0].device, progress=group[0].progress)
-            built = train_plans(data, runs, plans, context)
+            threads = run_threads(runs[0], group[0].threads, seeds=len(runs))
+            self.log(f"  torch threads: {threads.count} ({threads.why})")
+            with using(threads):
+                built = train_plans(data, runs, plans, context)
         except Exception as err:  # each run then trains alone and records its own failure
             self.log(f"  batched training failed ({one_line(err)}); training the seeds one by one")
             return [None] * len(group)
@@ -144,7 +154,7 @@ def seed_groups(tasks: Sequence[RunTask]) -> list[list[RunTask]]:
 
 
 def _start_worker(threads: int, parent: int) -> None:
-    """A pool worker's setup: its share of the threads, and an exit as soon as the parent process is gone."""
+    """A pool worker's setup: its share of the threads (the most bench/performance/threads.py's rule gives a run), and an exit as soon as the parent process is gone."""
     torch.set_num_threads(threads)
     _exit_with_parent(parent)
 
@@ -181,7 +191,7 @@ class PoolExecutor:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.threads = pool_share(workers)
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> PoolExecutor:

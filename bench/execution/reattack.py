@@ -29,10 +29,12 @@ import pandas as pd
 import torch
 
 from marginbench.bench.errors import SpecError
+from marginbench.bench.execution.estimate import run_threads
 from marginbench.bench.execution.runner import Log, measure_attack, resolve_device, theory_diagnostics
 from marginbench.bench.execution.sweep import environment, recorded_plugins
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, spec_from_dict
+from marginbench.bench.performance.threads import using
 from marginbench.bench.registry.plugins import check_recorded, load_entry_points, recorded_sources
 from marginbench.bench.registry.registries import ATTACKS
 from marginbench.bench.results.record import BEST, RunKeys, RunRecord
@@ -260,7 +262,9 @@ def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: t
     data = load_data(run_dir / "data.npz", run.dataset).to(device)
     context = RunContext(run=run, device=device)
     per_example = _per_example(run, data, net, record)
-    measured = {name: measure_attack(name, RunKeys.of(run), context, data, net, per_example, log) for name in attacks}
+    threads = run_threads(run, None)  # bench/performance/threads.py's rule, as in the run (OMP_NUM_THREADS if set)
+    with using(threads):
+        measured = {name: measure_attack(name, RunKeys.of(run), context, data, net, per_example, log) for name in attacks}
 
     examples = record.examples[record.examples["attack"] != BEST]
     frames = [measured[name].examples if name in measured else examples[examples["attack"] == name].copy() for name in order]
@@ -272,7 +276,8 @@ def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: t
     seconds = dict(manifest.get("seconds", {}))
     seconds["attacks"] = {**seconds.get("attacks", {}), **{name: m.seconds for name, m in measured.items()}}
     frames.append(best_rows(frames))
-    certify_frames(net, data.attacked[0], frames, log)  # the bounds and proofs over every attack, old and new
+    with using(threads):
+        certify_frames(net, data.attacked[0], frames, log)  # the bounds and proofs over every attack, old and new
     updated = dataclasses.replace(
         record,
         examples=pd.concat(frames, ignore_index=True),

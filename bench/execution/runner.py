@@ -20,11 +20,14 @@ from torch import Tensor
 
 from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.errors import SpecError
+from marginbench.bench.execution.estimate import run_threads
+from marginbench.bench.execution.time_limit import AttackTimeout, time_limit
 from marginbench.bench.execution.twin import COMPARED, twin_facts
 from marginbench.bench.experiment.families import KKT
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.experiment.spec import RunSpec
 from marginbench.bench.performance.counting import CountingAutogradNet, counting
+from marginbench.bench.performance.threads import using
 from marginbench.bench.performance.timing import clocked
 from marginbench.bench.registry.plugins import load_plugins, plugin_code, quiet
 from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
@@ -35,9 +38,14 @@ from marginbench.checking.verify import verify, verify_shared
 from marginbench.checking.well_formed import checked
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
+from marginbench.models.train_spec import STUCK
 from marginbench.models.two_layer import TwoLayerNet
 
 Log = Callable[[str], None]
+
+
+class TrainingStuck(RuntimeError):
+    """Training stopped because the net cannot train (models.train_spec.STUCK): the run fails, with that reason."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +59,7 @@ class RunTask:
     device: torch.device  # resolved once for the sweep
     progress: bool  # tqdm bars (in this process only)
     plugins: tuple[str, ...] = ()  # --plugin modules and files, loaded again by a worker process
+    threads: int | None = None  # --threads: torch's intra-op threads for every run (None: bench/performance/threads.py's rule)
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     """(result, status, error) of attack ``name`` on the run's attacked points.
 
     status is "ok"; "unavailable" where the attack does not apply to the data or an optional dependency is
-    missing (AttackUnavailable); or "failed" where it raised or proposed what cannot be verified. An attack
+    missing (AttackUnavailable); or "failed" where it raised, proposed what cannot be verified, or ran past the
+    run's attack_seconds_limit. An attack
     that fails on one model must not end the sweep: its rows carry no proposal (every norm +inf), the error
     is one line, and the other attacks and runs go on. So is an attack that calls sys.exit or raises
     KeyboardInterrupt itself (``plugin_code``: a user's Ctrl-C still stops the run), or that returns
@@ -141,10 +151,16 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
     if not isinstance(net, TwoLayerNet) and name not in AUTOGRAD_ATTACKS:
         return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(AUTOGRAD_ATTACKS)}"
+    seconds = context.run.attack_seconds_limit
+    timed_out = f"timed out after {seconds:g} s (the per-attack limit, --attack-timeout); its rows count as not flipped"
     try:
-        with plugin_code(f"attack {name}"):
+        with time_limit(seconds) as limit, plugin_code(f"attack {name}"):  # an alarm in this (main) thread: see bench/execution/time_limit.py
             result = ATTACKS.get(name)(data, context)(net, X, y)
+        if limit.expired:  # it swallowed the alarm, or ran where none can be raised
+            return nothing, "failed", timed_out
         return checked(result, X, y), "ok", ""
+    except AttackTimeout:
+        return nothing, "failed", timed_out
     except AttackUnavailable as err:
         return nothing, "unavailable", one_line(err)
     except Exception as err:  # any failure of third-party attack code is recorded, not raised
@@ -218,6 +234,8 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         log(f"  trained {t.iterations} iterations in {t.seconds:.1f} s: log10 loss {t.log10_loss:.2f} ({t.stop_reason})")
         if t.stop_reason == "nonfinite":
             log(f"  warning: training hit NaN/inf at iteration {t.nonfinite_iteration}; attacking the last finite parameters")
+        if t.stop_reason in STUCK:  # nothing to attack: a net that cannot train fails at once, with the reason
+            raise TrainingStuck(f"training stopped at iteration {t.iterations}: {STUCK[t.stop_reason]}")
     start = time.perf_counter()
     row = run_facts(run, data, built, seconds["model"])
     diagnostics, per_example = theory_diagnostics(run, data, built)
@@ -259,16 +277,18 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
     run = task.run
     log(f"[{task.index + 1}/{task.total}] {run.run_id}")
     start = time.perf_counter()
+    threads = run_threads(run, task.threads)
+    log(f"  torch threads: {threads.count} ({threads.why})")
     try:
         load_plugins(task.plugins, warn=quiet)  # in a worker process; the main process has loaded and reported them
-        with plugin_code(f"the run's dataset or model ({run.dataset}, {run.model})"):  # a plugin's sys.exit fails this run only
+        with using(threads), plugin_code(f"the run's dataset or model ({run.dataset}, {run.model})"):  # a plugin's sys.exit fails this run only
             record = execute_run(task, log, prebuilt)
     except Exception as err:  # a failed run is recorded and the sweep goes on
-        error = one_line(err)
+        error = str(err) if isinstance(err, TrainingStuck) else one_line(err)
         log(f"  failed: {error}")
         keys = RunKeys.of(run)
-        manifest = {"wall_seconds": time.perf_counter() - start, "run_status": "failed", "error": error}
+        manifest = {"wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), "run_status": "failed", "error": error}
         return failed_record(task.index, keys, {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
     status = {"run_status": record.run_row["run_status"], "error": record.run_row["run_error"]}
-    manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, **status}
+    manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), **status}
     return dataclasses.replace(record, manifest=manifest, log=tuple(lines))

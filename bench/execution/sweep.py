@@ -28,8 +28,8 @@ from marginbench.bench.execution.executors import ExecutorSpec, SweepAborted, ch
 from marginbench.bench.execution.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.execution.twin import twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
-from marginbench.bench.registry.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
-from marginbench.bench.registry.registries import DATASETS, check_names
+from marginbench.bench.registry.registries.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
+from marginbench.bench.registry.registries.registries import DATASETS, check_names
 from marginbench.bench.results.record import RunRecord
 from marginbench.bench.results.rows import sweep_tables
 from marginbench.bench.results.store import ResultStore
@@ -214,7 +214,7 @@ def run_sweep(
             for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
                 log(f"note: `marginbench attack {out} --attacks {','.join(attack.get('attacks', []))}` did not finish; run it again to finish it")
         tasks = [
-            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins())
+            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins(), threads=executor.threads)
             for i, (run, attacks) in enumerate(planned)
             if i not in finished
         ]
@@ -226,7 +226,7 @@ def run_sweep(
             store.write_manifest(manifest)
             return examples, summary
 
-        cost, weights = sweep_cost(sweep)
+        cost, weights = sweep_cost(sweep, executor.threads)
         log(cost.line())
         with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
             write_tables()

@@ -3,7 +3,7 @@
 An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run) at one data setting; ``runs()``
 expands it into ``RunSpec``s, one trained (or constructed) network each. A preset may hold several specs
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
-registries by ``marginbench.bench.registry.registries.check_names`` before any work starts.
+registries by ``marginbench.bench.registry.registries.registries.check_names`` before any work starts.
 
 Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in
 ``marginbench.bench.experiment.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).
@@ -27,6 +27,10 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 TWINS: tuple[str, ...] = ("paper",)  # --twin: the schedules a fast-trained net can be certified against
+# Each attack's default time limit (--attack-timeout): an hour, 20x the slowest attack measured (exact: 131 s on
+# the zoo's kkt net, 64 examples at 2 s each; fb-brendel-bethge 36 s, every other one under 6 s; results/zoo,
+# results/medium), or 3x exact's own budget (exact_seconds per example, up to ~2x that when it closes a gap) if longer.
+ATTACK_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,10 +54,18 @@ class RunSpec:
     l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/experiment/recipes.py)
     twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/execution/twin.py)
     exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP)
+    attack_timeout: float | None = None  # each attack's wall-time limit, seconds; None: attack_seconds_limit's default
 
     @property
     def family_spec(self) -> FamilySpec:
         return family_of(self.family)
+
+    @property
+    def attack_seconds_limit(self) -> float:
+        """Each attack's time limit: attack_timeout, or ATTACK_TIMEOUT (3x exact's budget where that is longer)."""
+        if self.attack_timeout is not None:
+            return self.attack_timeout
+        return max(ATTACK_TIMEOUT, 3 * self.exact_seconds * (self.n_eval or self.n))
 
     @property
     def run_id(self) -> str:
@@ -92,6 +104,7 @@ class ExperimentSpec:
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
     twin: str | None = None  # "paper": every trained net again with Vardi et al.'s schedule, compared (kkt only)
     exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP); beyond it a certified bound only
+    attack_timeout: float | None = None  # each attack's wall-time limit in seconds (None: ATTACK_TIMEOUT); past it the attack fails
 
     def __post_init__(self) -> None:
         # One check per line, in the order a user reads the options; each names the field and what is wrong.
@@ -146,6 +159,8 @@ class ExperimentSpec:
             raise field_error("twin", f"applies to the kkt family only (the {family.name} family trains with its paper's own constant step)")
         if not (math.isfinite(self.exact_seconds) and self.exact_seconds > 0):
             raise field_error("exact_seconds", f"must be a positive number of seconds, got {self.exact_seconds}")
+        if self.attack_timeout is not None and not (math.isfinite(self.attack_timeout) and self.attack_timeout > 0):
+            raise field_error("attack_timeout", f"must be a positive number of seconds, got {self.attack_timeout}")
         if self.device not in DEVICES:
             raise field_error("device", f"{self.device!r} is unknown; choose one of: {', '.join(DEVICES)}")
 
@@ -202,6 +217,7 @@ class ExperimentSpec:
                 l2=self.l2,
                 twin=self.twin,
                 exact_seconds=self.exact_seconds,
+                attack_timeout=self.attack_timeout,
             )
             for model in self.model_names
             for seed in self.seeds

@@ -91,8 +91,9 @@ def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, rep
     return [statistics.median(times) for times in samples]
 
 
-def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype) -> float:
-    """The yardstick: GFLOP/s of X @ W.T for X: (n, d), W: (width, d), the training step's main product."""
+def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5, warmup: int = 1) -> float:
+    """The yardstick: GFLOP/s of X @ W.T for X: (n, d), W: (width, d), the training step's main product
+    (the median of ``repeats`` timed calls after ``warmup``)."""
     X = torch.randn(n, d, device=device, dtype=dtype)
     W = torch.randn(width, d, device=device, dtype=dtype)
     reps = max(1, int(2e8 // (2 * n * d * width)))  # about 0.2 GFLOP per timed call
@@ -101,7 +102,7 @@ def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch
         for _ in range(reps):
             X @ W.T
 
-    return 2e-9 * n * d * width * reps / timed(run, device)
+    return 2e-9 * n * d * width * reps / timed(run, device, repeats=repeats, warmup=warmup)
 
 
 def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SHAPE) -> list[Record]:
