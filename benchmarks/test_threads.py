@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from marginbench.bench.execution.estimate import run_threads
-from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.performance.threads import using
 from marginbench.bench.performance.timing import clocked
+from marginbench.bench.registry.presets import PRESETS
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.two_layer import pytorch_default_init

@@ -27,12 +27,12 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "ATTACKS": "marginbench.bench.registry.registries.registries",
-    "DATASETS": "marginbench.bench.registry.registries.registries",
-    "MODELS": "marginbench.bench.registry.registries.registries",
-    "TRAINING_PLANS": "marginbench.bench.registry.registries.registries",
-    "PRESETS": "marginbench.bench.experiment.presets",
-    "Registry": "marginbench.bench.registry.registries.registries",
+    "ATTACKS": "marginbench.bench.registry.registries",
+    "DATASETS": "marginbench.bench.registry.registries",
+    "MODELS": "marginbench.bench.registry.registries",
+    "TRAINING_PLANS": "marginbench.bench.registry.registries",
+    "PRESETS": "marginbench.bench.registry.presets",
+    "Registry": "marginbench.bench.registry.registries",
     "Attack": "marginbench.attacks.base",
     "AttackResult": "marginbench.checking.proposal",
     "AttackUnavailable": "marginbench.attacks.base",
@@ -53,9 +53,9 @@ _EXPORTS = {
     "ExecutorSpec": "marginbench.bench.execution.executors",
     "run_sweep": "marginbench.bench.execution.sweep",
     "attack_directory": "marginbench.bench.execution.reattack",
-    "load_plugins": "marginbench.bench.registry.registries.plugins",
-    "load_plugin": "marginbench.bench.registry.registries.plugins",
-    "Source": "marginbench.bench.registry.registries.provenance",
+    "load_plugins": "marginbench.bench.registry.plugins",
+    "load_plugin": "marginbench.bench.registry.plugins",
+    "Source": "marginbench.bench.registry.provenance",
     "read_results": "marginbench.bench.results.readback",
     "verify": "marginbench.checking.verify",
 }
@@ -100,12 +100,12 @@ if TYPE_CHECKING:
     from marginbench.bench.execution.executors import ExecutorSpec
     from marginbench.bench.execution.reattack import attack_directory
     from marginbench.bench.execution.sweep import run_sweep
-    from marginbench.bench.experiment.presets import PRESETS
     from marginbench.bench.experiment.recipes import AttackFactory, BuiltModel, ModelFactory, RunContext, TrainingPlan
     from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
-    from marginbench.bench.registry.registries.plugins import load_plugin, load_plugins
-    from marginbench.bench.registry.registries.provenance import Source
-    from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
+    from marginbench.bench.registry.plugins import load_plugin, load_plugins
+    from marginbench.bench.registry.presets import PRESETS
+    from marginbench.bench.registry.provenance import Source
+    from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
     from marginbench.bench.results.readback import read_results
     from marginbench.checking.proposal import AttackResult, SharedPerturbation
     from marginbench.checking.verify import verify

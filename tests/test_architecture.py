@@ -1,5 +1,6 @@
-"""The shape of the code: the import graph has no cycle, lower layers never import bench/, modules stay small,
-and the public API at the package top resolves."""
+"""The shape of the code: the import graph has no cycle, every module imports only its own layer or the ones
+below (models < checking < attacks < bench, and bench's rooms in their order), bench/ keeps its top level to a
+few modules, modules stay small, and the public API at the package top resolves."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import marginbench
 
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it installs as (pyproject.toml's package-dir mapping).
-PACKAGES = {"marginbench": "marginbench", "bench": "marginbench.bench", "attacks": "marginbench.attacks", "models": "marginbench.models"}
+PACKAGES = {"marginbench": "marginbench", "bench": "marginbench.bench", "attacks": "marginbench.attacks", "checking": "marginbench.checking", "models": "marginbench.models"}
 MAX_LINES = 330  # "no module over ~300 lines"
 
 
@@ -74,12 +75,60 @@ def test_the_import_graph_has_no_cycle() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
-@pytest.mark.parametrize("layer", ["marginbench.models", "marginbench.attacks"])
-def test_lower_layers_do_not_import_bench(layer: str) -> None:
+# Bottom to top. A module may import its own layer and the layers below it, never one above. The package top
+# (``marginbench``: the version and the lazy public API) may be imported from anywhere.
+LAYERS = (
+    "marginbench.models",  # datasets, nets, training, constructions, theory
+    "marginbench.checking",  # the flip rule, rounding bound, certified bounds, proofs, the harness's verify
+    "marginbench.attacks",  # perturbation finders
+    "marginbench.bench.errors",  # the one user-facing error
+    "marginbench.bench.results",  # a run's record, rows and tables, the store, read-back
+    "marginbench.bench.experiment",  # specs, families, recipes
+    "marginbench.bench.registry",  # the registries (presets too), plugins, provenance, the name rule
+    "marginbench.bench.performance",  # timing, thread choice, pass counting, throughput
+    "marginbench.bench.execution",  # runner, executors, sweep, re-attack, twin, estimate, time limits
+    "marginbench.bench.report",  # leaderboards, figures, checks
+    "marginbench.bench.cli",  # the command
+)
+MAX_BENCH_TOP = 8  # modules at bench/'s top level (issue 23): the rest lives in rooms
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the layer holding ``module`` (None for the package top and ``__main__``)."""
+    for index, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return index
+    return None
+
+
+def upward_imports(graph: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """module -> the modules it imports from a higher layer."""
+    out = {}
+    for module, targets in graph.items():
+        own = layer_of(module)
+        if own is None:
+            continue
+        up = sorted(t for t in targets if (layer_of(t) or -1) > own)
+        if up:
+            out[module] = up
+    return out
+
+
+def test_the_layer_check_finds_a_planted_upward_import() -> None:
+    assert upward_imports({"marginbench.models.train": {"marginbench.checking.flips"}}) == {"marginbench.models.train": ["marginbench.checking.flips"]}
+    assert upward_imports({"marginbench.bench.cli.parser": {"marginbench.models.train", "marginbench"}}) == {}
+
+
+def test_every_module_lives_in_a_layer_and_imports_only_downward() -> None:
     graph = import_graph()
-    offenders = {module: sorted(t for t in targets if t.startswith("marginbench.bench")) for module, targets in graph.items() if module.startswith(layer)}
-    assert any(module.startswith(layer) for module in graph)
-    assert not {module: targets for module, targets in offenders.items() if targets}
+    unplaced = sorted(m for m in graph if layer_of(m) is None and m not in ("marginbench", "marginbench.__main__", "marginbench.bench"))
+    assert unplaced == [], f"modules outside every layer (add them to a room): {unplaced}"
+    assert upward_imports(graph) == {}
+
+
+def test_bench_keeps_its_top_level_to_a_few_modules() -> None:
+    top = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
+    assert len(top) <= MAX_BENCH_TOP, top
 
 
 def test_no_module_is_over_the_size_limit() -> None:

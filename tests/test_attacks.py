@@ -27,7 +27,7 @@ from marginbench.bench.execution.sweep import run_sweep
 from marginbench.bench.experiment.recipes import RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
 from marginbench.bench.performance.counting import CountingNet
-from marginbench.bench.registry.registries.registries import ATTACKS
+from marginbench.bench.registry.registries import ATTACKS
 from marginbench.bench.results.record import BEST
 from marginbench.checking.verify import verify
 from marginbench.models.construction import construction_radius, robust_construction

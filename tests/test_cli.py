@@ -14,7 +14,7 @@ import torch
 
 from conftest import assert_same_tables, read_json, without_timing
 from marginbench.bench.cli import main
-from marginbench.bench.registry.registries.registries import ATTACKS, MODELS
+from marginbench.bench.registry.registries import ATTACKS, MODELS
 
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 

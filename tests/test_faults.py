@@ -15,7 +15,7 @@ from torch import Tensor
 from conftest import read_json, run_cli
 from marginbench.attacks.base import Attack
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
-from marginbench.bench.registry.registries.registries import ATTACKS, MODELS
+from marginbench.bench.registry.registries import ATTACKS, MODELS
 from marginbench.checking.proposal import AttackResult
 from marginbench.models.datasets import Dataset
 from marginbench.models.two_layer import TwoLayerNet

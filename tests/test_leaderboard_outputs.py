@@ -122,8 +122,8 @@ def test_without_examples_the_curves_are_skipped_with_the_reason() -> None:
 @pytest.fixture
 def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default preset shrunk to seconds: d = 6, two attacks, a fast schedule."""
-    from marginbench.bench.experiment.presets import PRESETS, Preset
     from marginbench.bench.experiment.spec import ExperimentSpec
+    from marginbench.bench.registry.presets import PRESETS, Preset
     from marginbench.models.train import TrainSpec
 
     tiny = (ExperimentSpec(d=6, alpha=1.0, width=8, attacks=("universal-z", "boundary-walk"), train=TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)),)

@@ -18,8 +18,8 @@ from marginbench.bench.errors import SpecError
 from marginbench.bench.execution.estimate import ARC_STEPS_AT_R1, steps_estimate
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.execution.twin import TWIN_TOLERANCE, relative_difference, twin_report
-from marginbench.bench.experiment.presets import FAST_TRAIN, PRESETS
 from marginbench.bench.experiment.spec import ExperimentSpec
+from marginbench.bench.registry.presets import FAST_TRAIN, PRESETS
 from marginbench.models.datasets import sphere
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.train_spec import ARC_LATE_STEP, arc_schedule

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.experiment.presets import PRESETS
-from marginbench.bench.registry.registries.names import NA_VALUES, name_problem
-from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
+from marginbench.bench.registry.names import NA_VALUES, name_problem
+from marginbench.bench.registry.presets import PRESETS
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
 
 DIST = Path(__file__).resolve().parent / "plugin_dist"
 QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--seeds", "0", "--no-progress"]

@@ -10,10 +10,10 @@ import torch
 from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.execution.runner import attempt_attack
 from marginbench.bench.experiment.families import FAMILIES
-from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.experiment.recipes import RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, SpecError
-from marginbench.bench.registry.registries.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.registry.presets import PRESETS
+from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.three_layer import ThreeLayerNet

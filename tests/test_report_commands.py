@@ -238,8 +238,8 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """paper-fig1a's sweep, shrunk to two tiny settings: `run` writes DIR/figures/fig1a_*.png itself."""
-    from marginbench.bench.experiment.presets import PRESETS, Preset
     from marginbench.bench.experiment.spec import ExperimentSpec
+    from marginbench.bench.registry.presets import PRESETS, Preset
     from marginbench.models.train import TrainSpec
 
     fast = TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10)

@@ -15,7 +15,7 @@ import torch
 from marginbench.bench.cli import main
 from marginbench.bench.experiment.recipes import KKT_L2_LAMBDA
 from marginbench.bench.experiment.spec import ExperimentSpec
-from marginbench.bench.registry.registries.registries import TRAINING_PLANS
+from marginbench.bench.registry.registries import TRAINING_PLANS
 from marginbench.models.datasets import sphere
 from marginbench.models.diagnostics import kkt_residual, normalized_margin
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train

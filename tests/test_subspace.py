@@ -11,7 +11,7 @@ import torch
 from marginbench.bench.execution.runner import theory_diagnostics
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, SpecError
-from marginbench.bench.registry.registries.registries import DATASETS, MODELS
+from marginbench.bench.registry.registries import DATASETS, MODELS
 from marginbench.models.datasets import Dataset, digits, subspace
 from marginbench.models.diagnostics import off_manifold_gradients, project_off, thm51_assumption
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec

@@ -11,9 +11,9 @@ from marginbench.bench.errors import SpecError
 from marginbench.bench.execution.estimate import run_threads
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.execution.runner import RunTask, compute_run
-from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP, Threads, choose_threads, pool_share, user_threads, using
+from marginbench.bench.registry.presets import PRESETS
 from marginbench.models.train_spec import TrainSpec
 
 NO_ENV: dict[str, str] = {}

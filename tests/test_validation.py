@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from marginbench.bench.cli import make_parser, prepare_run, run_conflict
-from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, SpecError
-from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS, check_names
+from marginbench.bench.registry.presets import PRESETS
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, check_names
 from marginbench.models.datasets import Dataset
 
 _ODD = ["", " ", "x", "1.5", "1e3", "0x10", "nan", "inf", "-inf", "--d", "-0", "3 4", "\n", "é"]

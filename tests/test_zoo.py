@@ -13,7 +13,7 @@ from test_leaderboard_outputs import CHROMEDRIVER, CHROMIUM, PNG_SIGNATURE, head
 
 from conftest import run_cli
 from marginbench.bench.experiment.families import FAMILIES
-from marginbench.bench.experiment.presets import PRESETS, TWO_LAYER_EXTRA_ATTACKS
+from marginbench.bench.registry.presets import PRESETS, TWO_LAYER_EXTRA_ATTACKS
 from marginbench.bench.results.readback import read_results
 
 ZOO = Path(__file__).resolve().parent.parent / "results" / "zoo"

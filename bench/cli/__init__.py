@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from marginbench.bench.cli.commands import prepare_run, specs_from_args
 from marginbench.bench.cli.parser import PROG, make_parser, run_conflict
 from marginbench.bench.errors import SpecError
-from marginbench.bench.registry.registries.plugins import load_plugins
+from marginbench.bench.registry.plugins import load_plugins
 
 __all__ = ["main", "make_parser", "prepare_run", "run_conflict", "specs_from_args"]
 

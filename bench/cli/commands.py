@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marginbench.bench.execution.executors import ExecutorSpec
-from marginbench.bench.experiment.presets import PRESETS
 from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
-from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS
+from marginbench.bench.registry.presets import PRESETS
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 
 if TYPE_CHECKING:
     from marginbench.bench.results.readback import Results

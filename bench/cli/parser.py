@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 import marginbench.bench.cli.commands as commands
@@ -18,13 +16,13 @@ from marginbench.bench.cli.help_text import (
     RUN_EPILOG,
     THROUGHPUT_EPILOG,
 )
-from marginbench.bench.errors import SpecError
+from marginbench.bench.cli.option_types import comma_list, finite, registered_names, seed_list
 from marginbench.bench.execution.executors import EXECUTORS
 from marginbench.bench.experiment.families import FAMILIES
-from marginbench.bench.experiment.presets import PRESETS, SCALES
 from marginbench.bench.experiment.spec import ATTACK_TIMEOUT, DEVICES, TWINS
 from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP
-from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.registry.presets import PRESETS, SCALES
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 from marginbench.models.datasets import LABEL_RULES
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
 from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
@@ -37,57 +35,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _names(registry: Registry[Any]) -> Callable[[str], tuple[str, ...]]:
-    """An argparse type: a comma-separated list of registered names."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(part.strip() for part in text.split(",") if part.strip())
-        for name in names:
-            try:
-                registry.get(name)  # unknown, or registered twice by plugins
-            except SpecError as err:
-                raise argparse.ArgumentTypeError(str(err)) from None
-        return names
-
-    return parse
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
-    return seeds
-
-
-def _finite(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = _integral(text) if kind is int else None  # 1e20 is an integer too
-            if value is None:
-                raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        return value
-
-    return parse
-
-
-def _integral(text: str) -> int | None:
-    """The integer a number written with a point or an exponent stands for (1e20, 64.0), or None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(value) if value.is_integer() else None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -123,19 +70,19 @@ def make_parser() -> argparse.ArgumentParser:
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
-    grid.add_argument("--d", type=_finite(int), help="input dimension (>= 2)")
+    grid.add_argument("--d", type=finite(int), help="input dimension (>= 2)")
     size = grid.add_mutually_exclusive_group()
-    size.add_argument("--n", type=_finite(int), help="number of training examples (>= 2)")
-    size.add_argument("--alpha", type=_finite(float), help="n = round(d ** alpha), as in the paper's m = d^alpha")
-    grid.add_argument("--ell", type=_finite(int), help="subspace data: codimension of the data subspace P, 1 <= ell < d (default: d - d//4; digits: 54)")
-    grid.add_argument("--n-eval", type=_finite(int), help="subspace family: held-out points of P that are attacked (default 100)")
+    size.add_argument("--n", type=finite(int), help="number of training examples (>= 2)")
+    size.add_argument("--alpha", type=finite(float), help="n = round(d ** alpha), as in the paper's m = d^alpha")
+    grid.add_argument("--ell", type=finite(int), help="subspace data: codimension of the data subspace P, 1 <= ell < d (default: d - d//4; digits: 54)")
+    grid.add_argument("--n-eval", type=finite(int), help="subspace family: held-out points of P that are attacked (default 100)")
     grid.add_argument("--label-rule", choices=LABEL_RULES, help="subspace data: random labels, or linear (a halfspace within P)")
-    grid.add_argument("--width", type=_finite(int), help="hidden neurons of trained models")
-    grid.add_argument("--init-scale", type=_finite(float), help="multiplies the initialization's standard deviation (default 1)")
-    grid.add_argument("--l2", type=_finite(float), help="lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: 1e-10)")
-    grid.add_argument("--models", type=_names(MODELS), metavar="A,B", help=f"comma-separated models: {', '.join(MODELS.names())}")
-    grid.add_argument("--attacks", type=_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
-    grid.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
+    grid.add_argument("--width", type=finite(int), help="hidden neurons of trained models")
+    grid.add_argument("--init-scale", type=finite(float), help="multiplies the initialization's standard deviation (default 1)")
+    grid.add_argument("--l2", type=finite(float), help="lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: 1e-10)")
+    grid.add_argument("--models", type=registered_names(MODELS), metavar="A,B", help=f"comma-separated models: {', '.join(MODELS.names())}")
+    grid.add_argument("--attacks", type=registered_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
+    grid.add_argument("--seeds", type=seed_list, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
     grid.add_argument("--device", choices=DEVICES, help="where to train and attack (default cpu)")
     grid.add_argument(
         "--twin",
@@ -146,13 +93,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     grid.add_argument(
         "--exact-seconds",
-        type=_finite(float),
+        type=finite(float),
         help="the exact attack's time limit per example, in seconds (default 10): within it SCIP proves the minimal flip; "
         "beyond it the example keeps SCIP's certified lower bound and the best flip known",
     )
     grid.add_argument(
         "--attack-timeout",
-        type=_finite(float),
+        type=finite(float),
         metavar="SECONDS",
         help=f"each attack's wall-time limit per run (default {ATTACK_TIMEOUT:g} s, or 3 x --exact-seconds per attacked point if longer; "
         "the slowest built-in attack measured takes ~130 s): an attack past it is stopped and recorded as failed "
@@ -168,32 +115,32 @@ def make_parser() -> argparse.ArgumentParser:
         f"(full batch; --lr defaults to {ARC_STEP})",
     )
     training.add_argument("--loss", choices=LOSSES, help="exp: e^{-q} (kkt default); logistic: log(1+e^{-q}) (subspace default)")
-    training.add_argument("--target-loss", type=_finite(float), help="stop once the training loss is below this (kkt default 1e-30)")
-    training.add_argument("--target-margin", type=_finite(float), help="stop once every training margin y N(x) is at least this (subspace default 1)")
-    training.add_argument("--target-normalized-margin", type=_finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
-    training.add_argument("--stationarity", type=_finite(float), help="l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default 1e-2)")
+    training.add_argument("--target-loss", type=finite(float), help="stop once the training loss is below this (kkt default 1e-30)")
+    training.add_argument("--target-margin", type=finite(float), help="stop once every training margin y N(x) is at least this (subspace default 1)")
+    training.add_argument("--target-normalized-margin", type=finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
+    training.add_argument("--stationarity", type=finite(float), help="l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default 1e-2)")
     training.add_argument(
         "--precision",
         choices=PRECISIONS,
         help="the dtype training computes in (default: float64); the trained nets are attacked and checked in float64",
     )
-    training.add_argument("--batch-size", type=_finite(int), help="SGD mini-batch size (default: full-batch GD)")
-    training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
-    training.add_argument("--max-seconds", type=_finite(float), help="cap on training wall time per run, reported as max_seconds")
-    training.add_argument("--lr", type=_finite(float), help="initial learning rate (kkt default 1e-5, subspace 0.05)")
+    training.add_argument("--batch-size", type=finite(int), help="SGD mini-batch size (default: full-batch GD)")
+    training.add_argument("--max-iters", type=finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
+    training.add_argument("--max-seconds", type=finite(float), help="cap on training wall time per run, reported as max_seconds")
+    training.add_argument("--lr", type=finite(float), help="initial learning rate (kkt default 1e-5, subspace 0.05)")
     training.add_argument(
         "--late-lr",
-        type=_finite(float),
+        type=finite(float),
         help=f"arc schedule: the relative step once the loss is below {ARC_LATE_BELOW:g}, where the margin is maximized "
         f"(medium presets: {ARC_LATE_STEP} where n > 2d; default: --lr throughout)",
     )
-    training.add_argument("--lr-growth", type=_finite(float), help="factor applied to the learning rate every --growth-every iterations (kkt default 1.1, subspace 1)")
-    training.add_argument("--growth-every", type=_finite(int), help="iterations between learning-rate increases (default 100)")
+    training.add_argument("--lr-growth", type=finite(float), help="factor applied to the learning rate every --growth-every iterations (kkt default 1.1, subspace 1)")
+    training.add_argument("--growth-every", type=finite(int), help="iterations between learning-rate increases (default 100)")
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars (default: when stderr is a terminal)")
     shown.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     scale = run.add_argument_group("execution (does not change the results)")
-    scale.add_argument("--workers", type=_finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
+    scale.add_argument("--workers", type=finite(int), help="local: runs at once on a process pool (default 1: in this process); ray: most runs in flight")
     scale.add_argument(
         "--batch-seeds",
         action="store_true",
@@ -201,7 +148,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument(
         "--threads",
-        type=_finite(int),
+        type=finite(int),
         metavar="N",
         help="torch's threads for each run's training and attacks (default: OMP_NUM_THREADS if set, else one thread for nets "
         f"whose training step is below {ONE_THREAD_BELOW_GFLOP:g} GFLOP (4 n d width), the process's share of the cores above)",
@@ -210,7 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     scale.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
     scale.add_argument(
         "--gpus-per-run",
-        type=_finite(float),
+        type=finite(float),
         metavar="G",
         help="ray: the GPUs each run asks Ray for; a fraction packs runs onto one GPU, e.g. 0.25 for four (default: 1 with --device cuda, else 0)",
     )
@@ -240,7 +187,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
     # names are checked by the command, which can say which plugin an attack DIR already had came from
-    attack.add_argument("--attacks", required=True, type=_comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
+    attack.add_argument("--attacks", required=True, type=comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
     attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched (NEWDIR must lie outside DIR, and DIR outside NEWDIR)")
     attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
     _add_plugin_option(attack)

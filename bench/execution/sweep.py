@@ -28,8 +28,8 @@ from marginbench.bench.execution.executors import ExecutorSpec, SweepAborted, ch
 from marginbench.bench.execution.runner import Log, RunTask, one_line, resolve_device
 from marginbench.bench.execution.twin import twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
-from marginbench.bench.registry.registries.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
-from marginbench.bench.registry.registries.registries import DATASETS, check_names
+from marginbench.bench.registry.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
+from marginbench.bench.registry.registries import DATASETS, check_names
 from marginbench.bench.results.record import RunRecord
 from marginbench.bench.results.rows import sweep_tables
 from marginbench.bench.results.store import ResultStore

@@ -1,6 +1,6 @@
 """Recipes: how each public name becomes, for one run, a dataset, a network or an attack.
 
-The papers' constants live here, next to the recipe that uses them; ``marginbench.bench.registry.registries.registries`` maps the
+The papers' constants live here, next to the recipe that uses them; ``marginbench.bench.registry.registries`` maps the
 names of DESIGN.md to these factories. A factory receives the run's ``RunContext`` (its spec, the torch device
 resolved once for the sweep, whether to show progress) and never reads a device off a tensor.
 """

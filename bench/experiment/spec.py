@@ -3,7 +3,7 @@
 An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run) at one data setting; ``runs()``
 expands it into ``RunSpec``s, one trained (or constructed) network each. A preset may hold several specs
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
-registries by ``marginbench.bench.registry.registries.registries.check_names`` before any work starts.
+registries by ``marginbench.bench.registry.registries.check_names`` before any work starts.
 
 Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in
 ``marginbench.bench.experiment.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).

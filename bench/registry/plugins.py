@@ -12,7 +12,7 @@ Two ways in:
 A plugin that fails to import, or that registers a name already taken, is one warning line naming it, and the
 rest goes on; a taken name is an error only when it is asked for (``Registry.get``). A plugin that ends the
 program while it is imported (sys.exit, or a KeyboardInterrupt of its own) is an error (``PluginExit``). Every name remembers its
-source (``marginbench.bench.registry.registries.provenance``), and result directories record the sources of the plugin names they
+source (``marginbench.bench.registry.provenance``), and result directories record the sources of the plugin names they
 used (manifest ``plugins``), which ``run --resume`` then requires again.
 """
 
@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.registry.registries import provenance
-from marginbench.bench.registry.registries.provenance import Source
-from marginbench.bench.registry.registries.registries import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.registry import provenance
+from marginbench.bench.registry.provenance import Source
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
 
 Warn = Callable[[str], None]
 GROUPS: Mapping[str, Registry[Any]] = {"marginbench.attacks": ATTACKS, "marginbench.models": MODELS}

@@ -2,8 +2,8 @@
 
 A registry holds factories, never instances; registering a name twice raises; ``names()`` is sorted, and
 the CLI's choices and the tests' parametrization both come from it. Code outside the package adds names with
-``MODELS.register("my-model")(factory)`` and the like, or as a plugin (``marginbench.bench.registry.registries.plugins``); each
-name remembers its source (``marginbench.bench.registry.registries.provenance``).
+``MODELS.register("my-model")(factory)`` and the like, or as a plugin (``marginbench.bench.registry.plugins``); each
+name remembers its source (``marginbench.bench.registry.provenance``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from marginbench.bench.experiment import recipes
 from marginbench.bench.experiment.families import FAMILIES
 from marginbench.bench.experiment.recipes import AttackFactory, DatasetFactory, ModelFactory, PlanFactory
 from marginbench.bench.experiment.spec import ExperimentSpec
-from marginbench.bench.registry.registries import provenance
-from marginbench.bench.registry.registries.names import check_name
-from marginbench.bench.registry.registries.provenance import Source
+from marginbench.bench.registry import provenance
+from marginbench.bench.registry.names import check_name
+from marginbench.bench.registry.provenance import Source
 
 F = TypeVar("F")
 
@@ -34,7 +34,7 @@ class Registry(Generic[F]):
 
     A name taken twice raises, except while a plugin is being loaded: then the second registration is set
     aside as a conflict, and only asking for that name is an error (``get``). A name that would not read back
-    as itself from the tables or name a safe folder raises SpecError (``marginbench.bench.registry.registries.names``).
+    as itself from the tables or name a safe folder raises SpecError (``marginbench.bench.registry.names``).
     """
 
     def __init__(self, kind: str, factories: Mapping[str, F] | None = None) -> None:

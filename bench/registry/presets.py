@@ -15,7 +15,7 @@ from typing import Literal
 
 from marginbench.bench.experiment.families import KKT, SUBSPACE
 from marginbench.bench.experiment.spec import ExperimentSpec, Sweep
-from marginbench.bench.registry.registries.registries import Registry
+from marginbench.bench.registry.registries import Registry
 from marginbench.models.train import TrainSpec
 from marginbench.models.train_spec import ARC_LATE_STEP, SUBSPACE_TRAIN, arc_schedule
 
