@@ -115,13 +115,19 @@ PAPER_WIDTHS = (100, 500, 1000, 2000, 4000, 8000)  # Vardi et al. Figure 1b
 def paper_twin(scale: Scale) -> Sweep:
     """The arc schedule certified: d = 100, every alpha, width 1000, seed 0, each net also on the paper's schedule.
 
-    The medium scale's training (arc, float32, the late step where n > 2d), with --twin paper: every net trained again with Vardi et al.'s
-    schedule in float64 and compared (small: d = 16, width 128).
+    The medium scale's training (arc, the late step where n > 2d), with --twin paper: every net trained again with Vardi et al.'s
+    schedule in float64 and compared (small: d = 16, width 128; full: d = 200 and 300 at alpha = 1.5, the largest n/d, where
+    the late step matters most).
     """
-    d, width = (16, 128) if scale == "small" else (100, 1000)
+    if scale == "full":
+        cells = [(d, 1.5) for d in (200, 300)]
+        width = 1000
+    else:
+        d, width = (16, 128) if scale == "small" else (100, 1000)
+        cells = [(d, a) for a in PAPER_ALPHAS]
     return tuple(
         ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=(0,), train=_medium(d, a, "medium"), twin="paper")
-        for a in PAPER_ALPHAS
+        for d, a in cells
     )
 
 
