@@ -84,6 +84,7 @@ def test_a_session_writes_runs_and_tables_that_the_next_one_reads_back(tmp_path:
         again_examples, again_summary = again.write_tables()
     assert {name: (root / name).read_bytes() for name in tables} == tables  # rebuilt byte for byte from the runs
     pd.testing.assert_frame_equal(again_summary, summary)
+    pd.testing.assert_frame_equal(again_examples, examples)
 
 
 def test_a_session_refuses_a_directory_it_cannot_trust(tmp_path: Path) -> None:
@@ -99,5 +100,5 @@ def test_a_session_refuses_a_directory_it_cannot_trust(tmp_path: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SpecError, match="does not match its own checksum"), ResultSession.resume(root):
         pass
-    with pytest.raises(SpecError, match="no manifest.json there"), ResultSession.resume(tmp_path / "nothing"):
+    with pytest.raises(SpecError, match=r"no manifest\.json there"), ResultSession.resume(tmp_path / "nothing"):
         pass

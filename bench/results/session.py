@@ -84,13 +84,13 @@ class ResultSession:
             state = {key: torch.from_numpy(value.copy()) for key, value in record.arrays["model.pt"].items()}  # Ray's are read-only
             self.store.write_run(record.run_id, state=state, data=record.arrays["data.npz"], perturbations=record.arrays["perturbations.npz"])
         self.store.write_rows(record.run_id, examples=record.examples, record=record.as_json())
-        return self._read_back(record.index, record.run_id)
+        return self._keep_read_back(record.index, record.run_id)
 
     def rewrite(self, record: RunRecord, *, perturbations: Mapping[str, np.ndarray] | None = None) -> RunRecord:
         """Replace a finished run's rows (and perturbations.npz) so that a crash leaves the old run or the new
         one (``ResultStore.rewrite_rows``); keep it as read back, rewrite the tables."""
         self.store.rewrite_rows(record.run_id, examples=record.examples, record=record.as_json(), perturbations=perturbations)
-        return self._read_back(record.index, record.run_id)
+        return self._keep_read_back(record.index, record.run_id)
 
     def write_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """examples.csv and summary.csv of the finished runs in the sweep's order, then the manifest with their
@@ -101,7 +101,8 @@ class ResultSession:
         save_manifest(self.root, self.manifest)
         return examples, summary
 
-    def _read_back(self, index: int, run_id: str) -> RunRecord:
+    def _keep_read_back(self, index: int, run_id: str) -> RunRecord:
+        """The run just written, as its files hold it, kept; then the tables. OSError where they do not match."""
         record, why = self.read_run(index, run_id)
         if record is None:
             raise OSError(f"the files of run {run_id} in {self.root} do not match its completion marker ({why})")
