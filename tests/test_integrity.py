@@ -17,7 +17,8 @@ import pytest
 
 from conftest import run_cli
 from marginbench.bench.report import check as check_module
-from marginbench.bench.results.store import SEAL, ResultStore, _csv_bytes, _sha256
+from marginbench.bench.results.manifest import SEAL, save_manifest
+from marginbench.bench.results.store import _csv_bytes, _sha256
 
 
 def _one_line_error(err: str) -> str:
@@ -52,7 +53,7 @@ def _reseal(root: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     """Edit the manifest and recompute its own checksum (what the per-entry rules must still catch)."""
     manifest = json.loads((root / "manifest.json").read_text())
     edit(manifest)
-    ResultStore(root).write_manifest(manifest)
+    save_manifest(root, manifest)
 
 
 def _refused_everywhere(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], message: str, *, resume: bool = True) -> None:

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from marginbench.bench.cli import main
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures, not_flipped
+from marginbench.bench.results.manifest import save_manifest
 from marginbench.bench.results.readback import read_results
 from marginbench.bench.results.store import ResultStore
 
@@ -56,7 +57,7 @@ def _result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere") -> 
     tables = ResultStore(root).write_tables(examples=pd.DataFrame(ex), summary=pd.DataFrame(su))
     manifest = {"preset": "default", "specs": [{"d": 4, "width": 8, "note": "<i>&"}], "git_commit": COMMIT, "versions": {"marginbench": "0.1.0"},
                 "command": ["marginbench", "run", "--out", str(root)], "tables": tables}  # fmt: skip
-    ResultStore(root).write_manifest(manifest)
+    save_manifest(root, manifest)
     return root
 
 

@@ -13,6 +13,7 @@ from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.paper_figures import FIGURES, build_figures, save_figures
+from marginbench.bench.results.manifest import save_manifest
 from marginbench.bench.results.readback import read_results
 from marginbench.bench.results.store import ResultStore
 
@@ -24,7 +25,7 @@ def _write_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame) -> Pat
     """A hand-made result directory: the two tables and a manifest that holds their checksums (store.verify)."""
     root.mkdir(parents=True, exist_ok=True)
     tables = ResultStore(root).write_tables(examples=examples, summary=summary)
-    ResultStore(root).write_manifest({"tables": tables})
+    save_manifest(root, {"tables": tables})
     return root
 
 

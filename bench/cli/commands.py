@@ -43,9 +43,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     if args.resume is None:
         return specs_from_args(args), args.preset or "default", args.out, executor
     from marginbench.bench.execution.sweep import check_same_sweep, stored_sweep
-    from marginbench.bench.results.store import ResultStore
 
-    sweep, preset = stored_sweep(ResultStore.reopen(args.resume))
+    sweep, preset = stored_sweep(args.resume)  # read only: the sweep itself locks DIR before it tidies or writes
     if args.preset is not None and args.preset != preset:
         raise SpecError(f"--resume {args.resume}: --preset {args.preset} contradicts its manifest (preset {preset}); leave it out")
     check_same_sweep(args.resume, specs_from_args(args, bases=sweep), sweep)

@@ -15,7 +15,6 @@ cut short is finished by the same command: the runs it already rewrote carry its
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -37,9 +36,10 @@ from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, spec_from
 from marginbench.bench.performance.threads import using
 from marginbench.bench.registry.plugins import check_recorded, load_entry_points, recorded_sources
 from marginbench.bench.registry.registries import ATTACKS
+from marginbench.bench.results.manifest import load_manifest, save_manifest, sweep_manifest
 from marginbench.bench.results.record import BEST, RunKeys, RunRecord
-from marginbench.bench.results.rows import best_attack_row, best_rows, certify_frames, sweep_tables
-from marginbench.bench.results.store import ResultStore
+from marginbench.bench.results.rows import best_attack_row, best_rows, certify_frames
+from marginbench.bench.results.session import ResultSession
 from marginbench.bench.results.writer_lock import LOCK_FILE, WRITER_FILE, WriterLock
 from marginbench.models.datasets import Dataset
 from marginbench.models.three_layer import ThreeLayerNet
@@ -77,10 +77,10 @@ def load_data(path: Path, name: str) -> Dataset:
 def _copy_of(out: Path, source: Path) -> bool:
     """Whether ``out`` is a copy of ``source`` that an earlier ``attack --out`` made (to be finished there)."""
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
+        manifest = load_manifest(out, sealed=False)
+    except SpecError:
         return False
-    return isinstance(manifest, dict) and manifest.get("copied_from", {}).get("path") == str(source.resolve())
+    return manifest.get("copied_from", {}).get("path") == str(source.resolve())
 
 
 def copy_directory(source: Path, out: Path) -> None:
@@ -101,9 +101,9 @@ def copy_directory(source: Path, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_FILE, WRITER_FILE, ".*.tmp"))
-            manifest = ResultStore(staging).read_manifest()  # checked before it is sealed again with copied_from
+            manifest = sweep_manifest(staging)  # checked before it is sealed again with copied_from
             manifest["copied_from"] = {"path": str(source.resolve()), "at": _now()}
-            ResultStore(staging).write_manifest(manifest)
+            save_manifest(staging, manifest)
             if out.exists():
                 out.rmdir()
             os.replace(staging, out)
@@ -178,13 +178,12 @@ def attack_directory(
         target = Path(out)
         _check_apart(source, target)
         if not _copy_of(target, source):
-            sweep = tuple(spec_from_dict(stored) for stored in ResultStore(source).read_manifest()["specs"])
+            sweep = tuple(spec_from_dict(stored) for stored in sweep_manifest(source)["specs"])
             if not overwrite:
                 _check_not_present(source, sweep, attacks)
             copy_directory(source, target)
-    with WriterLock(target, create=False):
-        store = ResultStore.reopen(target)
-        manifest = store.read_manifest()
+    with ResultSession.resume(target) as results:
+        manifest = results.manifest
         sweep = tuple(spec_from_dict(stored) for stored in manifest["specs"])
         session = _pending(manifest, target, attacks, overwrite)
         if session is None:
@@ -197,41 +196,32 @@ def attack_directory(
         else:
             log(f"finishing the unfinished attack of {target} with {', '.join(attacks)} ({session['id']}, started {session.get('started')})")
         runs = [run for spec in sweep for run in spec.runs()]
-        stray = store.stray_runs({run.run_id for run in runs})
+        stray = results.store.stray_runs({run.run_id for run in runs})
         if stray:
-            raise SpecError(f"{target}: {store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
+            raise SpecError(f"{target}: {results.store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
         devices = {run.device: _device(target, run.device) for run in runs}
 
-        finished: dict[int, RunRecord] = {}
         todo = []
         for index, run in enumerate(runs):
-            rows, why = store.read_run(run.run_id)
-            if rows is None:
+            record, why = results.read_run(index, run.run_id)
+            if record is None:
                 log(f"skipping {run.run_id}: {why}; `marginbench run --resume {target}` runs it with every attack")
                 continue
-            finished[index] = RunRecord.from_json(index, run.run_id, *rows)
-            if session["id"] not in finished[index].manifest.get("attacked_by", []):
+            results.keep(record)
+            if session["id"] not in record.manifest.get("attacked_by", []):
                 todo.append(index)
         for index in todo:  # every model readable before any work
-            if (store.run_dir(runs[index].run_id) / "model.pt").exists():
-                load_net(store.run_dir(runs[index].run_id) / "model.pt")
-        log(f"attacking {target} with {', '.join(attacks)}: {len(todo)} of {len(runs)} runs to attack, {len(finished) - len(todo)} done already")
+            if (results.store.run_dir(runs[index].run_id) / "model.pt").exists():
+                load_net(results.store.run_dir(runs[index].run_id) / "model.pt")
+        log(f"attacking {target} with {', '.join(attacks)}: {len(todo)} of {len(runs)} runs to attack, {len(results.finished) - len(todo)} done already")
 
-        def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-            examples, summary = sweep_tables(list(finished.values()))
-            manifest["tables"] = store.write_tables(examples=examples, summary=summary)
-            manifest["runs"] = {r.run_id: dict(r.manifest) for r in sorted(finished.values(), key=lambda r: r.index)}
-            store.write_manifest(manifest)
-            return examples, summary
-
-        write_tables()
+        results.write_tables()
         for count, index in enumerate(todo):
             run = runs[index]
             log(f"[{count + 1}/{len(todo)}] {run.run_id}")
-            finished[index] = reattack_run(store, finished[index], run, attacks, devices[run.device], session["id"], log)
-            write_tables()
+            reattack_run(results, results.finished[index], run, attacks, devices[run.device], session["id"], log)
         session.update(status="complete", finished=_now(), runs_attacked=len(todo))
-        return write_tables()
+        return results.write_tables()
 
 
 def _device(root: Path, name: str) -> torch.device:
@@ -245,9 +235,10 @@ def _with_attacks(spec: ExperimentSpec, attacks: tuple[str, ...]) -> ExperimentS
     return dataclasses.replace(spec, attacks=(*spec.attack_names, *(name for name in attacks if name not in spec.attack_names)))
 
 
-def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: tuple[str, ...], device: torch.device, session: str, log: Log) -> RunRecord:
-    """Attack one finished run's saved model with ``attacks``, rewrite its files, and return it as read back."""
-    run_dir = store.run_dir(run.run_id)
+def reattack_run(results: ResultSession, record: RunRecord, run: RunSpec, attacks: tuple[str, ...], device: torch.device, session: str, log: Log) -> RunRecord:
+    """Attack one finished run's saved model with ``attacks``, rewrite its files (and the tables), and return it
+    as read back."""
+    run_dir = results.store.run_dir(run.run_id)
     stored = [dict(row) for row in record.attack_rows if row["attack"] != BEST]
     order = [row["attack"] for row in stored] + [name for name in attacks if name not in {row["attack"] for row in stored}]
     manifest = {**record.manifest, "attacked_by": [*record.manifest.get("attacked_by", []), session]}
@@ -255,8 +246,7 @@ def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: t
         rows = {row["attack"]: row for row in stored} | {name: {"run_id": run.run_id, "attack": name, "attack_status": "not run", "attack_error": ""} for name in attacks}
         log("  no saved model (the run failed before training ended): recorded as not run")
         updated = dataclasses.replace(record, attack_rows=[rows[name] for name in order], manifest=manifest)
-        store.rewrite_rows(run.run_id, examples=record.examples, record=updated.as_json())
-        return _read_back(store, record.index, run.run_id)
+        return results.rewrite(updated)
 
     net = load_net(run_dir / "model.pt").to(device)
     data = load_data(run_dir / "data.npz", run.dataset).to(device)
@@ -284,8 +274,7 @@ def reattack_run(store: ResultStore, record: RunRecord, run: RunSpec, attacks: t
         attack_rows=[*attack_rows, best_attack_row(run.run_id, attack_rows)],
         manifest={**manifest, "seconds": seconds},
     )
-    store.rewrite_rows(run.run_id, examples=updated.examples, record=updated.as_json(), perturbations={name: perturbations[name] for name in order})
-    return _read_back(store, record.index, run.run_id)
+    return results.rewrite(updated, perturbations={name: perturbations[name] for name in order})
 
 
 def _per_example(run: RunSpec, data: Dataset, net: TwoLayerNet | ThreeLayerNet, record: RunRecord) -> dict[str, torch.Tensor]:
@@ -299,10 +288,3 @@ def _per_example(run: RunSpec, data: Dataset, net: TwoLayerNet | ThreeLayerNet, 
     init = net if "g_off" in record.examples.columns else None
     built = BuiltModel(net=net, train=TrainReport(**train) if train else None, init=init, facts=record.manifest.get("facts", {}))
     return theory_diagnostics(run, data, built)[1]
-
-
-def _read_back(store: ResultStore, index: int, run_id: str) -> RunRecord:
-    rows, why = store.read_run(run_id)
-    if rows is None:
-        raise OSError(f"the files of run {run_id} in {store.root} do not match its completion marker ({why})")
-    return RunRecord.from_json(index, run_id, *rows)

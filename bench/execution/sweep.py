@@ -9,7 +9,6 @@ progress. ``resume=True`` reads the finished runs back from their files and comp
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import subprocess
 import sys
@@ -30,10 +29,9 @@ from marginbench.bench.execution.twin import twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
 from marginbench.bench.registry.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
 from marginbench.bench.registry.registries import DATASETS, check_names
-from marginbench.bench.results.record import RunRecord
-from marginbench.bench.results.rows import sweep_tables
+from marginbench.bench.results.manifest import load_manifest, sweep_manifest
+from marginbench.bench.results.session import ResultSession
 from marginbench.bench.results.store import ResultStore
-from marginbench.bench.results.writer_lock import WriterLock
 
 
 def _stderr(line: str) -> None:
@@ -75,10 +73,15 @@ def check_spec(spec: ExperimentSpec) -> torch.device:
     return device
 
 
-def stored_sweep(store: ResultStore) -> tuple[Sweep, str | None]:
-    """(sweep, preset) recorded in a result directory's manifest."""
-    manifest = store.read_manifest()
-    return tuple(spec_from_dict(stored) for stored in manifest["specs"]), manifest.get("preset")
+def stored_sweep(root: Path | str) -> tuple[Sweep, str | None]:
+    """(sweep, preset) recorded in the manifest of DIR, to resume; nothing is written (``run_sweep`` locks DIR)."""
+    ResultStore.check_resumable(root)
+    manifest = sweep_manifest(root)
+    return _sweep_of(manifest), manifest.get("preset")
+
+
+def _sweep_of(manifest: dict[str, Any]) -> Sweep:
+    return tuple(spec_from_dict(stored) for stored in manifest["specs"])
 
 
 def check_same_sweep(root: Path | str, asked: Sweep, stored: Sweep) -> None:
@@ -110,31 +113,11 @@ def sweep_plugins(sweep: Sweep) -> list[dict[str, Any]]:
 def recorded_plugins(root: Path | str) -> list[dict[str, Any]]:
     """The plugin sources that DIR's manifest records, its first session's and every later one's."""
     try:
-        manifest = json.loads((Path(root) / "manifest.json").read_text())
-    except (OSError, ValueError):
+        manifest = load_manifest(root, sealed=False)
+    except SpecError:
         return []  # the store's own checks say what is wrong with it
-    if not isinstance(manifest, dict):
-        return []
     sessions = [manifest, *manifest.get("resumed", []), *manifest.get("attacked", [])]
     return [entry for session in sessions if isinstance(session, dict) for entry in session.get("plugins", []) if isinstance(entry, dict)]
-
-
-def _save(store: ResultStore, record: RunRecord) -> RunRecord:
-    """Write a record's files (arrays, rows, marker last) and return it as read back from them."""
-    store.forget_run(record.run_id)
-    if record.arrays:
-        state = {key: torch.from_numpy(value.copy()) for key, value in record.arrays["model.pt"].items()}  # Ray's are read-only
-        store.write_run(record.run_id, state=state, data=record.arrays["data.npz"], perturbations=record.arrays["perturbations.npz"])
-    store.write_rows(record.run_id, examples=record.examples, record=record.as_json())
-    return _read_back(store, record.index, record.run_id)
-
-
-def _read_back(store: ResultStore, index: int, run_id: str) -> RunRecord:
-    rows = store.finished_rows(run_id)
-    if rows is None:
-        raise OSError(f"the files of run {run_id} in {store.root} do not match its completion marker")
-    examples, data = rows
-    return RunRecord.from_json(index, run_id, examples, data)
 
 
 def _new_manifest(sweep: Sweep, preset: str | None, devices: Sequence[str], session: dict[str, Any], now: str) -> dict[str, Any]:
@@ -180,35 +163,34 @@ def run_sweep(
     if executor.kind == "ray":
         import_ray()
         check_ray_address(executor.ray_address)
-    with WriterLock(out, create=not resume):  # before open: --overwrite must not clear a live writer's files
-        store = ResultStore.reopen(out) if resume else ResultStore.open(out, overwrite=overwrite)
+    opened = ResultSession.resume(out) if resume else ResultSession.create(out, overwrite=overwrite)
+    with opened as session:
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        session = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment(), "plugins": sweep_plugins(sweep)}
+        provenance = {"command": sys.argv, "execution": dataclasses.asdict(executor), **environment(), "plugins": sweep_plugins(sweep)}
+        manifest = session.manifest
         if resume:
             # The first session's provenance stays on top; each resume adds its own (code may have changed since).
-            manifest = store.read_manifest()
-            check_same_sweep(out, sweep, stored_sweep(store)[0])
-            stray = store.stray_runs({run.run_id for run in runs})
+            check_same_sweep(out, sweep, _sweep_of(manifest))
+            stray = session.store.stray_runs({run.run_id for run in runs})
             if stray:  # not this sweep's: resuming would leave it there, and every report would refuse DIR
-                raise SpecError(f"resume {out}: {store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
-            manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **session}]
+                raise SpecError(f"resume {out}: {session.store.run_dir(stray[0])} is a finished run that is not part of its sweep; move it away first")
+            manifest["resumed"] = [*manifest.get("resumed", []), {"started": now, **provenance}]
         else:
-            manifest = _new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), session, now)
+            manifest.update(_new_manifest(sweep, preset, sorted(str(device) for device in devices.values()), provenance, now))
         manifest["status"] = "running"
 
-        finished: dict[int, RunRecord] = {}
+        finished = session.finished
         if resume:
             for index, run in enumerate(runs):
-                rows, why = store.read_run(run.run_id)
-                if rows is None:
+                record, why = session.read_run(index, run.run_id)
+                if record is None:
                     if why != "it has not run":
                         log(f"redoing {run.run_id}: {why}")
                     continue
-                record = RunRecord.from_json(index, run.run_id, *rows)
                 if record.failed and not keep_failed:
                     log(f"retrying {run.run_id}: it failed ({record.run_row.get('run_error')}); --keep-failed keeps it")
                     continue
-                finished[index] = record
+                session.keep(record)
             log(f"resuming {out}: {len(finished)} of {len(runs)} runs finished, {len(runs) - len(finished)} to run")
             unfinished = [s for s in manifest.get("attacked", []) if isinstance(s, dict) and s.get("status") == "running"]
             for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
@@ -219,24 +201,16 @@ def run_sweep(
             if i not in finished
         ]
 
-        def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-            examples, summary = sweep_tables(list(finished.values()))
-            manifest["tables"] = store.write_tables(examples=examples, summary=summary)  # their checksums: verify()
-            manifest["runs"] = {r.run_id: dict(r.manifest) for r in sorted(finished.values(), key=lambda r: r.index)}
-            store.write_manifest(manifest)
-            return examples, summary
-
         cost, weights = sweep_cost(sweep, executor.threads)
         log(cost.line())
         with SweepProgress(weights, finished, enabled=progress) as bar, make_executor(executor, bar.around(log)) as pool:
-            write_tables()
+            session.write_tables()
             try:
                 for record in pool.run(tasks):
                     if not pool.live:
                         for line in record.log:
                             bar.around(log)(line)
-                    finished[record.index] = _save(store, record)
-                    write_tables()
+                    session.save(record)
                     bar.done(record.index)
             except SweepAborted as err:
                 raise SweepAborted(f"{err}; {len(finished)} of {len(runs)} runs are saved; finish with: marginbench run --resume {out}") from None
@@ -246,7 +220,7 @@ def run_sweep(
             if line is not None:
                 log(line)
         manifest.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"), failed_runs=failed)
-        examples, summary = write_tables()
+        examples, summary = session.write_tables()
         for record in sorted(finished.values(), key=lambda r: r.index):
             if record.failed:
                 log(f"failed: {record.run_id}: {record.run_row.get('run_error')}")

@@ -6,7 +6,6 @@ directory whose tables or runs do not match what its sweep wrote is refused with
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 from marginbench.bench.errors import SpecError
-from marginbench.bench.results.store import SEAL, ResultStore, _sha256, check_seal
+from marginbench.bench.results.manifest import MANIFEST, SEAL, load_manifest, save_manifest
+from marginbench.bench.results.store import ResultStore, _sha256
 
 RUN_KEY = ["source", "run_id"]
 
@@ -63,14 +63,10 @@ def verify_directory(root: Path, given: str | Path) -> None:
     the manifest and its tables' checksums alone.
     """
     resume = f"`marginbench run --resume {given}` rebuilds it from the runs"
-    path = root / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{given} has no manifest.json: not a marginbench result directory, or its first run has not finished") from None
-    except (OSError, ValueError, RecursionError) as err:
-        raise SpecError(f"{path} cannot be read: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    check_seal(manifest, path)
+    path = root / MANIFEST
+    if not path.exists():
+        raise SpecError(f"{given} has no manifest.json: not a marginbench result directory, or its first run has not finished")
+    manifest = load_manifest(root)
     tables = manifest.get("tables")
     if not isinstance(tables, dict):
         raise SpecError(f"{path} holds no checksums of the tables, so they cannot be verified; {resume}")
@@ -99,15 +95,15 @@ def seal_manifest(root: Path | str) -> None:
     for the committed results/; see results/README.md), after checking everything else as
     ``verify_directory`` does. SpecError if it is sealed already or anything else fails."""
     root = Path(root)
-    before = (root / "manifest.json").read_bytes()
-    manifest = json.loads(before)
+    before = (root / MANIFEST).read_bytes()
+    manifest = load_manifest(root, sealed=False)
     if SEAL in manifest:
-        raise SpecError(f"{root / 'manifest.json'} carries {SEAL} already")
-    ResultStore(root).write_manifest(manifest)  # sealed as it is now, so that verify_directory can check the rest
+        raise SpecError(f"{root / MANIFEST} carries {SEAL} already")
+    save_manifest(root, manifest)  # sealed as it is now, so that verify_directory can check the rest
     try:
         verify_directory(root, root)
     except SpecError:
-        (root / "manifest.json").write_bytes(before)
+        (root / MANIFEST).write_bytes(before)
         raise
 
 
@@ -151,10 +147,9 @@ def read_manifest(root: Path | str) -> dict[str, Any]:
     """A directory's manifest.json as a dict (read it through ``read_results`` first, which verifies it);
     empty where it has no readable manifest."""
     try:
-        manifest = json.loads((Path(root) / "manifest.json").read_text())
-    except (OSError, ValueError):
+        return load_manifest(root, sealed=False)
+    except SpecError:
         return {}
-    return manifest if isinstance(manifest, dict) else {}
 
 
 def read_provenance(root: Path | str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The result directory of DESIGN.md: the one module that writes it (reports read it through report/results.py).
+"""The result directory of DESIGN.md, file by file (a writer goes through ``session.ResultSession``; reports
+read it through ``readback.py``; manifest.json is ``manifest.py``'s).
 
 Written so that a crash never leaves a half-written file:
 
@@ -12,9 +13,7 @@ its ``COMPLETE`` marker exists: the marker is written last and holds the SHA-256
 so ``marginbench run --resume DIR`` can trust the run's rows, rebuild the tables from them, and redo every
 run that has no marker (or whose files do not match it).
 
-The checks fail closed. manifest.json carries ``manifest_sha256``, the SHA-256 of its own canonical content
-(``manifest_digest``), so an edited spec, commit, preset, run list or table checksum is refused, not trusted.
-A marker must vouch for every file of its run that is there, and for model.pt, data.npz and
+The checks fail closed. manifest.json carries its own checksum (``manifest.py``), and a marker must vouch for every file of its run that is there, and for model.pt, data.npz and
 perturbations.npz wherever run.json says the run finished ("ok"): a deleted entry is a refusal, never a
 skipped check. Checksums guard against accidents, partial edits and truncation, not against a forger who
 recomputes them all.
@@ -42,7 +41,6 @@ RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
 ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")
 ROW_FILES = ("examples.csv", "run.json")
 MARKER = "COMPLETE"
-SEAL = "manifest_sha256"  # manifest.json's checksum of its own canonical content (``manifest_digest``)
 STAGED = ".next"  # suffix of a finished run's replacement files until they are committed (``rewrite_rows``)
 
 
@@ -92,9 +90,7 @@ class ResultStore:
         Temporary files left by a process that was killed mid-write are removed.
         """
         root = Path(root)
-        if not (root / "manifest.json").is_file():
-            raise SpecError(f"{root}: no manifest.json there, so nothing to resume", cli=f"--resume {root}: no manifest.json there, so nothing to resume")
-        _check_writable(root, "--resume", create=False)
+        cls.check_resumable(root)
         for tmp in root.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         store = cls(root)
@@ -103,6 +99,14 @@ class ResultStore:
         for staged in root.glob(f"runs/*/*{STAGED}"):  # one cut short while staging: the run is as it was
             staged.unlink(missing_ok=True)
         return store
+
+    @staticmethod
+    def check_resumable(root: Path | str) -> None:
+        """SpecError unless DIR has a manifest.json and can be written; changes nothing there."""
+        root = Path(root)
+        if not (root / "manifest.json").is_file():
+            raise SpecError(f"{root}: no manifest.json there, so nothing to resume", cli=f"--resume {root}: no manifest.json there, so nothing to resume")
+        _check_writable(root, "--resume", create=False)
 
     def _clear(self) -> None:
         for name in RESULT_FILES:
@@ -117,27 +121,8 @@ class ResultStore:
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()
 
-    def read_manifest(self) -> dict[str, Any]:
-        """manifest.json as a dict; SpecError if it is not a JSON object or does not match its own checksum."""
-        path = self.root / "manifest.json"
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as err:
-            raise SpecError(f"cannot read {path}: {_first_line(err)}") from None
-        check_seal(manifest, path)
-        specs = manifest.get("specs") if isinstance(manifest, dict) else None
-        if not (isinstance(specs, list) and specs and all(isinstance(spec, dict) for spec in specs)):
-            raise SpecError(f"{path} holds no experiment spec")
-        return manifest
-
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
-
-    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        """manifest.json with its ``manifest_sha256``, computed on the JSON as it will be read back."""
-        plain = json.loads(json.dumps({k: v for k, v in manifest.items() if k != SEAL}, default=str, allow_nan=True))
-        text = json.dumps({**plain, SEAL: manifest_digest(plain)}, indent=2, sort_keys=False, allow_nan=True) + "\n"
-        atomic_write(self.root / "manifest.json", lambda f: f.write(text.encode()))
 
     def write_run(
         self,
@@ -268,27 +253,6 @@ class ResultStore:
             staged.unlink(missing_ok=True)
 
 
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """SHA-256 of a manifest's canonical JSON (sorted keys, no spaces), ``manifest_sha256`` itself left out."""
-    body = {k: v for k, v in manifest.items() if k != SEAL}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
-
-
-def check_seal(manifest: object, path: Path) -> None:
-    """SpecError unless ``manifest`` (manifest.json, parsed) is an object that matches its ``manifest_sha256``."""
-    if not isinstance(manifest, dict):
-        raise SpecError(f"{path} is not a JSON object")
-    if not isinstance(manifest.get(SEAL), str):
-        raise SpecError(f"{path} carries no checksum of itself ({SEAL}), so its specs, commit and list of runs cannot be trusted")
-    if manifest_digest(manifest) != manifest[SEAL]:
-        raise SpecError(f"{path} does not match its own checksum ({SEAL}): its specs, preset, commit, list of runs or table checksums were edited")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err)
-    return text.splitlines()[0] if text.strip() else type(err).__name__
-
-
 def _check_writable(root: Path, option: str, *, create: bool) -> None:
     try:
         if create:
@@ -318,6 +282,7 @@ def _plain(value: object) -> object:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return str(value)
+
 
 
 # Reading result directories for the reports. Runs from different directories stay distinct (a ``source``
