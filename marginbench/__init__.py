@@ -9,7 +9,7 @@ The stable Python API is what this module exports (``from marginbench import ...
 may move. Names are loaded on first use, so ``import marginbench.models`` stays light.
 
 - registries: ``DATASETS``, ``MODELS``, ``ATTACKS``, ``TRAINING_PLANS``, ``PRESETS`` (``Registry``; each name
-  knows its ``Source``); plugins: ``load_plugins`` (installed entry points, then modules or .py files),
+  knows its ``Source``; a model's or an attack's capabilities are its ``ModelEntry`` or ``AttackEntry``); plugins: ``load_plugins`` (installed entry points, then modules or .py files),
   ``load_plugin``;
 - writing an attack or a model: ``Attack``, ``AttackResult``, ``AttackUnavailable``, ``SharedPerturbation``,
   ``AttackFactory``, ``ModelFactory``, ``BuiltModel``, ``RunContext``, ``Dataset``, ``TwoLayerNet``,
@@ -33,6 +33,8 @@ _EXPORTS = {
     "TRAINING_PLANS": "marginbench.bench.registry.registries",
     "PRESETS": "marginbench.bench.registry.presets",
     "Registry": "marginbench.bench.registry.registries",
+    "ModelEntry": "marginbench.bench.registry.entries",
+    "AttackEntry": "marginbench.bench.registry.entries",
     "Attack": "marginbench.attacks.base",
     "AttackResult": "marginbench.checking.proposal",
     "AttackUnavailable": "marginbench.attacks.base",
@@ -66,6 +68,7 @@ __all__ = [
     "PRESETS",
     "TRAINING_PLANS",
     "Attack",
+    "AttackEntry",
     "AttackFactory",
     "AttackResult",
     "AttackUnavailable",
@@ -73,6 +76,7 @@ __all__ = [
     "Dataset",
     "ExecutorSpec",
     "ExperimentSpec",
+    "ModelEntry",
     "ModelFactory",
     "Registry",
     "RunContext",
@@ -102,6 +106,7 @@ if TYPE_CHECKING:
     from marginbench.bench.execution.sweep import run_sweep
     from marginbench.bench.experiment.recipes import AttackFactory, BuiltModel, ModelFactory, RunContext, TrainingPlan
     from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
+    from marginbench.bench.registry.entries import AttackEntry, ModelEntry
     from marginbench.bench.registry.plugins import load_plugin, load_plugins
     from marginbench.bench.registry.presets import PRESETS
     from marginbench.bench.registry.provenance import Source

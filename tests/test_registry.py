@@ -13,7 +13,7 @@ from marginbench.bench.experiment.families import FAMILIES
 from marginbench.bench.experiment.recipes import RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.bench.registry.presets import PRESETS
-from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS, Registry
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.three_layer import ThreeLayerNet
@@ -41,7 +41,7 @@ def test_duplicate_and_unknown_names_and_sorted_listing() -> None:
         registry.get("c")
 
 
-FAMILY_MODEL_PAIRS = [(family.name, model) for family in FAMILIES.values() for model in family.models]
+FAMILY_MODEL_PAIRS = [(family.name, model) for family in FAMILIES.values() for model in MODELS.in_family(family.name)]
 
 
 def test_every_registered_model_belongs_to_a_family() -> None:
@@ -67,7 +67,8 @@ def _built(family: str, model: str) -> tuple[RunSpec, Dataset, TwoLayerNet | Thr
 def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str, attack: str) -> None:
     run, data, net = _built(family, model)
     X, y = data.attacked
-    if not isinstance(net, TwoLayerNet) and attack not in AUTOGRAD_ATTACKS:  # the three-layer net: refused in one line
+    assert isinstance(net, TwoLayerNet) == MODELS.entry(model).closed_form  # the entry says what the factory builds
+    if not isinstance(net, TwoLayerNet) and ATTACKS.entry(attack).needs_closed_form:  # the three-layer net: refused in one line
         _, status, error = attempt_attack(attack, data, RunContext.of(run), net)
         assert status == "unavailable" and error.startswith("needs the two-layer net's closed form")
         return

@@ -66,7 +66,7 @@ def test_a_sweep_attacks_it_with_pgd_and_refuses_the_closed_forms_in_one_line(tm
     for attack in ("pgd", "pgd-on"):
         assert summary.loc[attack, "attack_status"] == "ok" and summary.loc[attack, "success_rate"] > 0.5
     assert summary.loc["subspace-z", "attack_status"] == "unavailable"
-    assert "the three-layer model takes pgd, pgd-on, pgd-off" in summary.loc["subspace-z", "error"]
+    assert "the three-layer model takes pgd, pgd-off, pgd-on" in summary.loc["subspace-z", "error"]
     assert summary.loc["pgd", "median_g_off"] > 0 and summary.loc["pgd", "forward_passes_per_example"] > 0
     state = torch.load(next(out.glob("runs/*/model.pt")))
     assert set(state) == {"W1", "b1", "W2", "b2", "v", "c"}

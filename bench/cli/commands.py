@@ -11,6 +11,7 @@ from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
 from marginbench.bench.registry.presets import PRESETS
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
+from marginbench.bench.results.record import BEST
 
 if TYPE_CHECKING:
     from marginbench.bench.results.readback import Results
@@ -106,7 +107,7 @@ def attack(args: argparse.Namespace) -> int:
 
     # as `run` does (its figures read DIR back, verified): a plugin's code ran here and may have damaged other runs
     verify_directory(Path(target), target)
-    print(run_table(summary[summary["attack"].isin([*args.attacks, "best"])]))
+    print(run_table(summary[summary["attack"].isin([*args.attacks, BEST])]))
     print(f"\nresults: {target}/summary.csv, {target}/examples.csv, {target}/runs/")
     return 1 if (summary["run_status"] != "ok").any() else 0
 
@@ -223,7 +224,7 @@ def plot(args: argparse.Namespace) -> int:
     rows = results.examples if results.examples is not None else results.summary
     if results.examples is None and "n_attacked" in rows:
         rows = rows[rows["n_attacked"] > 0]
-    if (rows["attack"] == "best").all():  # only failed runs: nothing to draw, said as `leaderboard` says it
+    if (rows["attack"] == BEST).all():  # only failed runs: nothing to draw, said as `leaderboard` says it
         raise SpecError("the result directories hold no attack rows")
     out = Path(args.out) if args.out is not None else Path(args.dirs[0]) / "figures"
     if out.exists() and not out.is_dir():

@@ -18,10 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from marginbench.bench.execution.twin import twin_spec
-from marginbench.bench.experiment.recipes import KKT_L2_MAX_ITERS
 from marginbench.bench.experiment.spec import RunSpec, Sweep
 from marginbench.bench.performance.threads import Threads, choose_threads, using
-from marginbench.bench.registry.registries import CONSTRUCTED_MODELS
+from marginbench.bench.registry.registries import MODELS
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
@@ -40,7 +39,7 @@ MARGIN_STEPS = 100
 # Every step also costs the loop's own time, whatever its FLOPs: 754,600 steps of a d = 2, n = 5, width 6 net took
 # 75 s on one CPU core (~100 us a step); tiny nets run for that, not for their products.
 STEP_SECONDS_FLOOR = 1e-4
-THREE_LAYER_STEPS = 300  # the three-layer net, mean loss, step 0.5, to margin 1: 254 steps (d = 784, init / 1); more at / 32
+# A model that does not follow the recipe gives its own steps and step cost on its entry (bench/registry/registries.py).
 
 
 def step_efficiency(step_gflop: float) -> float:
@@ -93,18 +92,14 @@ def run_threads(run: RunSpec, requested: int | None, seeds: int = 1) -> Threads:
 
 
 def run_gflop(run: RunSpec, trained: bool) -> float:
-    """GFLOPs of one run's training (and of its --twin's), 0 for a construction."""
+    """GFLOPs of one run's training (and of its --twin's), 0 for a construction; a model's entry may give its
+    own step cost and step count (``ModelEntry.step_gflop``, ``training_steps``), else the recipe's rule."""
     if not trained:
         return 0.0
-    step = step_gflop(run)
+    entry = MODELS.entry(run.model)
+    step = entry.step_gflop(run) if entry.step_gflop is not None else step_gflop(run)
     twin = steps_estimate(twin_spec(run), run.n, run.d) if run.twin is not None else 0
-    if run.model == "three-layer":  # the second hidden layer's (width, width) products, and autograd's overhead
-        step = 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
-        steps = min(THREE_LAYER_STEPS, run.train.iteration_cap)
-    elif run.model == "l2":  # to a rest point (kkt) or exactly max_iters steps (subspace): bench/experiment/recipes.py's l2_plan
-        steps = run.train.iteration_cap if run.family_spec.on_subspace else (run.train.max_iters or KKT_L2_MAX_ITERS)
-    else:
-        steps = steps_estimate(run.train, run.n, run.d)
+    steps = entry.training_steps(run) if entry.training_steps is not None else steps_estimate(run.train, run.n, run.d)
     return step * (steps + twin)
 
 
@@ -152,7 +147,8 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     """The sweep's estimated cost, and each run's GFLOP (in the order of ``spec.runs()`` over the sweep);
     each run's rate is measured at the thread count it will run with (``threads``: --threads)."""
     runs = [run for spec in sweep for run in spec.runs()]
-    trained = [run.model not in CONSTRUCTED_MODELS for run in runs]
+    entries = [MODELS.entry(run.model) for run in runs]
+    trained = [entry.trained for entry in entries]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
     kinds = [(run.train.precision or "float64", run_threads(run, threads).count) for run in runs]
     rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
@@ -162,8 +158,8 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     )
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     capped: dict[int, int] = {}
-    for run, t in zip(runs, trained, strict=True):  # the models whose steps follow the recipe (run_gflop's last case)
-        if t and run.model not in ("three-layer", "l2") and stops_at_cap(run.train, run.n, run.d):
+    for run, entry in zip(runs, entries, strict=True):  # the models whose steps follow the recipe's rule
+        if entry.trained and entry.follows_recipe and stops_at_cap(run.train, run.n, run.d):
             capped[run.train.iteration_cap] = capped.get(run.train.iteration_cap, 0) + 1
     shown = {f"{dtype}, {count} thread{'s' * (count > 1)}": rate for (dtype, count), rate in rates.items()}
     return SweepCost(runs=len(runs), trainings=trainings, gflop=sum(per_run), minutes=seconds / 60, rates=shown, capped=capped), per_run

@@ -24,13 +24,13 @@ from marginbench.bench.execution.estimate import run_threads
 from marginbench.bench.execution.time_limit import AttackTimeout, time_limit
 from marginbench.bench.execution.twin import COMPARED, twin_facts
 from marginbench.bench.experiment.families import KKT
-from marginbench.bench.experiment.recipes import BuiltModel, RunContext
+from marginbench.bench.experiment.recipes import BuiltModel, RunContext, no_subspace
 from marginbench.bench.experiment.spec import RunSpec
 from marginbench.bench.performance.counting import CountingAutogradNet, counting
 from marginbench.bench.performance.threads import using
 from marginbench.bench.performance.timing import clocked
 from marginbench.bench.registry.plugins import load_plugins, plugin_code, quiet
-from marginbench.bench.registry.registries import ATTACKS, AUTOGRAD_ATTACKS, DATASETS, MODELS
+from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 from marginbench.bench.results.record import RunKeys, RunRecord, failed_record
 from marginbench.bench.results.rows import attack_row, best_attack_row, best_rows, certify_frames, example_rows
 from marginbench.checking.proposal import AttackResult
@@ -149,11 +149,14 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     """
     X, y = data.attacked
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))
-    if not isinstance(net, TwoLayerNet) and name not in AUTOGRAD_ATTACKS:
-        return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(AUTOGRAD_ATTACKS)}"
     seconds = context.run.attack_seconds_limit
     timed_out = f"timed out after {seconds:g} s (the per-attack limit, --attack-timeout); its rows count as not flipped"
     try:
+        entry = ATTACKS.entry(name)  # what the attack needs, decided by its registration
+        if not isinstance(net, TwoLayerNet) and entry.needs_closed_form:
+            return nothing, "unavailable", f"needs the two-layer net's closed form; the {context.run.model} model takes {', '.join(ATTACKS.autograd())}"
+        if entry.needs_subspace and data.P_basis is None:
+            raise AttackUnavailable(no_subspace(data, name))
         with time_limit(seconds) as limit, plugin_code(f"attack {name}"):  # an alarm in this (main) thread: see bench/execution/time_limit.py
             result = ATTACKS.get(name)(data, context)(net, X, y)
         if limit.expired:  # it swallowed the alarm, or ran where none can be raised

@@ -17,6 +17,7 @@ from typing import Any
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.experiment.spec import RunSpec
+from marginbench.bench.registry.registries import MODELS
 from marginbench.checking.verify import verify_shared
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import margin_set, normalized_margin
@@ -48,10 +49,11 @@ def relative_difference(fast: float, twin: float) -> float:
 
 def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunContext) -> dict[str, Any]:
     """summary.csv's twin columns for one run: the twin's readings, their relative differences from the run's
-    net, the twin's training, and twin_status ("ok", "differs", or "does not apply": a construction, or the l2 model, which trains to a rest point, not along a path)."""
+    net, the twin's training, and twin_status ("ok", "differs", or "does not apply": a construction, or a model
+    whose entry does not follow the recipe, such as l2, which trains to a rest point, not along a path)."""
     if run.twin is None:
         return {}
-    if built.init is None or built.train is None or run.model == "l2":  # a construction; l2 trains to a rest point
+    if built.init is None or built.train is None or not MODELS.entry(run.model).follows_recipe:
         return {"twin_status": "does not apply"}
     twin_net, report = train(
         built.init.to(context.device), data.X, data.y, twin_spec(run), seed=run.seed, progress=context.progress, description=f"{run.run_id} twin"

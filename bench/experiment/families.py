@@ -16,7 +16,6 @@ class FamilySpec:
     name: str
     paper: str
     datasets: tuple[str, ...]  # built-in datasets; the first is the default
-    models: tuple[str, ...]  # built-in models of the family
     default_models: tuple[str, ...]
     default_attacks: tuple[str, ...]
     train: TrainSpec  # the family's training recipe
@@ -33,7 +32,6 @@ KKT = FamilySpec(
     name="kkt",
     paper="Vardi et al. 2022",
     datasets=("sphere",),
-    models=("vanilla", "small-init", "l2", "robust-construction"),
     default_models=("vanilla", "robust-construction"),
     # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
     default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "region-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
@@ -44,7 +42,6 @@ SUBSPACE = FamilySpec(
     name="subspace",
     paper="Melamed et al. 2023",
     datasets=("subspace", "digits"),
-    models=("vanilla", "small-init", "l2", "three-layer"),  # three-layer: Figure 4's own net (pgd attacks only)
     default_models=("vanilla", "small-init", "l2"),
     default_attacks=("subspace-z", "pgd", "pgd-off", "pgd-on"),
     train=SUBSPACE_TRAIN,

@@ -149,6 +149,12 @@ def l2_plan(data: Dataset, run: RunSpec) -> TrainingPlan:
     return TrainingPlan(init=init, spec=spec, facts={**facts, "l2_lambda": lam})
 
 
+def l2_steps(run: RunSpec) -> float:
+    """The l2 model's training steps: to a rest point (kkt, at most max_iters or KKT_L2_MAX_ITERS) or exactly
+    max_iters (subspace), as ``l2_plan`` sets them."""
+    return run.train.iteration_cap if run.family_spec.on_subspace else (run.train.max_iters or KKT_L2_MAX_ITERS)
+
+
 def train_plans(data: Sequence[Dataset], runs: Sequence[RunSpec], plans: Sequence[TrainingPlan], context: RunContext) -> list[BuiltModel]:
     """The nets of ``plans`` (one per run and dataset, all on ``context.device``), trained in one batch.
 
@@ -192,6 +198,19 @@ def three_layer_model(data: Dataset, context: RunContext) -> BuiltModel:
     return BuiltModel(net=net, train=report, init=init, facts={"init_factor": run.init_scale})
 
 
+THREE_LAYER_STEPS = 300  # the three-layer net, mean loss, step 0.5, to margin 1: 254 steps (d = 784, init / 1); more at / 32
+
+
+def three_layer_steps(run: RunSpec) -> float:
+    """The three-layer net's estimated training steps (THREE_LAYER_STEPS, at most the iteration cap)."""
+    return min(THREE_LAYER_STEPS, run.train.iteration_cap)
+
+
+def three_layer_step_gflop(run: RunSpec) -> float:
+    """GFLOPs of one of its training steps: the second hidden layer's (width, width) products, and autograd's overhead."""
+    return 1.5 * 4e-9 * run.n * (run.d + run.width) * run.width
+
+
 def robust_construction_model(data: Dataset, context: RunContext) -> BuiltModel:
     """Theorem 3.1's network (width n, one neuron per example); --width does not apply to it."""
     net, c = robust_construction(data.X, data.y)
@@ -201,10 +220,15 @@ def robust_construction_model(data: Dataset, context: RunContext) -> BuiltModel:
 # Attacks -------------------------------------------------------------------------------------------------
 
 
+def no_subspace(data: Dataset, attack: str) -> str:
+    """Why ``attack``, which needs a subspace P, does not apply to ``data`` (which has none)."""
+    return f"does not apply to dataset {data.name!r}: its points do not lie on a subspace P ({attack} needs one)"
+
+
 def subspace_basis(data: Dataset, attack: str) -> torch.Tensor:
     """The dataset's P_basis, or AttackUnavailable (recorded as such by the runner) where it has none."""
     if data.P_basis is None:
-        raise AttackUnavailable(f"does not apply to dataset {data.name!r}: its points do not lie on a subspace P ({attack} needs one)")
+        raise AttackUnavailable(no_subspace(data, attack))
     return data.P_basis
 
 

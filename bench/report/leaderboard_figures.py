@@ -5,7 +5,7 @@
   given): the fraction of attacked examples not flipped within radius eps, #{i : norm_i > eps} / #examples,
   against eps / sqrt(d). One line per attack, and ``best`` (per example, the minimum over the attacks shown).
   This is the robust-accuracy curve whose area AttackBench's optimality compares, per run, in the attack
-  table. An attack named ``exact`` (a proved minimal norm) is drawn black dashed; where examples.csv has a
+  table. An attack whose registry entry proves the optimum (``exact``: proved minimal norms) is drawn black dashed; where examples.csv has a
   ``lower_bound`` column (certified lower bounds), the band between their curve and ``best``'s is shaded:
   the curve of the true minimal norms lies inside it. Where some attack's norms reach WIDE times the best's,
   the x-axis is logarithmic. Settings beyond SETTINGS_PER_FIGURE continue in ``security_curves_2``, ...
@@ -29,11 +29,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from marginbench.bench.errors import SpecError
+from marginbench.bench.registry.registries import ATTACKS
 from marginbench.bench.report.leaderboard import MODEL_KEY, attack_table, model_table, scored_examples
 from marginbench.bench.report.paper_figures import Figures
 from marginbench.bench.results.readback import RUN_KEY, Results
 
-EXACT = "exact"  # the proved minimal norm, where an attack of that name ran
 LOWER_BOUND = "lower_bound"  # examples.csv column of certified lower bounds on the minimal norm
 SETTINGS_PER_FIGURE = 6  # panels per security-curve figure: readable at 120 dpi
 Colour = tuple[float, float, float, float]
@@ -58,13 +58,13 @@ def setting_label(row: pd.Series) -> str:
     return f"{row['model']} ({row['dataset']}, d={row['d']}, n={row['n']}, width={row['width']}{init})"
 
 
-def _lower_bounds(rows: pd.DataFrame, example: list[str]) -> pd.Series | None:
+def _lower_bounds(rows: pd.DataFrame, example: list[str], proving: set[str]) -> pd.Series | None:
     """Per example, the largest certified lower bound on its minimal norm: the ``lower_bound`` column and every
-    finite norm of ``exact`` (a proved minimum); None when the rows hold neither."""
+    finite norm of the ``proving`` attacks (a proved minimum); None when the rows hold neither."""
     bounds = []
     if LOWER_BOUND in rows:
         bounds.append(rows[[*example, LOWER_BOUND]].rename(columns={LOWER_BOUND: "bound"}))
-    exact = rows[(rows["attack"] == EXACT) & np.isfinite(rows["norm"])]
+    exact = rows[rows["attack"].isin(proving) & np.isfinite(rows["norm"])]
     if not exact.empty:
         bounds.append(exact[[*example, "norm"]].rename(columns={"norm": "bound"}))
     if not bounds:
@@ -75,7 +75,7 @@ def _lower_bounds(rows: pd.DataFrame, example: list[str]) -> pd.Series | None:
     return per_example.reindex(keys).fillna(0.0)  # no bound known: only 0
 
 
-def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour]) -> None:
+def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour], proving: set[str]) -> None:
     sqrt_d = math.sqrt(float(rows["d"].iloc[0]))
     example = [*RUN_KEY, "index"]
     per_example = rows.drop_duplicates(example)
@@ -85,7 +85,7 @@ def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour]) -> None:
     # Attacks that overshoot the best by 10x and more would squeeze the curves that matter against the axis.
     wide = finite.size > 0 and finite.max() > WIDE * best[np.isfinite(best)].max()
     x_min = 0.8 * float(finite.min()) if wide else 0.0
-    bounds = _lower_bounds(rows, example)
+    bounds = _lower_bounds(rows, example, proving)
     if bounds is not None:
         grid = np.unique(np.concatenate([[x_min, x_max], best, bounds.to_numpy(float) / sqrt_d]))
         grid = grid[(grid >= x_min) & (grid <= x_max)]
@@ -94,8 +94,8 @@ def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour]) -> None:
     _step(ax, best, x_min, x_max, color="black", lw=3.2, alpha=0.45, label="best", zorder=2)
     for attack, part in rows.groupby("attack", sort=True):
         norms = part["norm"].to_numpy(float) / sqrt_d
-        if attack == EXACT:
-            _step(ax, norms, x_min, x_max, color="black", lw=1.6, ls="--", label="exact (proved)", zorder=4)
+        if attack in proving:
+            _step(ax, norms, x_min, x_max, color="black", lw=1.6, ls="--", label=f"{attack} (proved)", zorder=4)
         else:
             _step(ax, norms, x_min, x_max, color=colors[str(attack)], lw=1.3, label=str(attack), zorder=3)
     runs = per_example[RUN_KEY].drop_duplicates().shape[0]
@@ -117,7 +117,8 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
         return str(err)
     rows["norm"] = rows["norm"].astype(float)
     palette = matplotlib.colormaps["tab10" if rows["attack"].nunique() <= 10 else "tab20"]
-    colors: dict[str, Colour] = {str(attack): palette(i) for i, attack in enumerate(sorted(set(rows["attack"]) - {EXACT}))}
+    proving = ATTACKS.proving(rows["attack"])  # drawn as the ground truth, in black
+    colors: dict[str, Colour] = {str(attack): palette(i) for i, attack in enumerate(sorted(set(rows["attack"]) - proving))}
     settings = [part for _, part in rows.groupby(MODEL_KEY, sort=True, dropna=False)]
     figures = {}
     for start in range(0, len(settings), SETTINGS_PER_FIGURE):
@@ -126,7 +127,7 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
         fig = Figure(figsize=(4.8 * cols, 3.9 * math.ceil(len(chunk) / cols)), layout="constrained")
         fig.suptitle("Security-evaluation curves: examples not flipped within radius ε (seeds pooled; AttackBench's optimality compares their areas)", fontsize=10)
         for i, part in enumerate(chunk):
-            _panel(fig.add_subplot(math.ceil(len(chunk) / cols), cols, i + 1), part, colors)
+            _panel(fig.add_subplot(math.ceil(len(chunk) / cols), cols, i + 1), part, colors, proving)
         # one legend for all panels: an attack has the same colour in each
         shown: dict[str, Artist] = {}
         for ax in fig.axes:

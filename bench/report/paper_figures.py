@@ -30,12 +30,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from marginbench.bench.experiment.families import KKT
+from marginbench.bench.registry.registries import MODELS
 from marginbench.bench.results.store import atomic_write
 
 FIGURES = ("fig1a_common_c_vs_d", "fig1b_common_c_vs_width", "fig2a_margin_fraction", "fig2b_not_on_margin", "fig4_norm_vs_init_scale")
-UNIVERSAL = "universal-z"
-PROJECTED = ("pgd-on", "pgd-off", "pgd")  # Melamed et al. Figure 4's on-, off- and unprojected attacks
-CONSTRUCTION = "robust-construction"  # a closed-form net, not one of the trained nets the figures study
+# The attacks each paper figure plots are part of the figure's definition, as a preset names its attacks:
+UNIVERSAL = "universal-z"  # Vardi et al. Figures 1a/1b: Theorem 4.1's common scale along its direction
+PROJECTED = {"pgd-on": "projected on P", "pgd-off": "projected on P⊥", "pgd": "no projection"}  # Melamed et al. Figure 4's lines
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +72,8 @@ def _alpha_label(alpha: float) -> str:
 
 
 def _trained_kkt(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[(summary.get("family", KKT.name) == KKT.name) & (summary["model"] != CONSTRUCTION)]
+    """The kkt rows of trained nets (the figures study training; a construction's entry says it is not trained)."""
+    return summary[(summary.get("family", KKT.name) == KKT.name) & ~summary["model"].isin(MODELS.constructed(summary["model"]))]
 
 
 def _fig1a(summary: pd.DataFrame) -> Figure | str:
@@ -149,7 +151,6 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     lines = -(-len(swept) // columns)
     fig = Figure(figsize=(5.0 * columns, 4.0 * lines), layout="constrained")
     fig.suptitle("Melamed et al. Fig. 4:" + ("\n" if columns == 1 else " ") + "distance to the boundary vs init divisor")  # one panel: too narrow for a line
-    names = {"pgd-on": "projected on P", "pgd-off": "projected on P⊥", "pgd": "no projection"}
     for i, (model, dataset) in enumerate(swept):
         ax = fig.add_subplot(lines, columns, i + 1)
         ax.set(title=f"{model} net, {dataset} data (mean ± std over seeds)", xlabel="first-layer init divided by", ylabel="median verified L2 norm")
@@ -160,7 +161,7 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
             stats = _mean_std(finite, "divisor", "median_norm")
             dropped = sorted(set(part["divisor"]) - set(finite["divisor"]))
             note = f"; median inf (over half not flipped) at {', '.join(f'{x:g}' for x in dropped)}" if dropped else ""
-            ax.errorbar(stats["divisor"], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{attack} ({names[attack]}){note}")
+            ax.errorbar(stats["divisor"], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{attack} ({PROJECTED[attack]}){note}")
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
     return fig
