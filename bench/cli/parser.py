@@ -25,8 +25,9 @@ from marginbench.bench.presets import PRESETS, SCALES
 from marginbench.bench.registry import ATTACKS, DATASETS, MODELS, Registry
 from marginbench.bench.spec import DEVICES, TWINS
 from marginbench.models.datasets import LABEL_RULES
+from marginbench.models.precision import PRECISIONS
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
-from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
+from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP
 
 PROG = "marginbench"
 
@@ -155,7 +156,10 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="the dtype training computes in (default: float64); the trained nets are attacked and checked in float64",
+        help="what training computes in (default: float64): float64, float32; bf16: the large products on bf16 matrix units "
+        "(CPU AMX/AVX512_BF16, CUDA tensor cores), parameters, loss and stopping in float32; tf32: CUDA only; auto: bf16 "
+        "where the hardware has bf16 matrix units, else float32 (the manifest records the choice); the trained nets are "
+        "attacked and checked in float64",
     )
     training.add_argument("--batch-size", type=_finite(int), help="SGD mini-batch size (default: full-batch GD)")
     training.add_argument("--max-iters", type=_finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
