@@ -21,6 +21,7 @@ from marginbench.bench.build import KKT_L2_MAX_ITERS
 from marginbench.bench.registry import CONSTRUCTED_MODELS
 from marginbench.bench.spec import RunSpec, Sweep
 from marginbench.bench.twin import twin_spec
+from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
@@ -88,11 +89,13 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
 
 
 @functools.cache
-def machine_gflops(device: str, dtype: str) -> float:
-    """This machine's matmul rate at a training-sized product (measured once per process, ~0.2 s)."""
+def machine_gflops(device: str, precision: Used) -> float:
+    """This machine's matmul rate at a training-sized product in ``precision`` as training uses it (measured once
+    per process, ~0.2 s)."""
     from marginbench.bench.throughput import matmul_gflops
 
-    return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype))
+    with matmul_backend(precision, torch.device(device)):
+        return matmul_gflops(2000, 200, 1000, torch.device(device), matmul_dtype(precision))
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def sweep_cost(sweep: Sweep) -> tuple[SweepCost, list[float]]:
     runs = [run for spec in sweep for run in spec.runs()]
     trained = [run.model not in CONSTRUCTED_MODELS for run in runs]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
-    dtypes = [run.train.precision or "float64" for run in runs]
+    dtypes = [choose_precision(run.train.precision or "float64", run.device).used for run in runs]
     rates = {dtype: machine_gflops(runs[0].device, dtype) for dtype in sorted(set(dtypes))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(gflop / (step_efficiency(step) * rates[dtype]) for gflop, step, dtype in zip(per_run, steps, dtypes, strict=True))

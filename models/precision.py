@@ -41,6 +41,11 @@ class PrecisionChoice:
         return torch.float64 if self.used == "float64" else torch.float32
 
 
+def matmul_dtype(used: Used) -> torch.dtype:
+    """The dtype of the large products' factors under ``used``: bfloat16 for bf16, float32 for tf32 and float32."""
+    return {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16, "tf32": torch.float32}[used]
+
+
 @functools.cache
 def cpu_info() -> tuple[str, tuple[str, ...]]:
     """(model name, the BF16_CPU_FLAGS present) from /proc/cpuinfo; ("unknown", ()) where it cannot be read."""
