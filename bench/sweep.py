@@ -33,6 +33,7 @@ from marginbench.bench.spec import ExperimentSpec, SpecError, Sweep, first_diffe
 from marginbench.bench.store import ResultStore
 from marginbench.bench.twin import twin_report
 from marginbench.bench.writer_lock import WriterLock
+from marginbench.models.precision import choose_precision
 
 
 def _stderr(line: str) -> None:
@@ -62,6 +63,11 @@ def check_spec(spec: ExperimentSpec) -> torch.device:
     """
     check_names(spec)
     device = resolve_device(spec.device)
+    for train in {run.train for run in spec.runs() if run.train.precision is not None}:
+        try:
+            choose_precision(train.precision or "float64", device)
+        except ValueError as err:
+            raise SpecError(f"--precision {train.precision}: {one_line(err)}") from None
     seen: set[int] = set()
     for run in spec.runs():
         if run.seed in seen:

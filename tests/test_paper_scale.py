@@ -90,6 +90,7 @@ def test_auto_chooses_bf16_where_the_cpu_has_bf16_units(monkeypatch: pytest.Monk
     assert choose_precision("bf16", "cpu").used == "bf16"  # asked for: emulated where the units are missing
     with pytest.raises(ValueError, match="tf32 needs a CUDA device"):
         choose_precision("tf32", "cpu")
+    assert run_cli(["run", "--d", "8", "--precision", "tf32", "--out", "unused"]) == 2  # refused before any work
 
 
 def test_auto_records_its_choice_in_the_manifest(tmp_path: Path) -> None:
