@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from marginbench.models.precision import choose_precision
 from marginbench.models.train_spec import CHECK_EVERY, TrainReport, TrainSpec, log_loss_terms
 
 
@@ -118,8 +119,9 @@ def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec)
     if spec.lr_growth != 1 or spec.schedule != "paper" or spec.l2 > 0 or spec.batch_size is not None or spec.layers != "all":
         raise ValueError("the three-layer net trains with a constant-step, full-batch GD on all its layers (no growth, schedule, l2 or batch size)")
     given = X.dtype
-    if spec.precision is not None:  # compute in spec.precision, hand the net back in the dtype it came in
-        X, y, net = X.to(getattr(torch, spec.precision)), y.to(getattr(torch, spec.precision)), net.to(X.device, getattr(torch, spec.precision))
+    if spec.precision is not None:  # compute in spec.precision, hand the net back in the dtype it came in (bf16, tf32:
+        dtype = choose_precision(spec.precision, X.device).dtype  # float32 here; only the two-layer kernel has bf16 products)
+        X, y, net = X.to(dtype), y.to(dtype), net.to(X.device, dtype)
     params = [t.detach().clone().requires_grad_(True) for t in net.tensors()]
     start, it, reason, nonfinite_at = time.perf_counter(), 0, "max_iters", None
     last = [p.detach().clone() for p in params]  # the last finite parameters, returned if NaN/inf appear

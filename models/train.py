@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from marginbench.models.precision import choose_precision, matmul_backend
 from marginbench.models.train_spec import (
     CHECK_EVERY,
     LOG_FLOAT_MAX,
@@ -32,7 +32,20 @@ from marginbench.models.train_spec import (
     log_neg_loss_derivative,
     normalized_schedule,
 )
-from marginbench.models.train_state import Batch, Examples, Finite, Pass, Run, StepSize, margin_gradient_step, outputs, preactivations
+from marginbench.models.train_state import (
+    Batch,
+    Examples,
+    Finite,
+    Pass,
+    Run,
+    StepSize,
+    hidden_bf16,
+    margin_gradient_step,
+    margin_gradient_step_bf16,
+    outputs,
+    outputs_bf16,
+    preactivations,
+)
 from marginbench.models.two_layer import TwoLayerNet
 
 __all__ = ["LOSSES", "MAX_ITERS", "NORMALIZED_LR", "SCHEDULES", "SUBSPACE_TRAIN", "TrainReport", "TrainSpec", "normalized_schedule", "train", "train_batch"]
@@ -96,11 +109,21 @@ def train_batch(
     if not (len(nets) == S == y.shape[0] == len(seeds)) or y.shape[1] != n:
         raise ValueError(f"{len(nets)} nets, {len(seeds)} seeds, inputs {tuple(X.shape)} and labels {tuple(y.shape)} disagree")
     if spec.precision is not None:  # compute in spec.precision; hand the nets back in the dtype they came in
-        dtype, given = getattr(torch, spec.precision), X.dtype
+        choice = choose_precision(spec.precision, X.device)
+        dtype, given = choice.dtype, X.dtype
         cast = [net.to(X.device, dtype) for net in nets]
-        trained = train_batch(cast, X.to(dtype), y.to(dtype), replace(spec, precision=None), seeds=seeds, progress=progress, description=description)
+        with matmul_backend(choice.used, X.device):
+            trained = _train_batch(cast, X.to(dtype), y.to(dtype), spec, seeds, progress, description, bf16=choice.used == "bf16")
         return [(net.to(X.device, given), report) for net, report in trained]
-    batch = Batch.of(nets, X, y)
+    return _train_batch(nets, X, y, spec, seeds, progress, description, bf16=False)
+
+
+def _train_batch(
+    nets: Sequence[TwoLayerNet], X: Tensor, y: Tensor, spec: TrainSpec, seeds: Sequence[int], progress: bool, description: str, *, bf16: bool
+) -> list[tuple[TwoLayerNet, TrainReport]]:
+    """``train_batch``'s loop, in X's dtype; with ``bf16``, the large products from bf16 copies of X."""
+    S = X.shape[0]
+    batch = Batch.of(nets, X, y, bf16=bf16)
     with tqdm(desc=description, unit="it", disable=not progress, mininterval=1.0, leave=False) as bar:
         run = Run(spec, batch, seeds, bar)
         while batch.ids:
@@ -112,8 +135,12 @@ def train_batch(
 
 def _full_pass(batch: Batch, spec: TrainSpec) -> dict[int, Pass]:
     """Every net on all its data: keeps relu(Z) and log(-loss'(q)) in the batch, returns each net's numbers."""
-    batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
-    q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
+    if batch.Xa is not None:  # precision bf16: bf16 products (H gets a spare column, see hidden_bf16)
+        batch.H = hidden_bf16(batch.Xa, batch.W, batch.b)
+        q = batch.y * outputs_bf16(batch.H, batch.v)
+    else:
+        batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
+        q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
     batch.s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
     columns = [torch.logsumexp(log_loss_terms(q, spec.loss), 1), torch.logsumexp(batch.s, 1), q.abs().amax(1), q.amin(1)]
     if spec.target_normalized_margin is not None:
@@ -214,7 +241,11 @@ def _step(run: Run, batch: Batch, training: dict[int, Pass]) -> bool:
         _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})  # the step would overflow
         if not batch.ids:
             return False
-    examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, torch.softmax(examples.s, 1) * examples.y)
+    weights = torch.softmax(examples.s, 1) * examples.y
+    if examples.XaT is not None:
+        examples.dW, examples.db, examples.dv = margin_gradient_step_bf16(examples.H, examples.XaT, batch.W, batch.b, batch.v, weights)
+    else:
+        examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, weights)
     if spec.schedule == "arc":
         sizes = _arc_sizes(run.lr, batch, examples, spec, training)
         _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})
@@ -236,20 +267,25 @@ def _examples(run: Run, batch: Batch, training: dict[int, Pass]) -> Examples:
     """This step's examples: all of them (GD), or the next mini-batch of each net's seeded shuffle (SGD)."""
     assert batch.H is not None and batch.s is not None, "set by _full_pass"
     if run.spec.batch_size is None:
-        return Examples(batch.H, batch.y, batch.s, batch.X, {i: training[i].log_scale for i in batch.ids})
+        return Examples(batch.H, batch.y, batch.s, batch.X, {i: training[i].log_scale for i in batch.ids}, XaT=batch.XaT)
     k = run.it % run.per_epoch  # the k-th mini-batch of the epoch
     if k == 0:
         batch.order = torch.stack([torch.randperm(run.n, generator=run.shuffles[i]) for i in batch.ids])
     rows = batch.order[:, k * run.batch_size : (k + 1) * run.batch_size].to(batch.X.device)  # (S, m)
     nets_of = torch.arange(len(batch.ids), device=batch.X.device)[:, None]
     X, y = batch.X[nets_of, rows], batch.y[nets_of, rows]
+    Xa = batch.Xa[nets_of, rows] if batch.Xa is not None else None
     if k == 0:  # the first mini-batch of an epoch reuses the full pass
         H, s = batch.H[nets_of, rows], batch.s[nets_of, rows]
+    elif Xa is not None:
+        H = hidden_bf16(Xa, batch.W, batch.b)
+        s = log_neg_loss_derivative(y * outputs_bf16(H, batch.v), run.spec.loss)
     else:
         H = torch.relu(preactivations(X, batch.W, batch.b))
         s = log_neg_loss_derivative(y * outputs(H, batch.v), run.spec.loss)
     log_scale = [value + math.log(run.n / rows.shape[1]) for value in torch.logsumexp(s, 1).tolist()]
-    return Examples(H, y, s, X, dict(zip(batch.ids, log_scale, strict=True)))
+    XaT = Xa.transpose(1, 2).contiguous() if Xa is not None else None
+    return Examples(H, y, s, X, dict(zip(batch.ids, log_scale, strict=True)), XaT=XaT)
 
 
 def _step_size(lr: float, log_L: float, log_scale: float, spec: TrainSpec) -> StepSize:

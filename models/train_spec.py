@@ -27,13 +27,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from marginbench.models.precision import PRECISIONS, Precision
+
 LossName = Literal["exp", "logistic"]
 LOSSES: tuple[str, ...] = ("exp", "logistic")
 Layers = Literal["all", "first"]
 Schedule = Literal["paper", "normalized", "arc"]
 SCHEDULES: tuple[str, ...] = ("paper", "normalized", "arc")
-Precision = Literal["float64", "float32"]
-PRECISIONS: tuple[str, ...] = ("float64", "float32")
 StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite", "dead", "stalled"]
 MAX_ITERS = 2_000_000  # the cap of a spec that gives none: far past the paper schedule's ~72,000 steps
 LOG_FLOAT_MAX = 709.0  # exp() of more overflows a float64
@@ -72,7 +72,9 @@ class TrainSpec:
     layers: Layers = "all"  # all: W, b, v trained; first: only W (b and v stay as initialized)
     l2: float = 0.0  # lambda of lambda/2 ||trained weights||^2 (Melamed et al. Section 6.2)
     batch_size: int | None = None  # None: full-batch GD; else SGD on seeded shuffles, gradient scaled by n/batch
-    precision: Precision | None = None  # the dtype training computes in (nets come back in their own); None: theirs
+    precision: Precision | None = None  # what training computes in (nets come back in their dtype); None: theirs
+    # (bf16: the large products on bf16 matrix units, the rest float32; tf32: CUDA only; auto: bf16 where the
+    # hardware has bf16 matrix units, else float32; see models/precision.py)
     late_lr: float | None = None  # arc only: the relative step once L < late_below (None: lr throughout)
     late_below: float = 1e-10  # ... the loss below which late_lr applies
 

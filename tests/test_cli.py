@@ -154,11 +154,13 @@ def _exit_code(argv: list[str]) -> int:
 def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
+    from marginbench.bench.performance.throughput import TAGS
+
     assert main(["throughput", "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
     for record in records:
-        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe", "steps"}
+        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe", "steps", "precision", "fraction_of_matmul_by_precision"}
         assert record["seconds"] > 0 and record["examples_per_s"] > 0
         assert record["shape"] == "d=64 n=64 width=256"
     # The rates follow from the shape and the seconds: a training step is two (n, d) x (d, width) products.
@@ -166,6 +168,10 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     assert step["gflops"] == pytest.approx(1e-9 * 4 * 64 * 64 * 256 / step["seconds"])
     assert step["examples_per_s"] == pytest.approx(64 / step["seconds"])
     assert 0 < step["fraction_of_matmul"] < 10  # against the matmul rate measured in the same run
+    assert step["precision"] == "float64" and step["fraction_of_matmul_by_precision"]["float64"] == pytest.approx(step["fraction_of_matmul"])
+    offered = {r["precision"] for r in records if r["kernel"].startswith("matmul")}
+    assert offered >= {"float64", "float32"} and set(step["fraction_of_matmul_by_precision"]) == offered
+    assert {f"train-step-{TAGS[p]}" for p in offered} <= {r["kernel"] for r in records}  # bf16 too where the CPU has the units
     pgd = next(r for r in records if r["kernel"].startswith("pgd"))
     fmn = next(r for r in records if r["kernel"].startswith("fb-fmn"))  # foolbox is in the test extra
     assert 0 < pgd["examples_per_s_over_fb_fmn"] < math.inf

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import marginbench.bench.execution.twin as twin_module
+import marginbench.models.precision as precision_module
 from conftest import SWEEP, assert_same_tables, read_json, run_cli
 from marginbench.bench.errors import SpecError
 from marginbench.bench.execution.estimate import ARC_STEPS_AT_R1, steps_estimate
@@ -21,6 +22,7 @@ from marginbench.bench.execution.twin import TWIN_TOLERANCE, relative_difference
 from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.bench.registry.presets import FAST_TRAIN, PRESETS
 from marginbench.models.datasets import sphere
+from marginbench.models.precision import choose_precision
 from marginbench.models.train import TrainSpec, train
 from marginbench.models.train_spec import ARC_LATE_STEP, arc_schedule
 from marginbench.models.two_layer import pytorch_default_init
@@ -43,6 +45,64 @@ def test_float32_training_hands_back_float64_nets_on_the_float64_path() -> None:
         margins[precision] = float((data.y * net(data.X)).min()) / net.sq_norm()
     assert margins["float32"] != margins["float64"]  # it did compute in float32 ...
     assert margins["float32"] == pytest.approx(margins["float64"], rel=FLOAT32_PATH)  # ... and landed on the same net
+
+
+# How far a bf16 trajectory's normalized margin may land from float64's (arc schedule). Measured on a Xeon with
+# AMX (family 6 model 167), 1 thread, seeds 0-2 at d = 16, 32, 64 (width 4d) and n = d, d^1.2, d^1.5: -0.45% to
+# +0.44% (float32: -0.17% to +0.17%). bf16 rounds the products' inputs to 8 bits, so a different kernel (AVX512_BF16
+# without AMX, CUDA tensor cores, oneDNN's emulation elsewhere) moves the net by as much again: 4x the worst seen,
+# as FLOAT32_PATH is 3x float32's.
+BF16_PATH = 2e-2
+DEVICES_HERE = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES_HERE)
+@pytest.mark.parametrize(("d", "alpha", "seed"), [(16, 1.0, 0), (16, 1.5, 1), (32, 1.0, 2)], ids=["d16-n16-s0", "d16-n64-s1", "d32-n32-s2"])
+def test_bf16_training_hands_back_float64_nets_on_the_float64_path(device: str, d: int, alpha: float, seed: int) -> None:
+    data = sphere(d=d, n=round(d**alpha), seed=seed).to(torch.device(device))
+    init = pytorch_default_init(d, 4 * d, generator=torch.Generator().manual_seed(seed)).to(torch.device(device))
+    late = {"late_lr": ARC_LATE_STEP} if alpha > 1.2 else {}
+    margins = {}
+    for precision in ("float64", "float32", "bf16"):
+        net, report = train(init, data.X, data.y, arc_schedule(TrainSpec(), precision=precision, **late))
+        assert net.W.dtype == torch.float64 and net.W.device.type == device and report.stop_reason == "target_loss"
+        margins[precision] = float((data.y * net(data.X)).min()) / net.sq_norm()
+    assert margins["bf16"] not in (margins["float64"], margins["float32"])  # it did compute in bf16 ...
+    assert margins["bf16"] == pytest.approx(margins["float64"], rel=BF16_PATH)  # ... and landed on the same net
+
+
+def test_float32_precision_is_float32_inputs_bit_for_bit() -> None:
+    """precision float32 casts and nothing else: the same bits as float32 nets and data with no precision."""
+    data = sphere(d=8, n=8, seed=0)
+    init = pytorch_default_init(8, 16, generator=torch.Generator().manual_seed(0))
+    spec = arc_schedule(TrainSpec(), max_iters=50)
+    cast, _ = train(init, data.X, data.y, dataclasses.replace(spec, precision="float32"))
+    native, _ = train(init.to("cpu", torch.float32), data.X.float(), data.y.float(), spec)
+    assert all(torch.equal(a.float(), b) for a, b in zip((cast.W, cast.b, cast.v), (native.W, native.b, native.v), strict=True))
+
+
+def test_auto_chooses_bf16_where_the_cpu_has_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision_module, "cpu_info", lambda: ("Some CPU", ("amx_bf16",)))
+    choice = choose_precision("auto", "cpu")
+    assert (choice.used, choice.dtype, choice.hardware, choice.flags) == ("bf16", torch.float32, "Some CPU", ("amx_bf16",))
+    assert "amx_bf16" in choice.reason
+    monkeypatch.setattr(precision_module, "cpu_info", lambda: ("Old CPU", ()))
+    assert choose_precision("auto", "cpu").used == "float32"
+    assert choose_precision("bf16", "cpu").used == "bf16"  # asked for: emulated where the units are missing
+    with pytest.raises(ValueError, match="tf32 needs a CUDA device"):
+        choose_precision("tf32", "cpu")
+    assert run_cli(["run", "--d", "8", "--precision", "tf32", "--out", "unused"]) == 2  # refused before any work
+
+
+def test_auto_records_its_choice_in_the_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "auto"
+    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--precision", "auto", "--models", "vanilla", "--attacks", "universal-z", "--out", str(out), "--no-progress"]
+    assert run_cli(args) == 0
+    (entry,) = read_json(out / "manifest.json")["runs"].values()
+    expected = choose_precision("auto", "cpu")
+    assert entry["precision"] == {**dataclasses.asdict(expected), "flags": list(expected.flags)}
+    assert entry["precision"]["requested"] == "auto" and entry["precision"]["used"] in ("bf16", "float32")
+    assert entry["precision"]["reason"].startswith("auto: ") and entry["precision"]["hardware"]
 
 
 def test_an_unknown_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,7 +191,7 @@ def test_the_medium_presets_are_the_issues_grids() -> None:
     runs = [run for spec in fig1a for run in spec.runs()]
     assert len(runs) == 75 and {r.d for r in runs} == {100, 200, 300} and {r.width for r in runs} == {1000}
     assert {r.alpha for r in runs} == {0.5, 0.8, 1.0, 1.2, 1.5} and {r.seed for r in runs} == {0, 1, 2, 3, 4}
-    assert FAST_TRAIN.schedule == "arc" and FAST_TRAIN.precision == "float32" and FAST_TRAIN.late_lr is None
+    assert FAST_TRAIN.schedule == "arc" and FAST_TRAIN.precision == "auto" and FAST_TRAIN.late_lr is None
     late = {(r.d, r.alpha) for r in runs if r.train == dataclasses.replace(FAST_TRAIN, late_lr=ARC_LATE_STEP)}
     assert late == {(d, a) for d in (100, 200, 300) for a in (1.2, 1.5)}  # n > 2d: the late step
     assert all(r.train == FAST_TRAIN for r in runs if (r.d, r.alpha) not in late)
@@ -189,4 +249,4 @@ def test_the_paper_schedule_asked_of_a_medium_preset_is_the_papers() -> None:
 
     args = make_parser().parse_args(["run", "--preset", "paper-fig1b", "--scale", "medium", "--schedule", "paper", "--out", "x"])
     train = specs_from_args(args)[0].train_spec
-    assert (train.schedule, train.lr, train.lr_growth, train.growth_every, train.precision) == ("paper", 1e-5, 1.1, 100, "float32")
+    assert (train.schedule, train.lr, train.lr_growth, train.growth_every, train.precision) == ("paper", 1e-5, 1.1, 100, "auto")

@@ -207,7 +207,7 @@ Error bars of the papers' figures are standard deviations over seeds. `marginben
 into DIR/figures after every sweep, and a paper's preset its figures too.
 """
 
-THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --device cuda"
+THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --sizes medium  # float64/float32/bf16 steps at d=300, n=5196\n  marginbench throughput --device cuda"
 
 LIST_EPILOG = """\
 examples:

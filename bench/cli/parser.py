@@ -24,8 +24,9 @@ from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP
 from marginbench.bench.registry.presets import PRESETS, SCALES
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 from marginbench.models.datasets import LABEL_RULES
+from marginbench.models.precision import PRECISIONS
 from marginbench.models.train import LOSSES, NORMALIZED_LR, SCHEDULES
-from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, PRECISIONS
+from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP
 
 PROG = "marginbench"
 
@@ -122,7 +123,10 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="the dtype training computes in (default: float64); the trained nets are attacked and checked in float64",
+        help="what training computes in (default: float64): float64, float32; bf16: the large products on bf16 matrix units "
+        "(CPU AMX/AVX512_BF16, CUDA tensor cores), parameters, loss and stopping in float32; tf32: CUDA only; auto: bf16 "
+        "where the hardware has bf16 matrix units, else float32 (the manifest records the choice); the trained nets are "
+        "attacked and checked in float64",
     )
     training.add_argument("--batch-size", type=finite(int), help="SGD mini-batch size (default: full-batch GD)")
     training.add_argument("--max-iters", type=finite(int), help="cap on iterations; reaching it is reported as stop reason max_iters")
@@ -174,7 +178,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the kernels (default: %(default)s)")
     speed.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json records")
-    speed.add_argument("--sizes", choices=("small", "paper"), default="small", help="small: d=n=64, width 256; paper: also d=n=width=1000")
+    speed.add_argument(
+        "--sizes",
+        choices=("small", "paper", "medium"),
+        default="small",
+        help="small: d=n=64, width 256; paper: also d=n=width=1000; medium: the medium presets' heaviest cell "
+        "(d=300, n=5196, width 1000), matmul and training step only, in every precision the device offers",
+    )
     speed.set_defaults(handler=commands.throughput)
 
     attack = sub.add_parser(

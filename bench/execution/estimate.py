@@ -21,6 +21,7 @@ from marginbench.bench.execution.twin import twin_spec
 from marginbench.bench.experiment.spec import RunSpec, Sweep
 from marginbench.bench.performance.threads import Threads, choose_threads, using
 from marginbench.bench.registry.registries import MODELS
+from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
 
 # Steps to loss 1e-30 measured at width 1000 on sphere data (seed 0), as a function of r = n / d:
@@ -108,13 +109,13 @@ RATE_WARMUP = 3
 
 
 @functools.cache
-def machine_gflops(device: str, dtype: str, threads: int) -> float:
-    """This machine's matmul rate at a training-sized product at ``threads`` torch threads: the median of
-    RATE_SAMPLES timed products (measured once per process and thread count, ~0.3 s)."""
+def machine_gflops(device: str, precision: Used, threads: int) -> float:
+    """This machine's matmul rate at a training-sized product in ``precision`` as training uses it, at ``threads``
+    torch threads: the median of RATE_SAMPLES timed products (measured once per process, ~0.3 s)."""
     from marginbench.bench.performance.throughput import matmul_gflops
 
-    with using(Threads(count=threads, why="the sweep's estimate")):
-        return matmul_gflops(2000, 200, 1000, torch.device(device), getattr(torch, dtype), repeats=RATE_SAMPLES, warmup=RATE_WARMUP)
+    with using(Threads(count=threads, why="the sweep's estimate")), matmul_backend(precision, torch.device(device)):
+        return matmul_gflops(2000, 200, 1000, torch.device(device), matmul_dtype(precision), repeats=RATE_SAMPLES, warmup=RATE_WARMUP)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     entries = [MODELS.entry(run.model) for run in runs]
     trained = [entry.trained for entry in entries]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
-    kinds = [(run.train.precision or "float64", run_threads(run, threads).count) for run in runs]
+    kinds = [(choose_precision(run.train.precision or "float64", run.device).used, run_threads(run, threads).count) for run in runs]
     rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(

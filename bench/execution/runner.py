@@ -38,6 +38,7 @@ from marginbench.checking.verify import verify, verify_shared
 from marginbench.checking.well_formed import checked
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
+from marginbench.models.precision import choose_precision
 from marginbench.models.train_spec import STUCK
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -256,6 +257,8 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         status, error = "failed", f"training hit NaN/inf at iteration {built.train.nonfinite_iteration}; rows are for the last finite parameters"
         log(f"  failed: {error}")
     manifest = {"seconds": seconds, "train": dataclasses.asdict(built.train) if built.train is not None else None, "facts": dict(built.facts)}
+    if built.train is not None:  # what training computed in, why (auto: the hardware's bf16 units), and on what
+        manifest["precision"] = dataclasses.asdict(choose_precision(run.train.precision or "float64", task.device))
     arrays = {
         "model.pt": {key: value.detach().cpu().numpy() for key, value in built.net.state_dict().items()},
         "data.npz": data.arrays(),

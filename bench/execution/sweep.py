@@ -32,6 +32,7 @@ from marginbench.bench.registry.registries import DATASETS, check_names
 from marginbench.bench.results.manifest import load_manifest, sweep_manifest
 from marginbench.bench.results.session import ResultSession
 from marginbench.bench.results.store import ResultStore
+from marginbench.models.precision import choose_precision
 
 
 def _stderr(line: str) -> None:
@@ -61,6 +62,11 @@ def check_spec(spec: ExperimentSpec) -> torch.device:
     """
     check_names(spec)
     device = resolve_device(spec.device)
+    for train in {run.train for run in spec.runs() if run.train.precision is not None}:
+        try:
+            choose_precision(train.precision or "float64", device)
+        except ValueError as err:
+            raise SpecError(f"--precision {train.precision}: {one_line(err)}") from None
     seen: set[int] = set()
     for run in spec.runs():
         if run.seed in seen:

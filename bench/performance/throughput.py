@@ -6,8 +6,13 @@ Timings warm up first, synchronize the device on both sides, and take the median
 training records time one step of SEEDS nets trained together (``train_batch``) against the same nets trained
 one after the other; their seconds are per step of all SEEDS nets, their gflops count all of them.
 
+Precisions: the matmul yardstick and the training records come in every precision the device offers (float64,
+float32; bf16 where it has bf16 matrix units; tf32 on CUDA: ``device_precisions``), each record naming its
+``precision``; a training record's ``fraction_of_matmul_by_precision`` is its rate over each precision's matmul
+rate at its shape (so a bf16 step can be read against the float32 yardstick too).
+
 Each record: kernel, shape, seconds (per call), gflops (where a FLOP count is defined), fraction_of_matmul
-(gflops over the matmul rate at the same shape and dtype), examples_per_s; for the attacks also
+(gflops over the matmul rate at the same shape and precision), examples_per_s; for the attacks also
 median_norm_over_sqrt_d (of the verified answers, +inf where over half failed), and for the minimal-norm PGD
 examples_per_s_over_fb_fmn: its examples per second over Foolbox FMN's on the same net and points, timed in
 turn in the same loop so that a change of machine load reaches both (issue 6's yardstick: at least 3 at an
@@ -27,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -41,14 +46,17 @@ from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.performance.timing import clocked
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import sphere
+from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.reference import autograd_recipe, autograd_steps
 from marginbench.models.train import TrainSpec, normalized_schedule, train, train_batch
 from marginbench.models.train_spec import arc_schedule
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # (d, n, width): small shapes for a quick look, and the papers' shapes where memory allows (Vardi et al.:
-# d up to 1000, width 1000; n = d).
-SHAPES = {"small": ((64, 64, 256),), "paper": ((64, 64, 256), (1000, 1000, 1000))}
+# d up to 1000, width 1000; n = d). ``medium``: the medium presets' heaviest cell (d = 300, n = 300^1.5),
+# timed for the matmul yardsticks and the training step only, in every precision the device offers.
+SHAPES = {"small": ((64, 64, 256),), "paper": ((64, 64, 256), (1000, 1000, 1000)), "medium": ((300, 5196, 1000),)}
+TAGS = {"float64": "fp64", "float32": "fp32", "bf16": "bf16", "tf32": "tf32"}  # precision -> kernel-name suffix
 TRAIN_STEPS = 20  # iterations per timed training call
 SEEDS = 5  # nets trained at once in the batched records: the papers' seed count
 MARGIN_SHAPE = (100, 100, 1000)  # (d, n, width) of the time-to-margin records: the issue's setting
@@ -70,6 +78,8 @@ class Record:
     common_c_over_sqrt_d: float | None = None  # time-to-margin records: universal-z's common c / sqrt(d)
     speedup_over_recipe: float | None = None  # time-to-margin records: the plain-PyTorch recipe's seconds / these
     steps: int | None = None  # time-to-margin records: training steps taken
+    precision: str | None = None  # matmul and training records: the precision they compute in (models/precision.py)
+    fraction_of_matmul_by_precision: dict[str, float] | None = None  # training records: gflops / each precision's matmul rate
 
 
 def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
@@ -89,6 +99,67 @@ def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, rep
         for fn, times in zip(fns, samples, strict=True):
             times.append(clocked(fn, device)[1])
     return [statistics.median(times) for times in samples]
+
+
+def device_precisions(device: torch.device) -> tuple[Used, ...]:
+    """The precisions ``device`` offers training: float64, float32, bf16 where it has bf16 matrix units (what
+    ``auto`` would choose), and tf32 on CUDA."""
+    offered: list[Used] = ["float64", "float32"]
+    if choose_precision("auto", device).used == "bf16":
+        offered.append("bf16")
+    if device.type == "cuda":
+        offered.append("tf32")
+    return tuple(offered)
+
+
+def precision_gflops(n: int, d: int, width: int, device: torch.device, precision: Used) -> float:
+    """``matmul_gflops`` in ``precision`` as training uses it: bf16 factors, or float32 with TF32 allowed."""
+    with matmul_backend(precision, device):
+        return matmul_gflops(n, d, width, device, matmul_dtype(precision))
+
+
+def with_fractions(records: list[Record], rates: dict[str, float]) -> list[Record]:
+    """The training records (those with gflops and a precision) with their rate over every matmul rate in ``rates``."""
+    return [
+        replace(r, fraction_of_matmul_by_precision={p: r.gflops / rate for p, rate in rates.items()})
+        if r.gflops is not None and r.precision is not None and not r.kernel.startswith("matmul")
+        else r
+        for r in records
+    ]
+
+
+def step_records(device: torch.device, shape: tuple[int, int, int]) -> list[Record]:
+    """At (d, n, width): the matmul yardstick and the training step (arc schedule, as the medium presets train) in
+    every precision the device offers, timed in turn (steps and products alike) so that machine load reaches all."""
+    d, n, width = shape
+    label = f"d={d} n={n} width={width}"
+    data = sphere(d=d, n=n, seed=0).to(device)
+    init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
+    precisions = device_precisions(device)
+    flops = 4.0 * n * d * width
+    X, y = data.X.float(), data.y.float()
+    steps = [partial(train, init, X, y, arc_schedule(TrainSpec(), precision=p, target_loss=None, max_iters=TRAIN_STEPS)) for p in precisions]
+    factors = {p: (torch.randn(n, d, device=device, dtype=matmul_dtype(p)), torch.randn(width, d, device=device, dtype=matmul_dtype(p))) for p in precisions}
+
+    def product(p: Used) -> Callable[[], None]:
+        def run() -> None:
+            with matmul_backend(p, device):
+                for _ in range(TRAIN_STEPS):
+                    factors[p][0] @ factors[p][1].T
+
+        return run
+
+    seconds = timed_in_turn([*steps, *(product(p) for p in precisions)], device, repeats=5)
+    step_s, product_s = seconds[: len(precisions)], seconds[len(precisions) :]
+    rates = {p: 2e-9 * n * d * width * TRAIN_STEPS / s for p, s in zip(precisions, product_s, strict=True)}
+    records = [
+        Record(kernel=f"matmul-{TAGS[p]}", shape=label, seconds=s / TRAIN_STEPS, gflops=rates[p], fraction_of_matmul=1.0, examples_per_s=n * TRAIN_STEPS / s, precision=p)
+        for p, s in zip(precisions, product_s, strict=True)
+    ]
+    for p, s in zip(precisions, step_s, strict=True):
+        gflops = 1e-9 * flops * TRAIN_STEPS / s
+        records.append(Record(kernel=f"train-step-arc-{TAGS[p]}", shape=label, seconds=s / TRAIN_STEPS, gflops=gflops, fraction_of_matmul=gflops / rates[p], examples_per_s=n * TRAIN_STEPS / s, precision=p))
+    return with_fractions(records, rates)
 
 
 def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5, warmup: int = 1) -> float:
@@ -148,27 +219,32 @@ def sequential_steps(nets: list[TwoLayerNet], X: torch.Tensor, y: torch.Tensor, 
 
 
 def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
-    """Every kernel at every shape of ``sizes`` ("small" or "paper") on ``device``."""
+    """Every kernel at every shape of ``sizes`` ("small" or "paper") on ``device``, the matmul and training records
+    in every precision the device offers; "medium": only those (``step_records``) at the medium presets' heaviest cell."""
+    if sizes == "medium":
+        return [record for shape in SHAPES[sizes] for record in step_records(device, shape)]
     records: list[Record] = []
     for d, n, width in SHAPES[sizes]:
         shape = f"d={d} n={n} width={width}"
         data = sphere(d=d, n=n, seed=0).to(device)
         init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
-        for dtype in (torch.float64, torch.float32):
-            tag = "fp64" if dtype == torch.float64 else "fp32"
+        at_shape: list[Record] = []
+        rates: dict[str, float] = {}
+        for precision in device_precisions(device):
+            tag, dtype = TAGS[precision], choose_precision(precision, device).dtype
             X, y, net = data.X.to(dtype), data.y.to(dtype), init.to(device, dtype)
-            rate = matmul_gflops(n, d, width, device, dtype)
+            rate = rates[precision] = precision_gflops(n, d, width, device, precision)
             seconds = 2e-9 * n * d * width / rate
-            records.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds))
+            at_shape.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds, precision=precision))
             flops = 4.0 * n * d * width  # per step: forward X W^T and backward A^T X
-            spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None)
-            for kernel, fn in (
-                (f"train-step-{tag}", partial(train, net, X, y, spec)),
-                (f"autograd-step-{tag}", partial(autograd_steps, net, X, y, TRAIN_STEPS)),
-            ):
+            spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None, precision=precision if precision in ("bf16", "tf32") else None)
+            kernels = [(f"train-step-{tag}", partial(train, net, X, y, spec))]
+            if precision in ("float64", "float32"):  # the plain-PyTorch recipe in the dtypes it is written for
+                kernels.append((f"autograd-step-{tag}", partial(autograd_steps, net, X, y, TRAIN_STEPS)))
+            for kernel, fn in kernels:
                 seconds = timed(fn, device) / TRAIN_STEPS
                 gflops = 1e-9 * flops / seconds
-                records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds))
+                at_shape.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds, precision=precision))
             # SEEDS nets (one per seed, each on its own data) per step: batched, and one after the other.
             nets = [init.to(device, dtype)] + [
                 pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device) for seed in range(1, SEEDS)
@@ -181,7 +257,8 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
             ):
                 seconds = timed(fn, device) / TRAIN_STEPS  # one step of all SEEDS nets
                 gflops = 1e-9 * SEEDS * flops / seconds
-                records.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=SEEDS * n / seconds))
+                at_shape.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=SEEDS * n / seconds, precision=precision))
+        records.extend(with_fractions(at_shape, rates))
         net, X, y = init.to(device), data.X, data.y
         records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
         records.extend(pgd_against_fb_fmn(shape, net, X, y))
