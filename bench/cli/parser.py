@@ -19,7 +19,8 @@ from marginbench.bench.cli.help_text import (
 from marginbench.bench.cli.option_types import comma_list, finite, registered_names, seed_list
 from marginbench.bench.execution.executors import EXECUTORS
 from marginbench.bench.experiment.families import FAMILIES
-from marginbench.bench.experiment.spec import ATTACK_TIMEOUT, DEVICES, TWINS
+from marginbench.bench.experiment.run_spec import ATTACK_TIMEOUT
+from marginbench.bench.experiment.spec import DEVICES, TWINS
 from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP
 from marginbench.bench.registry.presets import PRESETS, SCALES
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
