@@ -48,6 +48,7 @@ RELAX = 1e-5  # the model's flip constraint: s N <= RELAX |N(x)|, above SCIP's f
 OPTIMIZE_SHARE = 0.5  # of the time per example for SCIP's optimization; the rest raises the bound by branch and bound (_close_gap)
 STRICT = 1e-4  # where the ray through the optimum finds no flip, the model is solved again for s N <= -STRICT |N(x)|
 PROVE_NODES = 2000  # bounds for branch and bound's first question, no flip just inside the best? (0.1-0.4 s at width 256)
+EXACT_SECONDS = 10.0  # the default time limit per example (--exact-seconds, ExperimentSpec.exact_seconds)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Exact:
             it gives norm +inf with that radius as the lower bound.
     """
 
-    time_limit: float = 10.0
+    time_limit: float = EXACT_SECONDS  # SCIP's wall-clock limit per example, seconds
     seed: int = 0
     max_norm_factor: float = SEARCH_RADIUS
 

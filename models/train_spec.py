@@ -52,6 +52,7 @@ STUCK: dict[str, str] = {
 # 0.007 (d 2, n 5, width 6), 0.013 (d 16, width 32; d 64, width 256), 0.026 (d 32, n 100, width 64).
 FLOW_TIMES_LOSS = 0.013
 REACH_SLACK = 1e4  # a schedule is refused when its cap's flow time is below 1 / REACH_SLACK of the time needed
+ARC_LATE_BELOW = 1e-10  # the arc schedule's late phase (late_lr): the loss below which it starts (see ARC_LATE_STEP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +77,7 @@ class TrainSpec:
     # (bf16: the large products on bf16 matrix units, the rest float32; tf32: CUDA only; auto: bf16 where the
     # hardware has bf16 matrix units, else float32; see models/precision.py)
     late_lr: float | None = None  # arc only: the relative step once L < late_below (None: lr throughout)
-    late_below: float = 1e-10  # ... the loss below which late_lr applies
+    late_below: float = ARC_LATE_BELOW  # ... the loss below which late_lr applies
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -192,8 +193,7 @@ ARC_STEP = 0.003
 # Past n ~ 3d the late steps oscillate across the flow's path at 0.003 rather than follow it, so a shorter
 # step costs fewer extra steps than its ratio (+14% at n = 1000). At n <= d it costs more (d = n = 100: 264
 # steps, 590 with 0.0007 late) for nothing (-0.12% and +0.06% already), hence only where n/d is large.
-ARC_LATE_STEP = 0.0007
-ARC_LATE_BELOW = 1e-10
+ARC_LATE_STEP = 0.0007  # below ARC_LATE_BELOW (TrainSpec.late_below)
 
 
 def arc_schedule(spec: TrainSpec, **changes: Any) -> TrainSpec:

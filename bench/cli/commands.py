@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
-from marginbench.bench.registry.presets import PRESETS
+from marginbench.bench.registry.presets import DEFAULT_PRESET, DEFAULT_SCALE, PRESETS
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 from marginbench.bench.results.record import BEST
 
@@ -17,20 +18,27 @@ if TYPE_CHECKING:
     from marginbench.bench.results.readback import Results
 
 PROG = "marginbench"
-_GRID_OPTIONS = ("family", "dataset", "d", "ell", "n_eval", "label_rule", "width", "init_scale", "l2", "models", "attacks", "seeds", "device", "twin", "exact_seconds", "attack_timeout")
-_TRAIN_OPTIONS = ("schedule", "loss", "target_loss", "target_margin", "target_normalized_margin", "stationarity", "batch_size", "max_iters", "max_seconds", "lr", "lr_growth", "growth_every", "precision", "late_lr")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecOptions:
+    """The options of ``run`` that set spec fields, by dest (= field name); the parser reads them off its groups."""
+
+    experiment: tuple[str, ...]  # ExperimentSpec fields (n and alpha: see specs_from_args)
+    training: tuple[str, ...]  # TrainSpec fields
 
 
 def specs_from_args(args: argparse.Namespace, bases: Sweep | None = None) -> Sweep:
     """``bases`` (default: the preset's sweep) with every explicitly given option replacing its value in each spec."""
     if bases is None:
-        bases = PRESETS.get(args.preset or "default").sweep(args.scale or "small")
-    options: dict[str, Any] = {key: getattr(args, key) for key in _GRID_OPTIONS if getattr(args, key) is not None}
+        bases = PRESETS.get(args.preset or DEFAULT_PRESET).sweep(args.scale or DEFAULT_SCALE)
+    given = args.spec_options
+    options: dict[str, Any] = {key: getattr(args, key) for key in given.experiment if key not in ("n", "alpha") and getattr(args, key) is not None}
     if args.n is not None:
         options["n"] = args.n
     if args.alpha is not None:
         options.update(n=None, alpha=args.alpha)
-    train_options = {key: getattr(args, key) for key in _TRAIN_OPTIONS if getattr(args, key) is not None}
+    train_options = {key: getattr(args, key) for key in given.training if getattr(args, key) is not None}
     return tuple(with_options(base, options, train_options) for base in bases)
 
 
@@ -42,7 +50,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     """
     executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run, threads=args.threads)
     if args.resume is None:
-        return specs_from_args(args), args.preset or "default", args.out, executor
+        return specs_from_args(args), args.preset or DEFAULT_PRESET, args.out, executor
     from marginbench.bench.execution.sweep import check_same_sweep, stored_sweep
 
     sweep, preset = stored_sweep(args.resume)  # read only: the sweep itself locks DIR before it tidies or writes

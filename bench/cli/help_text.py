@@ -1,6 +1,30 @@
-"""The help text of the ``marginbench`` command: what each subcommand, family, model and attack means."""
+"""The help text of the ``marginbench`` command: what each subcommand, family, model and attack means.
 
-RUN_EPILOG = """\
+Every default it names is read from where it is set (the attacks' and specs' fields, the families' constants),
+never retyped.
+"""
+
+from marginbench.attacks.foolbox_adapter import FbBoundary, FbBrendelBethge, FbCW, FbDDN, FoolboxL2
+from marginbench.attacks.pgd import MinimalPGD
+from marginbench.bench.experiment.families import KKT_L2_LAMBDA, KKT_L2_MAX_ITERS, KKT_L2_STATIONARITY
+from marginbench.checking.proof import PROOF_GAP
+from marginbench.models.diagnostics import MARGIN_SLACK
+from marginbench.models.train_spec import MAX_ITERS, STALL_ITERS, SUBSPACE_TRAIN, TrainSpec
+
+
+def short(x: float) -> str:
+    """A number as the help writes it: 1e-5 rather than 1e-05, 0.05 and 1.1 as they are."""
+    if x == 0 or 1e-2 < abs(x) < 1e5:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+_PAPER = TrainSpec()  # the kkt family's training: Vardi et al.'s schedule
+_PGD = MinimalPGD  # its fields' defaults
+_BOX = FoolboxL2.bound_factor  # the Foolbox attacks' box margin, in units of sqrt(d)
+
+RUN_EPILOG = f"""\
 examples:
   marginbench run --out runs/default
       the default preset: d=64, n=d, width 256; vanilla and robust-construction; universal-z (~1 min on CPU)
@@ -34,13 +58,13 @@ measured matmul rate); with --progress one line follows the whole sweep with an 
 
 families, datasets and models (which combinations mean what):
   kkt       Vardi et al. 2022. Data: sphere (x uniform on the sphere of radius sqrt(d), random labels).
-            All of W, b, v trained with the exponential loss and the paper's schedule (lr 1e-5,
-            x1.1 every 100 iterations, stop at loss < 1e-30); attacked at the training points.
+            All of W, b, v trained with the exponential loss and the paper's schedule (lr {short(_PAPER.lr)},
+            x{_PAPER.lr_growth:g} every {_PAPER.growth_every} iterations, stop at loss < {short(_PAPER.target_loss or 0)}); attacked at the training points.
             vanilla              PyTorch's default init
             small-init           the same init divided by sqrt(2d): the KKT limit should not care
             l2                   vanilla init, loss + lambda/2 ||theta||^2 over W, b, v (lambda: --l2,
-                                 default 1e-10) with the normalized schedule, until stationary to
-                                 --stationarity (default 1e-2) or --max-iters (default 20000): its
+                                 default {short(KKT_L2_LAMBDA)}) with the normalized schedule, until stationary to
+                                 --stationarity (default {short(KKT_L2_STATIONARITY)}) or --max-iters (default {KKT_L2_MAX_ITERS}): its
                                  stationary points are KKT points of the max-margin problem as lambda -> 0
             robust-construction  Thm 3.1's closed-form net (width n, one neuron per example; --width
                                  does not apply): nothing below (1-c)/4 sqrt(d) flips a training point
@@ -48,7 +72,7 @@ families, datasets and models (which combinations mean what):
             sqrt(d), --label-rule random|linear) or digits (sklearn's 8x8 digits, odd vs even, on their
             top 64-ell principal components). Only W trained (no bias, u_i = +-1/sqrt(width) fixed),
             logistic loss, constant step (GD, or SGD with --batch-size) until every training margin
-            is >= 1; attacked at --n-eval held-out points of P.
+            is >= {SUBSPACE_TRAIN.target_margin:g}; attacked at --n-eval held-out points of P.
             vanilla     w_i ~ N(0, I/d)
             small-init  w_i ~ N(0, beta^2 I), beta = 1/(d sqrt 2) (Cor 6.1)
             l2          vanilla init, exactly T = --max-iters steps of loss + lambda/2 ||W||^2 with
@@ -58,14 +82,14 @@ families, datasets and models (which combinations mean what):
                         logistic loss, constant step); only pgd, pgd-on, pgd-off apply (autograd)
             --init-scale multiplies any init's standard deviation (Melamed et al. Fig. 4: 1/factor)
 attacks:
-  universal-z          Thm 4.1's direction z = sum_{i in I} y_i x_i over the margin set I (10% slack);
+  universal-z          Thm 4.1's direction z = sum_{{i in I}} y_i x_i over the margin set I ({MARGIN_SLACK:.0%} slack);
                        exact minimal scale per example and the common scale that flips all of I
   subspace-z           Melamed et al. Thm 5.1's off-manifold z (needs data on a subspace P): per example
                        whether the theorem's own z flips and its norm against the bound (examples.csv
                        thm51_* columns), and the exact minimal scale along its universal direction
-  pgd                  L2 PGD (8 normalized steps of 0.25 eps, 1 restart), minimal norm by bisecting eps
-                       per example to 1% relative precision: a Polyak/DeepFool walk brackets, then each round
-                       runs up to 10 budgets per example at once, warm started from the smallest flip
+  pgd                  L2 PGD ({_PGD.steps} normalized steps of {_PGD.step_size:g} eps, {_PGD.restarts} restart), minimal norm by bisecting eps
+                       per example to {_PGD.rel_precision:.0%} relative precision: a Polyak/DeepFool walk brackets, then each round
+                       runs up to {_PGD.candidates} budgets per example at once, warm started from the smallest flip
   pgd-off, pgd-on      the same with every step projected onto P-perp / onto P (subspace data only;
                        elsewhere recorded as "unavailable: does not apply")
   fmn                  native fast minimum-norm L2 (Pintor et al. 2021, Alg. 1, with its eps-ball projection)
@@ -80,34 +104,34 @@ attacks:
                        dual bound), solver_proved, solver_seconds
   fb-fmn               Foolbox 3.3.4 L2FMNAttack as shipped: it never projects onto its eps-ball, so its
                        norms are not minimal (kept for comparison; use fmn)
-  fb-ddn, fb-deepfool  Foolbox DDN (100 steps) and L2 DeepFool (2 candidates)
-  fb-cw                Foolbox Carlini-Wagner L2 with initial_const 1, stepsize 1e-3, 500 steps, 9 binary
+  fb-ddn, fb-deepfool  Foolbox DDN ({FbDDN.steps} steps) and L2 DeepFool (2 candidates)
+  fb-cw                Foolbox Carlini-Wagner L2 with initial_const {FbCW.initial_const:g}, stepsize {short(FbCW.stepsize)}, {FbCW.steps} steps, {FbCW.binary_search_steps} binary
                        searches (Foolbox's defaults, made for [0,1] images, give norms ~100x DDN's here);
                        the slowest gradient attack: a reference point, not a fast leaderboard entry
-  fb-boundary          Foolbox Boundary attack (2000 steps), decision-based, started at the nearest
+  fb-boundary          Foolbox Boundary attack ({FbBoundary.steps} steps), decision-based, started at the nearest
                        other-side point
-  fb-brendel-bethge    Foolbox L2 Brendel-Bethge (200 steps) from the nearest other-side point; needs numba
+  fb-brendel-bethge    Foolbox L2 Brendel-Bethge ({FbBrendelBethge.steps} steps) from the nearest other-side point; needs numba
                        (pip install 'marginbench[foolbox]'; its first call compiles for ~1 min); without it
                        it is recorded as unavailable and the run goes on
-  Foolbox attacks use the box [min X - 10 sqrt(d), max X + 10 sqrt(d)], so no answer of norm <= 10 sqrt(d)
+  Foolbox attacks use the box [min X - {_BOX:g} sqrt(d), max X + {_BOX:g} sqrt(d)], so no answer of norm <= {_BOX:g} sqrt(d)
   is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.
 
-Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{model.pt,data.npz,perturbations.npz}
-and each finished run's rows and completion marker, runs/<run_id>/{examples.csv,run.json,COMPLETE}; when the
+Result directory: manifest.json, summary.csv, examples.csv, runs/<run_id>/{{model.pt,data.npz,perturbations.npz}}
+and each finished run's rows and completion marker, runs/<run_id>/{{examples.csv,run.json,COMPLETE}}; when the
 sweep ends, figures/ gets the security-evaluation curves and the leaderboard (see `marginbench plot --help`),
 and a paper's preset (paper-*, melamed-fig4) also its paper's figures.
 Every reported norm is re-verified by a forward pass, and counts only as a flip beyond rounding:
 s N(x + delta) < -tau, tau a bound on the forward pass's rounding error in any summation order (proposals
 within it are rejected and counted: summary.csv rejected_ties); failures are +inf. Every example also gets a
 certified lower bound on its minimal flip (examples.csv lower_bound: the triangle relaxation's, or exact's)
-and proved_optimal (its best norm is within 0.01% of that bound); summary.csv has proved_fraction and
+and proved_optimal (its best norm is within {100 * PROOF_GAP:g}% of that bound); summary.csv has proved_fraction and
 median_certified_gap (median norm / lower_bound). A run whose training hits NaN/inf,
 or that raises, is recorded as failed (summary.csv: run_status, attack_status, error) and the sweep goes on.
 
-Nothing runs forever: training stops at --max-iters (default 2,000,000), and a paper schedule that cannot
+Nothing runs forever: training stops at --max-iters (default {MAX_ITERS:,}), and a paper schedule that cannot
 reach its target loss by then (e.g. --lr-growth 1) is refused before any work; the estimate line names the
 trainings that will stop at their cap. A net whose every ReLU is off at every training point that still
-carries loss (its gradient is exactly 0), or whose loss has not moved for 10,000 iterations while the step
+carries loss (its gradient is exactly 0), or whose loss has not moved for {STALL_ITERS:,} iterations while the step
 grows, stops at once as a failed run with that reason. An attack past --attack-timeout is stopped and
 recorded as failed ("timed out"); the run's other attacks keep their rows.
 """

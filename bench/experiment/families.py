@@ -8,6 +8,16 @@ from marginbench.bench.errors import field_error
 from marginbench.models.datasets import DIGITS_ELL
 from marginbench.models.train import SUBSPACE_TRAIN, TrainSpec
 
+# The kkt family's l2 model (not in Vardi et al.): L(theta) + lambda/2 ||theta||^2 over all of W, b, v. Its
+# stationary points satisfy problem (2)'s KKT stationarity exactly (multipliers -loss'(q_i)/lambda), and
+# complementary slackness up to factors e^{-(q_i - q_min)}; they approach KKT points as lambda -> 0 (Wei et
+# al. 2019, "Regularization matters"). Trained with the normalized schedule, whose step lr/L settles near
+# lr/(lambda/(2 gamma)) at the regularized equilibrium, while the paper's growing step would pass 1/lambda
+# (the recipe: bench/experiment/recipes.py, kkt_l2_spec).
+KKT_L2_LAMBDA = 1e-10  # lambda unless --l2 gives it (ExperimentSpec.l2 None)
+KKT_L2_STATIONARITY = 1e-2  # unless --stationarity is given
+KKT_L2_MAX_ITERS = 20_000  # unless max_iters is given: directions converge slowly near equilibrium
+
 
 @dataclass(frozen=True, kw_only=True)
 class FamilySpec:

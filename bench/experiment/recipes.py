@@ -17,7 +17,7 @@ import torch
 from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import Onto, SubspaceProjection
-from marginbench.bench.experiment.families import KKT
+from marginbench.bench.experiment.families import KKT, KKT_L2_LAMBDA, KKT_L2_MAX_ITERS, KKT_L2_STATIONARITY
 from marginbench.bench.experiment.spec import RunSpec
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
@@ -114,14 +114,8 @@ def small_init_plan(data: Dataset, run: RunSpec) -> TrainingPlan:
     return TrainingPlan(init=init, spec=run.train, facts=facts)
 
 
-# The kkt family's l2 model (not in Vardi et al.): L(theta) + lambda/2 ||theta||^2 over all of W, b, v. Its
-# stationary points satisfy problem (2)'s KKT stationarity exactly (multipliers -loss'(q_i)/lambda), and
-# complementary slackness up to factors e^{-(q_i - q_min)}; they approach KKT points as lambda -> 0 (Wei et
-# al. 2019, "Regularization matters"). Trained with the normalized schedule, whose step lr/L settles near
-# lr/(lambda/(2 gamma)) at the regularized equilibrium, while the paper's growing step would pass 1/lambda.
-KKT_L2_LAMBDA = 1e-10
-KKT_L2_STATIONARITY = 1e-2
-KKT_L2_MAX_ITERS = 20_000  # unless max_iters is given: directions converge slowly near equilibrium
+# The kkt family's l2 model (not in Vardi et al.): its defaults KKT_L2_LAMBDA, KKT_L2_STATIONARITY and
+# KKT_L2_MAX_ITERS, and why, are in bench/experiment/families.py.
 
 
 def kkt_l2_spec(train: TrainSpec, lam: float) -> TrainSpec:

@@ -1,12 +1,13 @@
 """Experiment specs: what to run, as frozen dataclasses checked when they are built.
 
 An ``ExperimentSpec`` is a grid (models x seeds, every attack on every run) at one data setting; ``runs()``
-expands it into ``RunSpec``s, one trained (or constructed) network each. A preset may hold several specs
+expands it into ``RunSpec``s (``marginbench.bench.experiment.run_spec``), one trained (or constructed) network each. A preset may hold several specs
 (a sweep over d, alpha, width or init scale). Names of datasets, models and attacks are checked against the
 registries by ``marginbench.bench.registry.registries.check_names`` before any work starts.
 
 Each family's defaults (its datasets, models, attacks, training recipe) are decided once, in
 ``marginbench.bench.experiment.families``; ``SpecError`` is in ``marginbench.bench.errors`` (both importable from here).
+Every default is written once, beside what it belongs to; the command line's options and help read them from there.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from marginbench.attacks.exact import EXACT_SECONDS
 from marginbench.bench.errors import SpecError, field_error
-from marginbench.bench.experiment.families import FAMILIES, KKT, FamilySpec, family_of
+from marginbench.bench.experiment.families import FAMILIES, KKT, KKT_L2_LAMBDA, FamilySpec, family_of
+from marginbench.bench.experiment.run_spec import RunSpec
 from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
 from marginbench.models.train import TrainSpec
 from marginbench.models.train_spec import on_schedule
@@ -27,56 +30,6 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 TWINS: tuple[str, ...] = ("paper",)  # --twin: the schedules a fast-trained net can be certified against
-# Each attack's default time limit (--attack-timeout): an hour, 20x the slowest attack measured (exact: 131 s on
-# the zoo's kkt net, 64 examples at 2 s each; fb-brendel-bethge 36 s, every other one under 6 s; results/zoo,
-# results/medium), or 3x exact's own budget (exact_seconds per example, up to ~2x that when it closes a gap) if longer.
-ATTACK_TIMEOUT = 3600.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunSpec:
-    """One network: a dataset draw, a model recipe and a seed. Every attack of the experiment runs on it."""
-
-    family: str
-    dataset: str
-    d: int
-    n: int  # number of training examples
-    width: int  # hidden neurons (the robust construction uses n instead)
-    model: str
-    seed: int
-    device: str
-    train: TrainSpec
-    alpha: float | None = None  # n = round(d ** alpha), where the spec gave alpha rather than n
-    ell: int | None = None  # codimension of the data subspace P (subspace family)
-    n_eval: int = 0  # held-out points of P that are attacked (subspace family)
-    label_rule: str = "random"
-    init_scale: float = 1.0  # multiplies the initialization's standard deviation
-    l2: float | None = None  # lambda for the l2 model; None: the family's choice (see bench/experiment/recipes.py)
-    twin: str | None = None  # "paper": train the net again with the paper's schedule and compare (bench/execution/twin.py)
-    exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP)
-    attack_timeout: float | None = None  # each attack's wall-time limit, seconds; None: attack_seconds_limit's default
-
-    @property
-    def family_spec(self) -> FamilySpec:
-        return family_of(self.family)
-
-    @property
-    def attack_seconds_limit(self) -> float:
-        """Each attack's time limit: attack_timeout, or ATTACK_TIMEOUT (3x exact's budget where that is longer)."""
-        if self.attack_timeout is not None:
-            return self.attack_timeout
-        return max(ATTACK_TIMEOUT, 3 * self.exact_seconds * (self.n_eval or self.n))
-
-    @property
-    def run_id(self) -> str:
-        parts = [self.family, self.dataset, f"d{self.d}"]
-        if self.ell is not None:
-            parts.append(f"l{self.ell}")
-        parts += [f"n{self.n}", f"w{self.width}", self.model]
-        if self.init_scale != 1.0:
-            parts.append(f"x{self.init_scale:g}")
-        parts.append(f"s{self.seed}")
-        return "-".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,14 +49,14 @@ class ExperimentSpec:
     label_rule: str = "random"  # subspace data: random labels, or linear (a halfspace within P)
     width: int = 256  # hidden neurons of trained models
     init_scale: float = 1.0  # multiplies the init's standard deviation (Melamed et al. Fig. 4: 1/factor)
-    l2: float | None = None  # lambda of the l2 model; None: subspace (1 - lr lambda)^T = 1/sqrt(2d) (Cor 6.2), kkt 1e-10
+    l2: float | None = None  # lambda of the l2 model; None: subspace (1 - lr lambda)^T = 1/sqrt(2d) (Cor 6.2), kkt KKT_L2_LAMBDA
     models: tuple[str, ...] | None = None
     attacks: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     device: str = "cpu"
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
     twin: str | None = None  # "paper": every trained net again with Vardi et al.'s schedule, compared (kkt only)
-    exact_seconds: float = 10.0  # the exact attack's time limit per example (SCIP); beyond it a certified bound only
+    exact_seconds: float = EXACT_SECONDS  # the exact attack's time limit per example (SCIP); beyond it a certified bound only
     attack_timeout: float | None = None  # each attack's wall-time limit in seconds (None: ATTACK_TIMEOUT); past it the attack fails
 
     def __post_init__(self) -> None:
@@ -152,7 +105,7 @@ class ExperimentSpec:
         if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
         if family is KKT and "l2" in self.model_names and self.l2 == 0:
-            raise field_error("l2", "0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default 1e-10)")
+            raise field_error("l2", f"0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default {KKT_L2_LAMBDA:g})")
         if self.twin is not None and self.twin not in TWINS:
             raise field_error("twin", f"{self.twin!r} is unknown; choose one of: {', '.join(TWINS)}")
         if self.twin is not None and family is not KKT:
@@ -197,31 +150,7 @@ class ExperimentSpec:
 
     def runs(self) -> tuple[RunSpec, ...]:
         """One RunSpec per (model, seed), models outermost."""
-        on_subspace = self.family_spec.on_subspace
-        return tuple(
-            RunSpec(
-                family=self.family,
-                dataset=self.dataset_name,
-                d=self.d,
-                n=self.n_examples,
-                width=self.width,
-                model=model,
-                seed=seed,
-                device=self.device,
-                train=self.train_spec,
-                alpha=self.alpha if self.n is None else None,
-                ell=self.codim,
-                n_eval=self.n_eval if on_subspace else 0,
-                label_rule=self.label_rule,
-                init_scale=self.init_scale,
-                l2=self.l2,
-                twin=self.twin,
-                exact_seconds=self.exact_seconds,
-                attack_timeout=self.attack_timeout,
-            )
-            for model in self.model_names
-            for seed in self.seeds
-        )
+        return tuple(RunSpec(experiment=self, model=model, seed=seed) for model in self.model_names for seed in self.seeds)
 
 
 Sweep = tuple[ExperimentSpec, ...]  # the specs of one result directory (a preset, or options on the command line)

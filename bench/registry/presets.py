@@ -21,6 +21,8 @@ from marginbench.models.train_spec import ARC_LATE_STEP, SUBSPACE_TRAIN, arc_sch
 
 Scale = Literal["small", "medium", "full"]
 SCALES: tuple[str, ...] = ("small", "medium", "full")
+DEFAULT_SCALE: Scale = "small"  # where --scale is not given
+DEFAULT_PRESET = "default"  # where --preset is not given
 
 # The medium scale's training: the arc schedule (a few hundred to a few thousand steps instead of ~72,000),
 # precision auto (the large products in bf16 where the hardware has bf16 matrix units, float32 elsewhere; the
@@ -63,7 +65,7 @@ def preset(name: str, *, figures: bool = False) -> Callable[[Callable[[Scale], S
     return add
 
 
-@preset("default")
+@preset(DEFAULT_PRESET)
 def default(scale: Scale) -> Sweep:
     """Every kkt model x attack on d = 64, n = d, width 256, seed 0: about a minute and a half on 2 CPU cores."""
     return (ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, seeds=(0,)),)
