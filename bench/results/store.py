@@ -1,4 +1,4 @@
-"""The result directory of DESIGN.md: the one module that writes it (reports read it through report/results.py).
+"""The result directory of DESIGN.md: the one module that writes it (reports read it through results/readback.py).
 
 Written so that a crash never leaves a half-written file:
 
