@@ -21,7 +21,7 @@ Two things keep the certificate honest:
   flip beyond rounding along the ray through it (``rays``), verified like any attack's.
 An example is ``proved_optimal`` when that verified norm is within PROOF_GAP of the lower bound. Where SCIP
 runs out of its share of the time (OPTIMIZE_SHARE), the rest goes to branch and bound on the relaxation
-(``models.branch_and_bound``), which raises the certified bound and can lower the flip; the answer is the
+(``checking.branch_and_bound``), which raises the certified bound and can lower the flip; the answer is the
 best flip known.
 """
 
@@ -128,7 +128,7 @@ class Exact:
         """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
         radius r, for r just inside the best flip U (at most PROVE_NODES bounds: where U is the optimum this
         often proves it), then for r = sqrt(L U) between the bound L and U? Branch and bound on the
-        relaxation answers (``models.branch_and_bound``); a smaller ball gives tighter chords, so "no" is proved
+        relaxation answers (``checking.branch_and_bound``); a smaller ball gives tighter chords, so "no" is proved
         far sooner than at U. "No" raises L to r; a relaxed optimum that flips lowers U once verified (else the
         next r is asked below it); where time runs out the search's own bound still raises L. Updates ``best``
         (n,), ``delta`` (n, d) and ``lower`` (n,) in place."""

@@ -36,10 +36,11 @@ class AttackResult:
     Attributes:
         delta: (n, d) proposed perturbation per example; zeros where the attack found none.
         found: (n,) bool, where the attack proposes delta as a flip.
-        shared: optional universal perturbation of a set of examples (e.g. Theorem 4.1's common scale).
+        shared: optional universal perturbation of a set of examples (e.g. the common scale along Vardi et
+            al.'s Theorem 4.1 direction).
         extras: scalar facts about the attack's own run (e.g. the size of the margin set it used).
         example_facts: per-example facts, each (n,), written as extra columns of examples.csv (e.g. whether
-            Theorem 5.1's own z flips the example).
+            Melamed et al.'s Theorem 5.1 z flips the example).
     """
 
     delta: Tensor

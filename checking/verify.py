@@ -67,7 +67,7 @@ def certificates(net: TwoLayerNet | Any, X: Tensor, best_norm: Tensor, bounds: S
     """Per example of X: (n, d), what is proved about its minimal flip, as examples.csv columns (n,) each:
 
     - ``lower_bound``: the largest certified lower bound on the minimal norm: the triangle relaxation's
-      radius (``models.certify``, two-layer nets; NaN for others) and the attacks' own ``bounds`` (n,) each
+      radius (``checking.certify``, two-layer nets; NaN for others) and the attacks' own ``bounds`` (n,) each
       (``exact``'s, from SCIP: its ``certified_lower_bound`` column; NaN where an attack has none);
     - ``proved_optimal``: the best verified norm ``best_norm`` (n,) is within PROOF_GAP of that bound, or no
       flip exists within the search radius where every attack stops.

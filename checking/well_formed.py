@@ -1,4 +1,4 @@
-"""What an attack returns, checked before the harness verifies it (``measure.verify``).
+"""What an attack returns, checked before the harness verifies it (``checking.verify``).
 
 An attack's code may come from anyone (plugins, entry points). A malformed return is that attack's failure,
 with the reason in one line (``BadProposal``), never the run's: the other attacks' rows are kept. What can be
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from marginbench.checking.proposal import AttackResult, SharedPerturbation
 
-# the keys of an attack's row in summary.csv (measure.attack_row) that an attack's extras must not replace
+# the keys of an attack's row in summary.csv (bench/results/rows.py's attack_row) that an attack's extras must not replace
 ROW_KEYS = frozenset({"run_id", "attack", "attack_seconds", "common_c", "forward_passes_per_example", "backward_passes_per_example", "rejected_ties", "attack_status", "attack_error"})
 
 

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from marginbench.bench.cli import main
+from marginbench.bench.results.manifest import save_manifest
+from marginbench.bench.results.store import ResultStore
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.train import TrainReport, TrainSpec, train
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
@@ -51,6 +54,9 @@ def random_net(d: int, width: int, seed: int, *, bias_scale: float = 1.0) -> Two
     v = torch.randn(width, generator=g, dtype=torch.float64)
     return TwoLayerNet(W=W, b=b, v=v)
 
+
+# One quick run per model of the kkt family's defaults (vanilla, robust-construction), seed 0: a second or two.
+QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 # A sweep of six runs (three trained, three constructed) that takes a few seconds: long enough to be killed
 # part-way, short enough to run three times. Resume, process-pool and Ray tests all compare with it.
@@ -96,3 +102,43 @@ def without_timing(value: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the git commit in known_result_dir's manifest
+
+
+def write_result_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame, **manifest: Any) -> Path:
+    """A hand-made result directory: the two tables and a manifest of ``manifest`` and their checksums (so that
+    readback.verify_directory accepts it, as it does a sweep's)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tables = ResultStore(root).write_tables(examples=examples, summary=summary)
+    save_manifest(root, {**manifest, "tables": tables})
+    return root
+
+
+def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere") -> Path:
+    """A result directory whose leaderboard is known: two models (two seeds each) and attacks a (always best),
+    b (2x a), c (fails on half the examples); with ``exact``, an attack ``exact`` that proves a's norms on
+    examples 0..2 (``lower_bound`` and ``proved_optimal`` columns) and leaves example 3 unflipped and unproved
+    (its lower bound half of a's norm). The manifest holds the tables' checksums and some provenance."""
+    ex, su = [], []
+    for model, scale in (("weak", 1.0), ("strong", 3.0)):
+        for seed in (0, 1):
+            run_id = f"kkt-{dataset}-d4-n4-w8-{model}-s{seed}"
+            base = scale * (1.0 + 0.1 * seed) * np.arange(1, 5)
+            norms = {"a": base, "b": 2 * base, "c": np.where(np.arange(4) < 2, base, np.inf)}
+            if exact:
+                norms["exact"] = np.where(np.arange(4) < 3, base, np.inf)
+            for attack, norm in norms.items():
+                for i, value in enumerate(norm):
+                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i, "label": 1,
+                           "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
+                    if exact:
+                        row["lower_bound"] = base[i] if i < 3 else 0.5 * base[i]
+                        row["proved_optimal"] = i < 3
+                    ex.append(row)
+                su.append({"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8,
+                           "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004,
+                           "forward_passes_per_example": 10 if attack == "b" else 2, "train_iterations": 100, "run_status": "ok"})  # fmt: skip
+    return write_result_dir(root, pd.DataFrame(ex), pd.DataFrame(su), preset="default", specs=[{"d": 4, "width": 8, "note": "<i>&"}], git_commit=COMMIT,
+                            versions={"marginbench": "0.1.0"}, command=["marginbench", "run", "--out", str(root)])  # fmt: skip

@@ -1,5 +1,5 @@
 """The attack suite (issue 4): proven lower bounds hold, known distances are found, projections hold,
-attacks agree, Theorem 5.1's own z flips where its assumption holds, and failures do not end a run.
+attacks agree, Melamed et al.'s Theorem 5.1 z flips where its assumption holds, and failures do not end a run.
 
 Foolbox and numba are in the test extra, so the Foolbox attacks are imported and run here, never skipped;
 Brendel-Bethge's first call compiles numba code for about a minute, so its cases carry the slow marker.

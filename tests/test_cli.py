@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_same_tables, read_json, without_timing
+from conftest import QUICK, assert_same_tables, read_json, run_cli, without_timing
 from marginbench.bench.cli import main
 from marginbench.bench.registry.registries import ATTACKS, MODELS
-
-QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 
 def test_help_names_every_option_and_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +60,7 @@ def test_python_dash_m_works() -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = _exit_code(["run", *QUICK, "--out", str(tmp_path / "out"), *args])
+    code = run_cli(["run", *QUICK, "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -73,28 +71,28 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
 def test_unwritable_or_occupied_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert _exit_code(["run", *QUICK, "--out", str(blocker / "sub")]) == 2
+    assert run_cli(["run", *QUICK, "--out", str(blocker / "sub")]) == 2
     assert "cannot write to --out" in capsys.readouterr().err
-    assert _exit_code(["run", *QUICK, "--out", str(blocker)]) == 2
+    assert run_cli(["run", *QUICK, "--out", str(blocker)]) == 2
     assert "not a directory" in capsys.readouterr().err
     out = tmp_path / "out"
-    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 0
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 2
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--out", str(out)]) == 2
     assert "already holds results" in capsys.readouterr().err
-    assert _exit_code(["run", *QUICK, "--models", "robust-construction", "--out", str(out), "--overwrite"]) == 0
+    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--out", str(out), "--overwrite"]) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
 def test_cuda_without_a_gpu_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code(["run", *QUICK, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(["run", *QUICK, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_matches_cpu(tmp_path: Path) -> None:
     for device in ("cpu", "cuda"):
-        assert _exit_code(["run", *QUICK, "--device", device, "--out", str(tmp_path / device)]) == 0
+        assert run_cli(["run", *QUICK, "--device", device, "--out", str(tmp_path / device)]) == 0
     cpu, gpu = (pd.read_csv(tmp_path / dev / "examples.csv") for dev in ("cpu", "cuda"))
     pd.testing.assert_series_equal(cpu["success"], gpu["success"])
     pd.testing.assert_series_equal(cpu["norm"], gpu["norm"], rtol=1e-6)
@@ -104,7 +102,7 @@ def test_same_spec_and_seed_give_identical_results(tmp_path: Path) -> None:
     """Every result file is identical apart from timings: tables, manifest, and each run's files byte for byte."""
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
-        assert _exit_code(["run", *QUICK, "--seeds", "3,4", "--out", str(out)]) == 0
+        assert run_cli(["run", *QUICK, "--seeds", "3,4", "--out", str(out)]) == 0
     assert_same_tables(a, b)
     assert without_timing(read_json(a / "manifest.json")) == without_timing(read_json(b / "manifest.json"))
     run_dirs = sorted(p.name for p in (a / "runs").iterdir())
@@ -118,7 +116,7 @@ def test_same_spec_and_seed_give_identical_results(tmp_path: Path) -> None:
 
 def test_run_prints_the_table_of_its_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One printed line per summary.csv row, whose median norm is that row's, rounded."""
-    assert _exit_code(["run", *QUICK, "--out", str(tmp_path / "o")]) == 0
+    assert run_cli(["run", *QUICK, "--out", str(tmp_path / "o")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
@@ -133,7 +131,7 @@ def test_run_prints_the_table_of_its_summary(tmp_path: Path, capsys: pytest.Capt
 def test_subspace_family_runs_from_the_command_line(tmp_path: Path) -> None:
     args = ["run", "--family", "subspace", "--d", "24", "--ell", "16", "--n", "12", "--n-eval", "6", "--width", "16",
             "--max-iters", "200", "--attacks", "universal-z", "--no-progress", "--out", str(tmp_path / "o")]  # fmt: skip
-    assert _exit_code(args) == 0
+    assert run_cli(args) == 0
     summary = pd.read_csv(tmp_path / "o" / "summary.csv")
     assert set(summary["model"]) == {"vanilla", "small-init", "l2"}
     for column in ("median_k", "median_g_off", "median_g_off_lower", "median_g_off_upper", "off_weight_drift", "thm51_assumption"):
@@ -141,13 +139,6 @@ def test_subspace_family_runs_from_the_command_line(tmp_path: Path) -> None:
     examples = pd.read_csv(tmp_path / "o" / "examples.csv")
     assert len(examples) == 3 * 2 * 6 and {"k", "g_off", "g_off_lower", "g_off_upper"} <= set(examples.columns)
     assert (summary["ell"] == 16).all()
-
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return int(stop.code or 0)
 
 
 @pytest.mark.slow

@@ -12,15 +12,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from conftest import read_json, run_cli
+from conftest import QUICK, read_json, run_cli
 from marginbench.attacks.base import Attack
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.registry.registries import ATTACKS, MODELS
 from marginbench.checking.proposal import AttackResult
 from marginbench.models.datasets import Dataset
 from marginbench.models.two_layer import TwoLayerNet
-
-QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 
 def test_training_that_diverges_is_a_failed_run_and_the_sweep_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,45 +20,13 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from conftest import COMMIT, known_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures, not_flipped
-from marginbench.bench.results.manifest import save_manifest
 from marginbench.bench.results.readback import read_results
-from marginbench.bench.results.store import ResultStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere") -> Path:
-    """Two models (two seeds each) and attacks a (always best), b (2x a), c (fails on half the examples); with
-    ``exact``, an attack ``exact`` that proves a's norms on examples 0..2 and a ``lower_bound`` column. The
-    manifest holds the tables' checksums (so it verifies) and some provenance."""
-    ex, su = [], []
-    for model, scale in (("weak", 1.0), ("strong", 3.0)):
-        for seed in (0, 1):
-            run_id = f"kkt-{dataset}-d4-n4-w8-{model}-s{seed}"
-            base = scale * (1.0 + 0.1 * seed) * np.arange(1, 5)
-            norms = {"a": base, "b": 2 * base, "c": np.where(np.arange(4) < 2, base, np.inf)}
-            if exact:
-                norms["exact"] = np.where(np.arange(4) < 3, base, np.inf)
-            for attack, norm in norms.items():
-                for i, value in enumerate(norm):
-                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i, "label": 1,
-                           "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
-                    if exact:
-                        row["lower_bound"] = (value if np.isfinite(value) else 0.5 * base[i]) if attack == "exact" else math.nan
-                    ex.append(row)
-                su.append({"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8,
-                           "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004,
-                           "forward_passes_per_example": 10 if attack == "b" else 2, "train_iterations": 100, "run_status": "ok"})  # fmt: skip
-    root.mkdir(parents=True, exist_ok=True)
-    tables = ResultStore(root).write_tables(examples=pd.DataFrame(ex), summary=pd.DataFrame(su))
-    manifest = {"preset": "default", "specs": [{"d": 4, "width": 8, "note": "<i>&"}], "git_commit": COMMIT, "versions": {"marginbench": "0.1.0"},
-                "command": ["marginbench", "run", "--out", str(root)], "tables": tables}  # fmt: skip
-    save_manifest(root, manifest)
-    return root
 
 
 # --- figures -----------------------------------------------------------------------------------------------
@@ -74,7 +42,7 @@ def _lines(ax: Axes) -> dict[str, Line2D]:
 
 
 def test_security_curves_have_one_panel_per_model_setting_and_a_line_per_attack_and_best(tmp_path: Path) -> None:
-    figures = build_leaderboard_figures(read_results([_result_dir(tmp_path / "r")]))
+    figures = build_leaderboard_figures(read_results([known_result_dir(tmp_path / "r")]))
     assert set(figures.drawn) == {"security_curves", "leaderboard"} and figures.skipped == {}
     axes = figures.drawn["security_curves"].axes
     assert [ax.get_title().splitlines()[0] for ax in axes] == [f"{m} (sphere, d=4, n=4, width=8)" for m in ("strong", "weak")]
@@ -91,22 +59,24 @@ def test_security_curves_have_one_panel_per_model_setting_and_a_line_per_attack_
 
 
 def test_an_exact_attack_is_drawn_dashed_with_the_band_its_lower_bounds_leave(tmp_path: Path) -> None:
-    figures = build_leaderboard_figures(read_results([_result_dir(tmp_path / "r", exact=True)]))
+    figures = build_leaderboard_figures(read_results([known_result_dir(tmp_path / "r", exact=True)]))
     ax = figures.drawn["security_curves"].axes[0]
     labels = ax.get_legend_handles_labels()[1]
-    assert "exact (proved)" in labels and "minimal norm lies here (lower bound .. best)" in labels and "exact" not in labels
-    line = _lines(ax)["exact (proved)"]
+    assert "exact" in labels and "minimal norm lies here (lower bound .. best)" in labels
+    line = _lines(ax)["exact"]
     assert line.get_linestyle() == "--" and line.get_color() == "black"
+    # the panel pools two seeds: exact's norm is proved minimal on examples 0..2 of each, not on example 3
+    assert ax.get_title().endswith("2 run(s), 8 examples; exact proved minimal on 6/8")
 
 
 def test_several_model_settings_continue_on_further_figures(tmp_path: Path) -> None:
-    dirs = [_result_dir(tmp_path / name, dataset=name) for name in ("s1", "s2", "s3", "s4")]
+    dirs = [known_result_dir(tmp_path / name, dataset=name) for name in ("s1", "s2", "s3", "s4")]
     drawn = build_leaderboard_figures(read_results(dirs)).drawn
     assert len(drawn["security_curves"].axes) == 6 and len(drawn["security_curves_2"].axes) == 2
 
 
 def test_plot_writes_the_curves_and_the_leaderboard_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _result_dir(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     assert main(["plot", str(root)]) == 0
     out = capsys.readouterr().out
     for name in ("security_curves", "leaderboard"):
@@ -169,7 +139,7 @@ def _strict(text: str) -> Any:
 
 
 def test_json_export_has_both_tables_at_full_precision_and_the_provenance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _result_dir(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     assert main(["leaderboard", str(root), "--format", "json"]) == 0
     document = _strict(capsys.readouterr().out)
     results = read_results([root])
@@ -186,7 +156,7 @@ def test_json_export_has_both_tables_at_full_precision_and_the_provenance(tmp_pa
 
 
 def test_csv_export_reads_back_exactly(tmp_path: Path) -> None:
-    root = _result_dir(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     assert main(["leaderboard", str(root), "--format", "csv", "-o", str(tmp_path / "board.csv")]) == 0
     back = pd.read_csv(tmp_path / "board.csv")
     results = read_results([root])
@@ -204,7 +174,7 @@ def test_csv_export_reads_back_exactly(tmp_path: Path) -> None:
 
 
 def _page(tmp_path: Path, *, exact: bool = False, dataset: str = "sphere") -> tuple[Path, str]:
-    root = _result_dir(tmp_path / "r", exact=exact, dataset=dataset)
+    root = known_result_dir(tmp_path / "r", exact=exact, dataset=dataset)
     page = tmp_path / "board.html"
     assert main(["leaderboard", str(root), "--format", "html", "-o", str(page)]) == 0
     return root, page.read_text(encoding="utf-8")
@@ -232,7 +202,7 @@ def test_the_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     ],
 )
 def test_bad_output_options_are_one_line_and_exit_2(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _result_dir(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     assert main(["leaderboard", str(root), *[a.format(tmp=tmp_path) for a in extra]]) == 2
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1, err

@@ -25,7 +25,8 @@ from marginbench.models.train import TrainSpec, train
 from marginbench.models.train_spec import MAX_ITERS, STUCK
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
-QUICK = ["--d", "4", "--n", "4", "--width", "4", "--models", "vanilla", "--seeds", "0", "--no-progress"]
+# the smallest kkt run: one trained vanilla net, d = n = width = 4
+SMALLEST = ["--d", "4", "--n", "4", "--width", "4", "--models", "vanilla", "--seeds", "0", "--no-progress"]
 
 
 def marginbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -34,7 +35,7 @@ def marginbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("option", [["--lr-growth", "1"], ["--growth-every", "1e20"], ["--growth-every", "5000"]], ids=["growth-1", "huge-interval", "long-interval"])
 def test_a_paper_schedule_that_cannot_reach_its_target_is_refused_in_one_line(option: list[str], tmp_path: Path) -> None:
-    done = marginbench(["run", *QUICK, *option, "--out", "o"], tmp_path)
+    done = marginbench(["run", *SMALLEST, *option, "--out", "o"], tmp_path)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "cannot reach loss 1e-30 within 2,000,000 iterations" in line and "max_iters" in line
@@ -78,7 +79,7 @@ def sleeper(data, context):
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["sequential", "process-pool"])
 def test_a_sleeping_attack_is_stopped_at_its_time_limit_and_the_others_keep_their_rows(workers: str, tmp_path: Path) -> None:
     (tmp_path / "sleeper.py").write_text(SLEEPER)
-    args = ["run", *QUICK, "--max-iters", "200", "--seeds", "0,1", "--attacks", "sleeper,universal-z", "--plugin", "sleeper.py"]
+    args = ["run", *SMALLEST, "--max-iters", "200", "--seeds", "0,1", "--attacks", "sleeper,universal-z", "--plugin", "sleeper.py"]
     start = time.perf_counter()
     done = marginbench([*args, "--attack-timeout", "1", "--workers", workers, "--out", "o"], tmp_path)
     assert time.perf_counter() - start < 120
@@ -96,7 +97,7 @@ def test_a_sleeping_attack_is_stopped_at_its_time_limit_and_the_others_keep_thei
 
 
 def test_the_attack_timeout_is_checked_and_documented(tmp_path: Path) -> None:
-    bad = marginbench(["run", *QUICK, "--attack-timeout", "0", "--out", "o"], tmp_path)
+    bad = marginbench(["run", *SMALLEST, "--attack-timeout", "0", "--out", "o"], tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("--attack-timeout must be a positive number of seconds, got 0.0")
     assert "--attack-timeout" in marginbench(["run", "--help"], tmp_path).stdout
     assert ExperimentSpec().runs()[0].attack_seconds_limit == 3600

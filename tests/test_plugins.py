@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import QUICK
 from marginbench.bench.errors import SpecError
 from marginbench.bench.registry.names import NA_VALUES, name_problem
 from marginbench.bench.registry.presets import PRESETS
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, TRAINING_PLANS, Registry
 
 DIST = Path(__file__).resolve().parent / "plugin_dist"
-QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--seeds", "0", "--no-progress"]
 ENTRY = "distribution marginbench-demo-plugin 0.1.0"
 
 

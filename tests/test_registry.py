@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -14,10 +15,12 @@ from marginbench.bench.experiment.recipes import RunContext
 from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec, SpecError
 from marginbench.bench.registry.presets import PRESETS
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS, Registry
+from marginbench.checking.proposal import SEARCH_RADIUS
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import Dataset, sphere
 from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.train import TrainSpec
+from marginbench.models.train_spec import arc_schedule
 from marginbench.models.two_layer import TwoLayerNet
 
 
@@ -80,6 +83,39 @@ def test_every_attack_proposal_that_is_kept_really_flips(family: str, model: str
     checked = verify(net, X, result)
     assert torch.all(net(X[checked.success]) * net(X[checked.success] + checked.delta[checked.success]) < 0)
     assert torch.all(torch.isinf(checked.norm[~checked.success]))
+
+
+@functools.cache
+def _trained_on_training_points() -> tuple[RunSpec, Dataset, TwoLayerNet]:
+    """A kkt vanilla net trained to the paper's stopping point (loss < 1e-30, on the arc schedule: a second),
+    attacked on its own training points."""
+    spec = ExperimentSpec(family="kkt", d=12, n=10, width=16, models=("vanilla",), train=arc_schedule(TrainSpec()))
+    (run,) = spec.runs()
+    data = DATASETS.get(run.dataset)(run)
+    net = MODELS.get("vanilla")(data, RunContext.of(run)).net
+    assert isinstance(net, TwoLayerNet)
+    return run, data, net
+
+
+@pytest.mark.parametrize("attack", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_ATTACKS else name for name in ATTACKS.names()])
+def test_every_attack_that_applies_flips_every_training_point_of_a_trained_net(attack: str) -> None:
+    """Every training point is classified and has a flip within the search radius (the segment to any point of
+    the other label crosses the boundary), so every attack that applies must flip every point. Measured on this
+    net and on seeds 1 and 2: each attack flips all 10 points, the Foolbox ones included. universal-z flips
+    the points of its margin set (Vardi et al.'s Theorem 4.1), which here, trained this far, is every point.
+    (Gradient attacks legitimately fail on robust-construction's flat regions: that net is not asked here.)"""
+    run, data, net = _trained_on_training_points()
+    X, y = data.attacked
+    assert X is data.X and bool((y * net(X) > 0).all())
+    other = torch.cdist(X, X).where(y[:, None] != y[None, :], math.inf).min(dim=1).values
+    assert bool((other <= SEARCH_RADIUS * math.sqrt(data.d)).all())  # a flip within the radius exists
+    try:
+        result = ATTACKS.get(attack)(data, RunContext.of(run))(net, X, y)
+    except AttackUnavailable as err:  # pgd-on, pgd-off, subspace-z: data off any subspace
+        assert data.P_basis is None and "does not apply" in str(err)
+        return
+    checked = verify(net, X, result)
+    assert bool(checked.success.all()), f"{attack} flipped {int(checked.success.sum())} of {len(X)} training points"
 
 
 def test_verification_rejects_a_false_claim() -> None:

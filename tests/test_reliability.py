@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import QUICK, run_cli
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import make_baseline, write_baseline
 from marginbench.bench.results.writer_lock import WriterLock
-
-QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "universal-z", "--no-progress"]
 
 
 def _one_line_error(err: str) -> str:

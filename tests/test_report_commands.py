@@ -9,43 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import known_result_dir, write_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.paper_figures import FIGURES, build_figures, save_figures
-from marginbench.bench.results.manifest import save_manifest
 from marginbench.bench.results.readback import read_results
-from marginbench.bench.results.store import ResultStore
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_dir(root: Path, examples: pd.DataFrame, summary: pd.DataFrame) -> Path:
-    """A hand-made result directory: the two tables and a manifest that holds their checksums (store.verify)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tables = ResultStore(root).write_tables(examples=examples, summary=summary)
-    save_manifest(root, {"tables": tables})
-    return root
-
-
-def _known_case(root: Path) -> Path:
-    """Two models (two seeds each) and attacks a (always best), b (2x a), c (fails on half the examples)."""
-    ex, su = [], []
-    for model, scale in (("weak", 1.0), ("strong", 3.0)):
-        for seed in (0, 1):
-            run_id = f"kkt-sphere-d4-n4-w8-{model}-s{seed}"
-            base = scale * (1.0 + 0.1 * seed) * np.arange(1, 5)
-            norms = {"a": base, "b": 2 * base, "c": np.where(np.arange(4) < 2, base, np.inf)}
-            for attack, norm in norms.items():
-                for i, value in enumerate(norm):
-                    ex.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "index": i, "label": 1, "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))})
-                su.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": attack, "seed": seed, "d": 4, "n": 4, "width": 8, "n_attacked": 4, "median_norm": float(np.median(norm)), "attack_seconds": 0.004, "forward_passes_per_example": 10 if attack == "b" else 2})
-    return _write_dir(root, pd.DataFrame(ex), pd.DataFrame(su))
-
-
 def test_leaderboard_orders_a_known_case(tmp_path: Path) -> None:
-    results = read_results([_known_case(tmp_path / "r")])
+    results = read_results([known_result_dir(tmp_path / "r")])
     models = model_table(results)
     assert list(models["model"]) == ["strong", "weak"] and list(models["rank"]) == [1, 2]
     # weak: per-run medians of best/sqrt(4) are 2.5/2 = 1.25 and 2.75/2 = 1.375; the model's score is their median
@@ -64,15 +40,15 @@ def test_leaderboard_orders_a_known_case(tmp_path: Path) -> None:
 
 
 def test_equal_scores_share_a_rank(tmp_path: Path) -> None:
-    root = _known_case(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     examples = pd.read_csv(root / "examples.csv")
     examples.loc[examples["model"] == "strong", "norm"] /= 3.0  # now both models score the same
-    _write_dir(root, examples, pd.read_csv(root / "summary.csv"))
+    write_result_dir(root, examples, pd.read_csv(root / "summary.csv"))
     assert list(model_table(read_results([root]))["rank"]) == [1, 1]
 
 
 def test_leaderboard_cli_merges_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    one, two = _known_case(tmp_path / "one"), _known_case(tmp_path / "two")
+    one, two = known_result_dir(tmp_path / "one"), known_result_dir(tmp_path / "two")
     assert main(["leaderboard", str(one), str(two), "--format", "plain"]) == 0
     out = capsys.readouterr().out
     assert "optimality" in out and "forward/example" in out and "strong" in out
@@ -100,7 +76,7 @@ def test_default_preset_reproduces_its_committed_baseline(tmp_path: Path, capsys
 
 def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "r"
-    _known_case(root)
+    known_result_dir(root)
     baseline_path = tmp_path / "base.json"
     assert main(["baseline", str(root), "-o", str(baseline_path)]) == 0
     assert main(["check", str(root), "--baseline", str(baseline_path)]) == 0
@@ -111,11 +87,11 @@ def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: py
     summary.loc[row, "median_norm"] = old * (1 + 0.5 * band.rel)  # inside the band: still passes
     summary.loc[row, "attack_seconds"] = 99.0  # timings are never checked
     examples = pd.read_csv(root / "examples.csv")
-    _write_dir(root, examples, summary)  # a new result, as a sweep writes it (an edit by hand would not verify)
+    write_result_dir(root, examples, summary)  # a new result, as a sweep writes it (an edit by hand would not verify)
     capsys.readouterr()
     assert main(["check", str(root), "--baseline", str(baseline_path)]) == 0
     summary.loc[row, "median_norm"] = old * (1 + 10 * band.rel) + 10 * band.abs
-    _write_dir(root, examples, summary)
+    write_result_dir(root, examples, summary)
     capsys.readouterr()
     assert main(["check", str(root), "--baseline", str(baseline_path)]) == 1
     out = capsys.readouterr().out
@@ -123,7 +99,7 @@ def test_check_names_the_metric_moved_beyond_its_band(tmp_path: Path, capsys: py
 
 
 def test_check_reports_missing_rows_and_infinite_values(tmp_path: Path) -> None:
-    root = _known_case(tmp_path / "r")
+    root = known_result_dir(tmp_path / "r")
     baseline = make_baseline(root)
     baseline["values"].append({"run_id": "gone", "attack": "a", "metric": "median_norm", "value": math.inf})
     write_baseline(baseline, tmp_path / "b.json")
@@ -192,7 +168,7 @@ def test_fig1a_averages_seeds_with_error_bars() -> None:
 def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     summary = _figure_summary()
     kkt_one_d = summary[(summary["family"] == "kkt") & (summary["d"] == 16)]
-    root = _write_dir(tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"]))
+    root = write_result_dir(tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"]))
     assert main(["plot", str(root), "-o", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "fig1b_common_c_vs_width.png" in out  # two widths at one d
@@ -217,7 +193,7 @@ def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _known_case(tmp_path / "r")
+    known_result_dir(tmp_path / "r")
     (tmp_path / "other.json").write_text("[1, 2]")
     try:
         code = main([a.format(tmp=tmp_path) for a in args])

@@ -27,7 +27,8 @@ _BOX = FoolboxL2.bound_factor  # the Foolbox attacks' box margin, in units of sq
 RUN_EPILOG = f"""\
 examples:
   marginbench run --out runs/default
-      the default preset: d=64, n=d, width 256; vanilla and robust-construction; universal-z (~1 min on CPU)
+      the default preset: d=64, n=d, width 256, seed 0; vanilla and robust-construction; 11 attacks, every
+      attack below but exact and the subspace ones (subspace-z, pgd-off, pgd-on) (~1.5 min on 2 CPU cores)
   marginbench run --preset smoke --out runs/smoke
   marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
   marginbench run --resume runs/d100
@@ -82,8 +83,8 @@ families, datasets and models (which combinations mean what):
                         logistic loss, constant step); only pgd, pgd-on, pgd-off apply (autograd)
             --init-scale multiplies any init's standard deviation (Melamed et al. Fig. 4: 1/factor)
 attacks:
-  universal-z          Thm 4.1's direction z = sum_{{i in I}} y_i x_i over the margin set I ({MARGIN_SLACK:.0%} slack);
-                       exact minimal scale per example and the common scale that flips all of I
+  universal-z          Vardi et al. Thm 4.1's direction z = sum_{{i in I}} y_i x_i over the margin set I
+                       ({MARGIN_SLACK:.0%} slack): exact minimal scale per example and the common scale that flips all of I
   subspace-z           Melamed et al. Thm 5.1's off-manifold z (needs data on a subspace P): per example
                        whether the theorem's own z flips and its norm against the bound (examples.csv
                        thm51_* columns), and the exact minimal scale along its universal direction

@@ -146,7 +146,7 @@ def attempt_attack(name: str, data: Dataset, context: RunContext, net: TwoLayerN
     that fails on one model must not end the sweep: its rows carry no proposal (every norm +inf), the error
     is one line, and the other attacks and runs go on. So is an attack that calls sys.exit or raises
     KeyboardInterrupt itself (``plugin_code``: a user's Ctrl-C still stops the run), or that returns
-    something the harness cannot verify (``proposal.checked``).
+    something the harness cannot verify (``well_formed.checked``).
     """
     X, y = data.attacked
     nothing = AttackResult(delta=torch.zeros_like(X), found=torch.zeros_like(y, dtype=torch.bool))

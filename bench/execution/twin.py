@@ -2,10 +2,11 @@
 Vardi et al.'s own schedule (Section 6: lr 1e-5 x1.1 every 100 iterations, float64), and the two compared.
 
 A fast schedule (normalized, arc, float32) claims to land on the paper schedule's network; the twin checks
-the claim run by run on what Figures 1-2 read off the network: universal-z's common c (Theorem 5.1's
-perturbation, computed on both nets here), the normalized margin min_i q_i / ||theta||^2 and the fraction of
-training points on the margin. A relative difference above TWIN_TOLERANCE in any of them marks the twin
-"differs", in summary.csv's twin_status and in one line at the end of the sweep.
+the claim run by run on what Figures 1-2 read off the network: universal-z's common c (the scale along
+Vardi et al.'s Theorem 4.1 direction, computed on both nets here), the normalized margin
+min_i q_i / ||theta||^2 and the fraction of training points on the margin. A relative difference above
+TWIN_TOLERANCE in any of them marks the twin "differs", in summary.csv's twin_status and in one line at the
+end of the sweep.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from marginbench.checking.flips import strict_flips
 from marginbench.models.three_layer import ThreeLayerNet
 from marginbench.models.two_layer import TwoLayerNet
 
-BEST = "best"  # the per-example minimum over the attacks (measure.BEST), rebuilt here from the others
+BEST = "best"  # the per-example minimum over the attacks (results.record.BEST), rebuilt here from the others
 # The norm of the same float64 delta, summed in another order (threads, SIMD), moves in the 16th digit.
 NORM_RTOL = 1e-9
 COLUMNS = ["run_id", "attack", "index", "problem", "stored_norm", "norm", "stored_success", "success"]

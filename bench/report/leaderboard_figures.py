@@ -5,10 +5,12 @@
   given): the fraction of attacked examples not flipped within radius eps, #{i : norm_i > eps} / #examples,
   against eps / sqrt(d). One line per attack, and ``best`` (per example, the minimum over the attacks shown).
   This is the robust-accuracy curve whose area AttackBench's optimality compares, per run, in the attack
-  table. An attack whose registry entry proves the optimum (``exact``: proved minimal norms) is drawn black dashed; where examples.csv has a
-  ``lower_bound`` column (certified lower bounds), the band between their curve and ``best``'s is shaded:
-  the curve of the true minimal norms lies inside it. Where some attack's norms reach WIDE times the best's,
-  the x-axis is logarithmic. Settings beyond SETTINGS_PER_FIGURE continue in ``security_curves_2``, ...
+  table. An attack whose registry entry proves the optimum (``exact``: the solver's flips, found within a time
+  limit per example) is drawn black dashed; where examples.csv has a ``proved_optimal`` column, the panel's title
+  says on how many examples its norm is proved minimal. Where examples.csv has a ``lower_bound`` column
+  (certified lower bounds), the band between their curve and ``best``'s is shaded: the curve of the true minimal
+  norms lies inside it. Where some attack's norms reach WIDE times the best's, the x-axis is logarithmic. Settings
+  beyond SETTINGS_PER_FIGURE continue in ``security_curves_2``, ...
 - ``leaderboard``: both tables as horizontal bars: each model setting's median best/sqrt(d) over runs (the
   min..max over runs as an error bar), and each attack's optimality.
 """
@@ -35,6 +37,8 @@ from marginbench.bench.report.paper_figures import Figures
 from marginbench.bench.results.readback import RUN_KEY, Results
 
 LOWER_BOUND = "lower_bound"  # examples.csv column of certified lower bounds on the minimal norm
+CERTIFIED = "certified_lower_bound"  # exact's own per-example certified lower bound, a column of its rows
+PROVED = "proved_optimal"  # examples.csv column: the example's best norm is within PROOF_GAP of its lower bound
 SETTINGS_PER_FIGURE = 6  # panels per security-curve figure: readable at 120 dpi
 Colour = tuple[float, float, float, float]
 WIDE = 10.0  # a log x-axis where some attack's largest finite norm is this many times the best's
@@ -58,21 +62,31 @@ def setting_label(row: pd.Series) -> str:
     return f"{row['model']} ({row['dataset']}, d={row['d']}, n={row['n']}, width={row['width']}{init})"
 
 
-def _lower_bounds(rows: pd.DataFrame, example: list[str], proving: set[str]) -> pd.Series | None:
-    """Per example, the largest certified lower bound on its minimal norm: the ``lower_bound`` column and every
-    finite norm of the ``proving`` attacks (a proved minimum); None when the rows hold neither."""
-    bounds = []
-    if LOWER_BOUND in rows:
-        bounds.append(rows[[*example, LOWER_BOUND]].rename(columns={LOWER_BOUND: "bound"}))
-    exact = rows[rows["attack"].isin(proving) & np.isfinite(rows["norm"])]
-    if not exact.empty:
-        bounds.append(exact[[*example, "norm"]].rename(columns={"norm": "bound"}))
+def _lower_bounds(rows: pd.DataFrame, example: list[str]) -> pd.Series | None:
+    """Per example, the largest certified lower bound on its minimal norm: the ``lower_bound`` and
+    ``certified_lower_bound`` columns (not exact's norms: where its time ran out they are only upper bounds);
+    None when the rows hold neither."""
+    bounds = [rows[[*example, column]].rename(columns={column: "bound"}) for column in (LOWER_BOUND, CERTIFIED) if column in rows]
     if not bounds:
         return None
     both = pd.concat(bounds).astype({"bound": float})
     per_example = both.groupby(example)["bound"].max()
     keys = rows.drop_duplicates(example).set_index(example).index
     return per_example.reindex(keys).fillna(0.0)  # no bound known: only 0
+
+
+def exact_proofs(rows: pd.DataFrame, proving: set[str]) -> str:
+    """What a panel's rows prove of the ``proving`` attacks' norms: "; exact proved minimal on k/n", k the
+    examples whose best norm is proved optimal (``proved_optimal``) and is that attack's own; "" without such an
+    attack or without proofs."""
+    parts = []
+    for attack in sorted(proving):
+        own = rows[rows["attack"] == attack]
+        if own.empty or PROVED not in own:
+            continue
+        proved = own[PROVED].eq(True) & (own["norm"] <= own["best"])  # its norm is the example's proved best
+        parts.append(f"; {attack} proved minimal on {int(proved.sum())}/{len(own)}")
+    return "".join(parts)
 
 
 def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour], proving: set[str]) -> None:
@@ -85,7 +99,7 @@ def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour], proving: set
     # Attacks that overshoot the best by 10x and more would squeeze the curves that matter against the axis.
     wide = finite.size > 0 and finite.max() > WIDE * best[np.isfinite(best)].max()
     x_min = 0.8 * float(finite.min()) if wide else 0.0
-    bounds = _lower_bounds(rows, example, proving)
+    bounds = _lower_bounds(rows, example)
     if bounds is not None:
         grid = np.unique(np.concatenate([[x_min, x_max], best, bounds.to_numpy(float) / sqrt_d]))
         grid = grid[(grid >= x_min) & (grid <= x_max)]
@@ -95,11 +109,11 @@ def _panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, Colour], proving: set
     for attack, part in rows.groupby("attack", sort=True):
         norms = part["norm"].to_numpy(float) / sqrt_d
         if attack in proving:
-            _step(ax, norms, x_min, x_max, color="black", lw=1.6, ls="--", label=f"{attack} (proved)", zorder=4)
+            _step(ax, norms, x_min, x_max, color="black", lw=1.6, ls="--", label=attack, zorder=4)
         else:
             _step(ax, norms, x_min, x_max, color=colors[str(attack)], lw=1.3, label=str(attack), zorder=3)
     runs = per_example[RUN_KEY].drop_duplicates().shape[0]
-    ax.set_title(f"{setting_label(rows.iloc[0])}\n{runs} run(s), {len(per_example)} examples", fontsize=9)
+    ax.set_title(f"{setting_label(rows.iloc[0])}\n{runs} run(s), {len(per_example)} examples{exact_proofs(rows, proving)}", fontsize=9)
     ax.set(xlim=(x_min, x_max), ylim=(-0.02, 1.02), xlabel="ε / √d (log scale)" if wide else "ε / √d", ylabel="fraction not flipped within ε")
     if wide:
         ax.set_xscale("log")

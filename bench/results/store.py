@@ -141,7 +141,7 @@ class ResultStore:
 
     def write_tables(self, *, examples: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
         """examples.csv then summary.csv, floats at full precision (repr round-trips); returns their SHA-256,
-        for the manifest (``verify``)."""
+        for the manifest (``readback.verify_directory``)."""
         digests = {}
         for name, frame in (("examples.csv", examples), ("summary.csv", summary)):
             data = _csv_bytes(frame)
