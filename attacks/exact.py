@@ -124,7 +124,9 @@ class Exact:
         proved = proved_optimal(norm, lower, d, self.max_norm_factor)
         return AttackResult(delta=delta, found=found, example_facts={"certified_lower_bound": lower, "solver_proved": proved, "solver_seconds": seconds})
 
-    def _close_gap(self, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float) -> None:
+    def _close_gap(
+        self, net: TwoLayerNet, net64: TwoLayerNet, i: int, x: Tensor, x64: Tensor, best: Tensor, delta: Tensor, lower: Tensor, r0: Tensor, *, deadline: float
+    ) -> None:
         """Raise example i's certified bound (and lower its flip) until ``deadline``: is there a flip within
         radius r, for r just inside the best flip U (at most PROVE_NODES bounds: where U is the optimum this
         often proves it), then for r = sqrt(L U) between the bound L and U? Branch and bound on the

@@ -114,7 +114,17 @@ def test_time_to_the_papers_margin(benchmark) -> None:
     recipe (plain PyTorch, autograd) reaches at loss 1e-30, at d = n = 100, width 1000; every record's seconds,
     margin and common c / sqrt(d) go to extra_info (the recipe alone takes minutes, so one round)."""
     records = time_to_margin(CPU)
-    benchmark.extra_info.update({r.kernel: {"seconds": r.seconds, "normalized_margin": r.normalized_margin, "common_c_over_sqrt_d": r.common_c_over_sqrt_d, "speedup_over_recipe": r.speedup_over_recipe} for r in records})
+    benchmark.extra_info.update(
+        {
+            r.kernel: {
+                "seconds": r.seconds,
+                "normalized_margin": r.normalized_margin,
+                "common_c_over_sqrt_d": r.common_c_over_sqrt_d,
+                "speedup_over_recipe": r.speedup_over_recipe,
+            }
+            for r in records
+        }
+    )
     recipe, fast = records[0], next(r for r in records if r.kernel == "normalized schedule, fp64")
     spec = TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, target_normalized_margin=recipe.normalized_margin)
     data = sphere(d=100, n=100, seed=0)

@@ -20,7 +20,19 @@ from torch import Tensor
 from marginbench.checking.proposal import AttackResult, SharedPerturbation
 
 # the keys of an attack's row in summary.csv (bench/results/rows.py's attack_row) that an attack's extras must not replace
-ROW_KEYS = frozenset({"run_id", "attack", "attack_seconds", "common_c", "forward_passes_per_example", "backward_passes_per_example", "rejected_ties", "attack_status", "attack_error"})
+ROW_KEYS = frozenset(
+    {
+        "run_id",
+        "attack",
+        "attack_seconds",
+        "common_c",
+        "forward_passes_per_example",
+        "backward_passes_per_example",
+        "rejected_ties",
+        "attack_status",
+        "attack_error",
+    }
+)
 
 
 class BadProposal(ValueError):

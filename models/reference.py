@@ -17,7 +17,9 @@ import torch
 from marginbench.models.two_layer import TwoLayerNet
 
 
-def autograd_recipe(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, *, steps: int | None = None, target_loss: float | None = None) -> tuple[TwoLayerNet, int]:
+def autograd_recipe(
+    net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, *, steps: int | None = None, target_loss: float | None = None
+) -> tuple[TwoLayerNet, int]:
     """The paper's recipe as a user would write it: nn.Linear layers, autograd, the exponential loss summed,
     SGD with lr 1e-5 x1.1 every 100 iterations, full batch; for ``steps`` steps, or until the loss is below
     ``target_loss`` (read back every step only then). Returns (net, iterations)."""

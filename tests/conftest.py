@@ -60,7 +60,21 @@ QUICK = ["--d", "8", "--width", "8", "--max-iters", "300", "--attacks", "univers
 
 # A sweep of six runs (three trained, three constructed) that takes a few seconds: long enough to be killed
 # part-way, short enough to run three times. Resume, process-pool and Ray tests all compare with it.
-SWEEP = ["--d", "8", "--width", "8", "--max-iters", "4000", "--models", "vanilla,robust-construction", "--attacks", "universal-z", "--seeds", "0,1,2", "--no-progress"]
+SWEEP = [
+    "--d",
+    "8",
+    "--width",
+    "8",
+    "--max-iters",
+    "4000",
+    "--models",
+    "vanilla,robust-construction",
+    "--attacks",
+    "universal-z",
+    "--seeds",
+    "0,1,2",
+    "--no-progress",
+]
 TIMING_COLUMNS = ["train_seconds", "attack_seconds"]
 # "tables": the checksums of summary.csv and examples.csv, whose timing columns differ from run to run;
 # "manifest_sha256": the manifest's checksum of itself, timings included

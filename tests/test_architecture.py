@@ -15,7 +15,13 @@ import marginbench
 
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it installs as (pyproject.toml's package-dir mapping).
-PACKAGES = {"marginbench": "marginbench", "bench": "marginbench.bench", "attacks": "marginbench.attacks", "checking": "marginbench.checking", "models": "marginbench.models"}
+PACKAGES = {
+    "marginbench": "marginbench",
+    "bench": "marginbench.bench",
+    "attacks": "marginbench.attacks",
+    "checking": "marginbench.checking",
+    "models": "marginbench.models",
+}
 MAX_LINES = 330  # "no module over ~300 lines"
 
 

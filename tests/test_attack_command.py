@@ -119,7 +119,9 @@ def test_overwrite_replaces_an_attack_with_the_same_numbers(sweeps: tuple[Path, 
     assert json.loads((work / "manifest.json").read_text())["attacked"][0]["overwrite"] is True
 
 
-def test_a_crash_while_a_run_is_rewritten_leaves_the_old_run_or_the_new(sweeps: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_while_a_run_is_rewritten_leaves_the_old_run_or_the_new(
+    sweeps: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, both, added = sweeps
     work = tmp_path / "work"
     shutil.copytree(first, work)

@@ -52,7 +52,9 @@ ATTACKS.register("demo-autograd-step", needs_closed_form=False)(lambda data, con
 
 def _marginbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """marginbench in a fresh interpreter: the plugin's names must not leak into the other tests' registries."""
-    return subprocess.run([sys.executable, "-m", "marginbench", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "marginbench", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
 
 
 def _with(args: list[str], **options: str) -> list[str]:
@@ -117,7 +119,9 @@ def test_the_built_in_entries_say_what_the_side_lists_said() -> None:
 VOCABULARY = ("bench/registry/", "bench/experiment/recipes.py")
 FAMILY_DEFAULTS = [(family, name) for family in ("KKT", "SUBSPACE") for name in (*MODELS.names(), *ATTACKS.names())]
 ALLOWED: dict[tuple[str, str, str], tuple[int, str]] = {
-    **{("bench/experiment/families.py", family, name): (1, "a family's default models and attacks, as a preset names them") for family, name in FAMILY_DEFAULTS},
+    **{
+        ("bench/experiment/families.py", family, name): (1, "a family's default models and attacks, as a preset names them") for family, name in FAMILY_DEFAULTS
+    },
     ("bench/report/paper_figures.py", "UNIVERSAL", "universal-z"): (1, "Vardi et al. Figure 1 plots this attack's common scale"),
     **{("bench/report/paper_figures.py", "PROJECTED", name): (1, "Melamed et al. Figure 4 plots these three attacks") for name in ("pgd", "pgd-on", "pgd-off")},
     ("bench/cli/commands.py", "_GRID_OPTIONS", "l2"): (1, "the --l2 option's name"),

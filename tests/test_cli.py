@@ -22,8 +22,30 @@ def test_help_names_every_option_and_registered_name(capsys: pytest.CaptureFixtu
         main(["run", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--family", "--dataset", "--d", "--n", "--alpha", "--width", "--models", "--attacks", "--seeds", "--device", "--loss", "--target-loss", "--max-iters", "--out",
-                   "--ell", "--n-eval", "--label-rule", "--init-scale", "--l2", "--batch-size", "--target-margin", "--scale"):
+    for option in (
+        "--family",
+        "--dataset",
+        "--d",
+        "--n",
+        "--alpha",
+        "--width",
+        "--models",
+        "--attacks",
+        "--seeds",
+        "--device",
+        "--loss",
+        "--target-loss",
+        "--max-iters",
+        "--out",
+        "--ell",
+        "--n-eval",
+        "--label-rule",
+        "--init-scale",
+        "--l2",
+        "--batch-size",
+        "--target-margin",
+        "--scale",
+    ):
         assert re.search(rf"(?<![\w-]){option}(?![\w-])", text), option  # a whole option: "--d" is not "--device"
     for name in MODELS.names() + ATTACKS.names() + ["sphere", "subspace", "digits"]:
         assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name  # "pgd" alone, not only in "pgd-on"
@@ -151,7 +173,22 @@ def test_throughput_json_has_the_documented_records(capsys: pytest.CaptureFixtur
     records = json.loads(capsys.readouterr().out)
     assert {r["kernel"] for r in records} >= {"matmul-fp64", "train-step-fp64", "autograd-step-fp64", "line-search (universal-z)"}
     for record in records:
-        assert set(record) == {"kernel", "shape", "seconds", "gflops", "fraction_of_matmul", "examples_per_s", "median_norm_over_sqrt_d", "examples_per_s_over_fb_fmn", "normalized_margin", "common_c_over_sqrt_d", "speedup_over_recipe", "steps", "precision", "fraction_of_matmul_by_precision"}
+        assert set(record) == {
+            "kernel",
+            "shape",
+            "seconds",
+            "gflops",
+            "fraction_of_matmul",
+            "examples_per_s",
+            "median_norm_over_sqrt_d",
+            "examples_per_s_over_fb_fmn",
+            "normalized_margin",
+            "common_c_over_sqrt_d",
+            "speedup_over_recipe",
+            "steps",
+            "precision",
+            "fraction_of_matmul_by_precision",
+        }
         assert record["seconds"] > 0 and record["examples_per_s"] > 0
         assert record["shape"] == "d=64 n=64 width=256"
     # The rates follow from the shape and the seconds: a training step is two (n, d) x (d, width) products.

@@ -95,7 +95,10 @@ README_DEFAULTS: dict[str, tuple[str, list[object]]] = {
     "subspace-l2-steps": (r"exactly T = `--max-iters` \(default (\d+)\)", [SUBSPACE.train.max_iters]),
     "subspace-lr": (r"constant step ([\d.]+) \(GD, or SGD", [SUBSPACE.train.lr]),
     "subspace-margin": (r"until every training margin is ≥ ([\d.]+) \|", [SUBSPACE.train.target_margin]),
-    "paper-schedule": (r"paper's schedule: lr ([\de.-]+), \u00d7([\d.]+) every (\d+) iterations, stop at loss < ([\de.-]+)", [KKT.train.lr, KKT.train.lr_growth, KKT.train.growth_every, KKT.train.target_loss]),
+    "paper-schedule": (
+        r"paper's schedule: lr ([\de.-]+), \u00d7([\d.]+) every (\d+) iterations, stop at loss < ([\de.-]+)",
+        [KKT.train.lr, KKT.train.lr_growth, KKT.train.growth_every, KKT.train.target_loss],
+    ),
     "synopsis-targets": (r"--target-loss ([\de.-]+)  --target-margin ([\d.]+)", [KKT.train.target_loss, SUBSPACE.train.target_margin]),
     "normalized-lr": (r"normalized GD on log L; lr ([\d.]+) unless `--lr`", [NORMALIZED_LR]),
     "arc-step": (r"\u03c1 = `--lr`, default ([\d.]+)\)", [ARC_STEP]),

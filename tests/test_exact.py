@@ -70,7 +70,9 @@ def test_exact_is_never_beaten_by_a_brute_force_search_and_its_bound_never_excee
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(d=st.integers(2, 3), width=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), bias=st.sampled_from([0.0, 0.5, 2.0]), scale=st.sampled_from([0.5, 0.99, 1.5]))
+@given(
+    d=st.integers(2, 3), width=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), bias=st.sampled_from([0.0, 0.5, 2.0]), scale=st.sampled_from([0.5, 0.99, 1.5])
+)
 def test_branch_and_bound_never_certifies_beyond_a_brute_force_flip(d: int, width: int, seed: int, bias: float, scale: float) -> None:
     """On random tiny nets, for balls below, at and beyond the brute-force minimum over 20,000 rays: the search's
     bound never exceeds that minimum (it is sound), nor its ball."""

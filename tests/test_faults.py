@@ -92,7 +92,9 @@ def test_a_run_that_raises_is_a_failed_run_with_a_row_per_attack(tmp_path: Path,
     marker = (run_dir / "COMPLETE").read_bytes()
     assert run_cli(["run", "--resume", str(out), "--keep-failed", "--no-progress"]) == 1  # kept as it is: not redone
     assert (run_dir / "COMPLETE").read_bytes() == marker
-    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv").drop(columns=["train_seconds", "attack_seconds"]), summary.drop(columns=["train_seconds", "attack_seconds"]))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "summary.csv").drop(columns=["train_seconds", "attack_seconds"]), summary.drop(columns=["train_seconds", "attack_seconds"])
+    )
 
 
 def test_resume_retries_a_failed_run_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,9 +139,18 @@ BAD_ATTACKS = {
     "exits": (_exits, "PluginExit: attack exits called sys.exit(0)"),
     "interrupts": (_interrupts, "PluginExit: attack interrupts raised KeyboardInterrupt itself (no Ctrl-C came)"),
     "float-found": (lambda X, y, good: AttackResult(delta=good.delta, found=1.0), "BadProposal: found must be a bool tensor of shape (8,), got a float"),  # type: ignore[arg-type]
-    "float-mask": (lambda X, y, good: AttackResult(delta=good.delta, found=good.found.double()), "BadProposal: found must be a bool tensor of shape (8,), got a float64 tensor of shape (8,)"),
-    "short-delta": (lambda X, y, good: AttackResult(delta=good.delta[:3], found=good.found), "BadProposal: delta must be a floating tensor of shape (8, 8), got a float64 tensor of shape (3, 8)"),
-    "nan-delta": (lambda X, y, good: AttackResult(delta=good.delta * torch.nan, found=good.found), "BadProposal: delta holds NaN or inf in 8 of the rows that found proposes as flips"),
+    "float-mask": (
+        lambda X, y, good: AttackResult(delta=good.delta, found=good.found.double()),
+        "BadProposal: found must be a bool tensor of shape (8,), got a float64 tensor of shape (8,)",
+    ),
+    "short-delta": (
+        lambda X, y, good: AttackResult(delta=good.delta[:3], found=good.found),
+        "BadProposal: delta must be a floating tensor of shape (8, 8), got a float64 tensor of shape (3, 8)",
+    ),
+    "nan-delta": (
+        lambda X, y, good: AttackResult(delta=good.delta * torch.nan, found=good.found),
+        "BadProposal: delta holds NaN or inf in 8 of the rows that found proposes as flips",
+    ),
     "not-a-result": (lambda X, y, good: (good.delta, good.found), "BadProposal: an attack returns an AttackResult, not a tuple"),
 }
 
@@ -148,7 +159,9 @@ def test_an_attack_that_exits_or_returns_what_cannot_be_verified_fails_alone(tmp
     for name, (make, _) in BAD_ATTACKS.items():
         monkeypatch.setitem(ATTACKS._factories, name, _returns(make))
     # detached, not refused: the harness reads the values only
-    monkeypatch.setitem(ATTACKS._factories, "grad-delta", _returns(lambda X, y, good: AttackResult(delta=good.delta.clone().requires_grad_(), found=good.found)))
+    monkeypatch.setitem(
+        ATTACKS._factories, "grad-delta", _returns(lambda X, y, good: AttackResult(delta=good.delta.clone().requires_grad_(), found=good.found))
+    )
     out = tmp_path / "o"
     attacks = ",".join([*BAD_ATTACKS, "grad-delta", "universal-z"])
     assert run_cli(["run", *QUICK, "--models", "robust-construction", "--attacks", attacks, "--seeds", "0", "--out", str(out)]) == 0

@@ -132,9 +132,15 @@ def _drop_entry(name: str, *, then: str) -> Callable[[Path], None]:
 
 MARKER_EDITS = {
     "model.pt's entry deleted, the file cut": (_drop_entry("model.pt", then="cut"), "its completion marker does not vouch for model.pt"),
-    "perturbations.npz's entry deleted, the file cut": (_drop_entry("perturbations.npz", then="cut"), "its completion marker does not vouch for perturbations.npz"),
+    "perturbations.npz's entry deleted, the file cut": (
+        _drop_entry("perturbations.npz", then="cut"),
+        "its completion marker does not vouch for perturbations.npz",
+    ),
     "model.pt's entry and file deleted": (_drop_entry("model.pt", then="delete"), "its completion marker does not vouch for model.pt"),
-    "the marker of another run": (lambda r: _edit_json(_first_run(r) / "COMPLETE", lambda m: m.__setitem__("run_id", "another")), "its completion marker is another run's"),
+    "the marker of another run": (
+        lambda r: _edit_json(_first_run(r) / "COMPLETE", lambda m: m.__setitem__("run_id", "another")),
+        "its completion marker is another run's",
+    ),
 }
 
 
@@ -173,7 +179,9 @@ def _forge_table(root: Path, edit: Callable[[pd.DataFrame], None]) -> None:
         ("a flip denied", lambda f: f.loc.__setitem__((f.index[f["success"]][0], "success"), False), "success differs"),
     ],
 )
-def test_deep_check_lists_rows_that_the_saved_files_contradict(copy: Path, capsys: pytest.CaptureFixture[str], case: str, edit: Callable[[pd.DataFrame], None], problem: str) -> None:
+def test_deep_check_lists_rows_that_the_saved_files_contradict(
+    copy: Path, capsys: pytest.CaptureFixture[str], case: str, edit: Callable[[pd.DataFrame], None], problem: str
+) -> None:
     _forge_table(copy, edit)
     assert run_cli(["leaderboard", str(copy)]) == 0  # the checksums, recomputed, pass: a forger's case
     capsys.readouterr()
@@ -280,13 +288,17 @@ def _baseline_case(tmp_path: Path, case: str) -> Path:
         ("no value", 'entry 0 of "values" lacks value'),
     ],
 )
-def test_a_malformed_baseline_is_one_line_and_exit_2(reference_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str) -> None:
+def test_a_malformed_baseline_is_one_line_and_exit_2(
+    reference_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
     path = _baseline_case(tmp_path, case)
     assert run_cli(["check", str(reference_sweep), "--baseline", str(path)]) == 2
     assert f"baseline {path}" in (line := _one_line_error(capsys.readouterr().err)) and message in line
 
 
-def test_an_oversize_baseline_is_refused_unread(reference_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_oversize_baseline_is_refused_unread(
+    reference_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(check_module, "MAX_BASELINE_BYTES", 1000)
     path = tmp_path / "big.json"
     path.write_text(json.dumps({"values": ["x" * 2000]}))

@@ -40,7 +40,9 @@ def install(site: Path, project: Path = DIST) -> Path:
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
     groups = meta.get("entry-points", {})
-    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n" for group, points in groups.items()))
+    (info / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n" for group, points in groups.items())
+    )
     return site
 
 
@@ -134,13 +136,19 @@ def test_plugin_files_and_modules_broken_plugins_and_taken_names(tmp_path: Path)
     assert sources["pgd"].startswith("built-in; also registered by plugin file")
 
     # the rest goes on (in pool workers too, which load the same plugins); the taken name is an error only when asked for
-    done = marginbench(["run", *QUICK, "--models", "vanilla", "--attacks", "through-origin,via-module", "--workers", "2", "--out", "o", *plugins], tmp_path, tmp_path)
+    done = marginbench(
+        ["run", *QUICK, "--models", "vanilla", "--attacks", "through-origin,via-module", "--workers", "2", "--out", "o", *plugins], tmp_path, tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert set(pd.read_csv(tmp_path / "o" / "summary.csv")["attack_status"]) == {"ok"}
     (first, second) = json.loads((tmp_path / "o" / "manifest.json").read_text())["plugins"]
     assert first == {"registry": "attack", "name": "through-origin", "source": {"kind": "file", "path": str(tmp_path / "mine.py"), "sha256": digest}}
     module_digest = hashlib.sha256((tmp_path / "my_module.py").read_bytes()).hexdigest()
-    assert second == {"registry": "attack", "name": "via-module", "source": {"kind": "module", "name": "my_module", "path": str(tmp_path / "my_module.py"), "sha256": module_digest}}
+    assert second == {
+        "registry": "attack",
+        "name": "via-module",
+        "source": {"kind": "module", "name": "my_module", "path": str(tmp_path / "my_module.py"), "sha256": module_digest},
+    }
     taken = marginbench(["run", *QUICK, "--attacks", "pgd", "--out", "p", "--plugin", "mine.py"], tmp_path)
     assert taken.returncode == 2
     assert "attack 'pgd' is registered twice, by built-in and by plugin file" in taken.stderr.strip().splitlines()[-1]
@@ -160,7 +168,9 @@ def test_a_plugin_that_ends_the_program_at_import_is_one_line_and_exit_2(file: s
     (tmp_path / file).write_text(code)
     listed = marginbench(["list", "--plugin", file], tmp_path)
     assert listed.returncode == 2 and listed.stdout == ""
-    assert listed.stderr.strip().splitlines() == [f"marginbench: error: {message}" + ("; a plugin registers names and returns: remove that, or leave the plugin out" if file.endswith(".py") else "")]
+    assert listed.stderr.strip().splitlines() == [
+        f"marginbench: error: {message}" + ("; a plugin registers names and returns: remove that, or leave the plugin out" if file.endswith(".py") else "")
+    ]
 
 
 REFUSED = {
@@ -178,15 +188,46 @@ def test_plugin_names_that_would_not_read_back_are_refused(tmp_path: Path) -> No
     listed = marginbench(["list", *plugins], tmp_path)
     assert listed.returncode == 0, listed.stderr
     warnings = listed.stderr.strip().splitlines()
-    assert warnings == [f"marginbench: warning: plugin {file} failed to import (SpecError: {kind} name {name!r} is refused: {why}); going on without it" for file, (kind, name, why) in REFUSED.items()]
+    assert warnings == [
+        f"marginbench: warning: plugin {file} failed to import (SpecError: {kind} name {name!r} is refused: {why}); going on without it"
+        for file, (kind, name, why) in REFUSED.items()
+    ]
     best = marginbench(["run", *QUICK, "--models", "robust-construction", "--attacks", "best", "--out", "o", "--plugin", "best.py"], tmp_path)
     assert best.returncode == 2 and "unknown attack 'best'" in best.stderr.strip().splitlines()[-1]
-    escaped = marginbench(["run", *QUICK, "--models", "x/../../../../escaped", "--attacks", "universal-z", "--out", "deep/er/o", "--plugin", "escape.py"], tmp_path)
+    escaped = marginbench(
+        ["run", *QUICK, "--models", "x/../../../../escaped", "--attacks", "universal-z", "--out", "deep/er/o", "--plugin", "escape.py"], tmp_path
+    )
     assert escaped.returncode == 2 and "unknown model 'x/../../../../escaped'" in escaped.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "deep").exists() and not list(tmp_path.parent.glob("**/*escaped*"))
 
 
-@pytest.mark.parametrize("name", ["best", "nan", "NA", "NaN", "null", "None", "", "n/a", "x/../../../../escaped", "a\\b", "..", ".hidden", "a\tb", "a\nb", "a,b", "a b", "1", "1e5", "inf", "True", "x" * 65, 3])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "best",
+        "nan",
+        "NA",
+        "NaN",
+        "null",
+        "None",
+        "",
+        "n/a",
+        "x/../../../../escaped",
+        "a\\b",
+        "..",
+        ".hidden",
+        "a\tb",
+        "a\nb",
+        "a,b",
+        "a b",
+        "1",
+        "1e5",
+        "inf",
+        "True",
+        "x" * 65,
+        3,
+    ],
+)
 def test_the_name_rule_refuses_names_that_would_not_read_back(name: object) -> None:
     registry: Registry[object] = Registry("widget")
     with pytest.raises(SpecError, match=r"^widget name .* is refused: ") as refused:

@@ -230,16 +230,30 @@ TAMPERING = {
     "model.pt cut in half": (lambda r: (p := _first_run(r) / "model.pt").write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "model.pt does not match"),
     "flipped bytes in data.npz": (lambda r: _flip_bytes(_first_run(r) / "data.npz"), "data.npz does not match"),
     "perturbations halved": (lambda r: _halve_perturbations(_first_run(r) / "perturbations.npz"), "perturbations.npz does not match"),
-    "a run's norm edited": (lambda r: _edit_csv(_first_run(r) / "examples.csv", lambda f: f.__setitem__("norm", f["norm"] * 0.5)), "examples.csv does not match"),
+    "a run's norm edited": (
+        lambda r: _edit_csv(_first_run(r) / "examples.csv", lambda f: f.__setitem__("norm", f["norm"] * 0.5)),
+        "examples.csv does not match",
+    ),
     "a deleted marker": (lambda r: (_first_run(r) / "COMPLETE").unlink(), "it has no completion marker"),
-    "a table's norm set to 0.01": (lambda r: _edit_csv(r / "examples.csv", lambda f: f.loc.__setitem__((0, "norm"), 0.01)), "examples.csv does not match its checksum"),
-    "a duplicated row": (lambda r: (p := r / "examples.csv").write_text(p.read_text() + p.read_text().splitlines()[1] + "\n"), "examples.csv does not match its checksum"),
-    "summary.csv cut in half": (lambda r: (p := r / "summary.csv").write_text(p.read_text()[: len(p.read_text()) // 2]), "summary.csv does not match its checksum"),
+    "a table's norm set to 0.01": (
+        lambda r: _edit_csv(r / "examples.csv", lambda f: f.loc.__setitem__((0, "norm"), 0.01)),
+        "examples.csv does not match its checksum",
+    ),
+    "a duplicated row": (
+        lambda r: (p := r / "examples.csv").write_text(p.read_text() + p.read_text().splitlines()[1] + "\n"),
+        "examples.csv does not match its checksum",
+    ),
+    "summary.csv cut in half": (
+        lambda r: (p := r / "summary.csv").write_text(p.read_text()[: len(p.read_text()) // 2]),
+        "summary.csv does not match its checksum",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", TAMPERING)
-def test_a_tampered_directory_is_refused_by_every_reporting_command_and_resume_mends_it(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+def test_a_tampered_directory_is_refused_by_every_reporting_command_and_resume_mends_it(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     import shutil
 
     tamper, message = TAMPERING[case]
@@ -248,7 +262,12 @@ def test_a_tampered_directory_is_refused_by_every_reporting_command_and_resume_m
     baseline = tmp_path / "b.json"
     assert run_cli(["baseline", str(out), "-o", str(baseline)]) == 0
     tamper(out)
-    for command in (["leaderboard", str(out)], ["check", str(out), "--baseline", str(baseline)], ["plot", str(out)], ["baseline", str(out), "-o", str(tmp_path / "c.json")]):
+    for command in (
+        ["leaderboard", str(out)],
+        ["check", str(out), "--baseline", str(baseline)],
+        ["plot", str(out)],
+        ["baseline", str(out), "-o", str(tmp_path / "c.json")],
+    ):
         capsys.readouterr()
         assert run_cli(command) == 2, command
         line = _one_line_error(capsys.readouterr().err)

@@ -117,11 +117,47 @@ def _figure_summary() -> pd.DataFrame:
                 for seed in (0, 1):
                     n = round(d**alpha)
                     for model in ("vanilla", "robust-construction"):
-                        rows.append({"source": "x", "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}", "family": "kkt", "dataset": "sphere", "model": model, "attack": "universal-z", "seed": seed, "d": d, "n": n, "width": width, "alpha": alpha, "init_scale": np.nan, "common_c": 0.2 * np.sqrt(d) + 0.01 * seed, "margin_fraction": 0.9 + 0.05 * seed, "median_norm": 1.0})
+                        rows.append(
+                            {
+                                "source": "x",
+                                "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}",
+                                "family": "kkt",
+                                "dataset": "sphere",
+                                "model": model,
+                                "attack": "universal-z",
+                                "seed": seed,
+                                "d": d,
+                                "n": n,
+                                "width": width,
+                                "alpha": alpha,
+                                "init_scale": np.nan,
+                                "common_c": 0.2 * np.sqrt(d) + 0.01 * seed,
+                                "margin_fraction": 0.9 + 0.05 * seed,
+                                "median_norm": 1.0,
+                            }
+                        )
     for scale in (1.0, 4.0, 16.0):
         for attack, norm in (("pgd-on", 2.0), ("pgd-off", 0.3 * scale), ("pgd", 0.25 * scale)):
             for seed in (0, 1):
-                rows.append({"source": "y", "run_id": f"sub-{scale}-s{seed}", "family": "subspace", "dataset": "subspace", "model": "vanilla", "attack": attack, "seed": seed, "d": 64, "n": 32, "width": 100, "alpha": np.nan, "init_scale": scale, "common_c": np.nan, "margin_fraction": np.nan, "median_norm": norm + 0.1 * seed})
+                rows.append(
+                    {
+                        "source": "y",
+                        "run_id": f"sub-{scale}-s{seed}",
+                        "family": "subspace",
+                        "dataset": "subspace",
+                        "model": "vanilla",
+                        "attack": attack,
+                        "seed": seed,
+                        "d": 64,
+                        "n": 32,
+                        "width": 100,
+                        "alpha": np.nan,
+                        "init_scale": scale,
+                        "common_c": np.nan,
+                        "margin_fraction": np.nan,
+                        "median_norm": norm + 0.1 * seed,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -168,7 +204,9 @@ def test_fig1a_averages_seeds_with_error_bars() -> None:
 def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     summary = _figure_summary()
     kkt_one_d = summary[(summary["family"] == "kkt") & (summary["d"] == 16)]
-    root = write_result_dir(tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"]))
+    root = write_result_dir(
+        tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"])
+    )
     assert main(["plot", str(root), "-o", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "fig1b_common_c_vs_width.png" in out  # two widths at one d

@@ -53,7 +53,9 @@ def _held(root: Path) -> bool:
 
 def test_a_session_writes_runs_and_tables_that_the_next_one_reads_back(tmp_path: Path) -> None:
     root = tmp_path / "out"
-    failed = failed_record(1, RunKeys(run_id="r1", family="kkt", dataset="sphere", model="vanilla", seed=1), {"d": 4, "n": 3}, ["pgd"], "boom", {}, ["log line"])
+    failed = failed_record(
+        1, RunKeys(run_id="r1", family="kkt", dataset="sphere", model="vanilla", seed=1), {"d": 4, "n": 3}, ["pgd"], "boom", {}, ["log line"]
+    )
     with ResultSession.create(root) as session:
         assert _held(root)  # one writer: the lock is held while the session is open
         session.manifest.update(preset="test", specs=SPECS, status="running")

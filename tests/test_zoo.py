@@ -112,7 +112,9 @@ def test_an_attack_author_benchmarks_a_plugin_on_the_zoo(tmp_path: Path, capsys:
     assert (trained["success_rate"] > 0).all()
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver")
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver"
+)
 def test_the_zoo_leaderboard_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -48,7 +48,14 @@ def prepare_run(args: argparse.Namespace) -> tuple[Sweep, str | None, str, Execu
     With --resume the sweep is the one in DIR/manifest.json, and an explicit option that contradicts it is a
     mistake.
     """
-    executor = ExecutorSpec(kind=args.executor, workers=args.workers, ray_address=args.ray_address, batch_seeds=args.batch_seeds, gpus_per_run=args.gpus_per_run, threads=args.threads)
+    executor = ExecutorSpec(
+        kind=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        batch_seeds=args.batch_seeds,
+        gpus_per_run=args.gpus_per_run,
+        threads=args.threads,
+    )
     if args.resume is None:
         return specs_from_args(args), args.preset or DEFAULT_PRESET, args.out, executor
     from marginbench.bench.execution.sweep import check_same_sweep, stored_sweep
@@ -69,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         _, summary = run_sweep(
-            specs, out, preset=preset, overwrite=args.overwrite, resume=args.resume is not None, keep_failed=args.keep_failed, executor=executor, progress=progress
+            specs,
+            out,
+            preset=preset,
+            overwrite=args.overwrite,
+            resume=args.resume is not None,
+            keep_failed=args.keep_failed,
+            executor=executor,
+            progress=progress,
         )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the runs that finished are in {out}; finish with: {PROG} run --resume {out}", file=sys.stderr)
@@ -102,7 +116,11 @@ def attack(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise SpecError("--out is empty: give the new result directory's name")
     target = args.out if args.out is not None else args.dir
-    again = f"{PROG} attack {args.dir} --attacks {','.join(args.attacks)}" + (f" --out {args.out}" if args.out is not None else "") + (" --overwrite" if args.overwrite else "")
+    again = (
+        f"{PROG} attack {args.dir} --attacks {','.join(args.attacks)}"
+        + (f" --out {args.out}" if args.out is not None else "")
+        + (" --overwrite" if args.overwrite else "")
+    )
     try:
         _, summary = attack_directory(args.dir, args.attacks, out=args.out, overwrite=args.overwrite)
     except KeyboardInterrupt:

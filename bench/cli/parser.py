@@ -79,12 +79,16 @@ def make_parser() -> argparse.ArgumentParser:
     size = grid.add_mutually_exclusive_group()
     size.add_argument("--n", type=finite(int), help="number of training examples (>= 2)")
     size.add_argument("--alpha", type=finite(float), help="n = round(d ** alpha), as in the paper's m = d^alpha")
-    grid.add_argument("--ell", type=finite(int), help=f"subspace data: codimension of the data subspace P, 1 <= ell < d (default: d - d//4; digits: {DIGITS_ELL})")
+    grid.add_argument(
+        "--ell", type=finite(int), help=f"subspace data: codimension of the data subspace P, 1 <= ell < d (default: d - d//4; digits: {DIGITS_ELL})"
+    )
     grid.add_argument("--n-eval", type=finite(int), help=f"subspace family: held-out points of P that are attacked (default {ExperimentSpec.n_eval})")
     grid.add_argument("--label-rule", choices=LABEL_RULES, help="subspace data: random labels, or linear (a halfspace within P)")
     grid.add_argument("--width", type=finite(int), help="hidden neurons of trained models")
     grid.add_argument("--init-scale", type=finite(float), help=f"multiplies the initialization's standard deviation (default {ExperimentSpec.init_scale:g})")
-    grid.add_argument("--l2", type=finite(float), help=f"lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: {short(KKT_L2_LAMBDA)})")
+    grid.add_argument(
+        "--l2", type=finite(float), help=f"lambda of the l2 model (subspace default: (1 - lr lambda)^T = 1/sqrt(2d), Cor 6.2; kkt: {short(KKT_L2_LAMBDA)})"
+    )
     grid.add_argument("--models", type=registered_names(MODELS), metavar="A,B", help=f"comma-separated models: {', '.join(MODELS.names())}")
     grid.add_argument("--attacks", type=registered_names(ATTACKS), metavar="A,B", help=f"comma-separated attacks: {', '.join(ATTACKS.names())}")
     grid.add_argument("--seeds", type=seed_list, metavar="0,1,2", help="comma-separated integer seeds (data and init)")
@@ -120,10 +124,20 @@ def make_parser() -> argparse.ArgumentParser:
         f"(full batch; --lr defaults to {ARC_STEP})",
     )
     training.add_argument("--loss", choices=LOSSES, help="exp: e^{-q} (kkt default); logistic: log(1+e^{-q}) (subspace default)")
-    training.add_argument("--target-loss", type=finite(float), help=f"stop once the training loss is below this (kkt default {short(KKT.train.target_loss or 0)})")
-    training.add_argument("--target-margin", type=finite(float), help=f"stop once every training margin y N(x) is at least this (subspace default {SUBSPACE.train.target_margin:g})")
+    training.add_argument(
+        "--target-loss", type=finite(float), help=f"stop once the training loss is below this (kkt default {short(KKT.train.target_loss or 0)})"
+    )
+    training.add_argument(
+        "--target-margin",
+        type=finite(float),
+        help=f"stop once every training margin y N(x) is at least this (subspace default {SUBSPACE.train.target_margin:g})",
+    )
     training.add_argument("--target-normalized-margin", type=finite(float), help="stop once min y N(x) / ||theta||^2 is at least this")
-    training.add_argument("--stationarity", type=finite(float), help=f"l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default {short(KKT_L2_STATIONARITY)})")
+    training.add_argument(
+        "--stationarity",
+        type=finite(float),
+        help=f"l2 models: stop once ||grad(L + lambda/2 ||theta||^2)|| <= this * lambda ||theta|| (kkt l2 default {short(KKT_L2_STATIONARITY)})",
+    )
     training.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -142,7 +156,11 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"arc schedule: the relative step once the loss is below {ARC_LATE_BELOW:g}, where the margin is maximized "
         f"(medium presets: {ARC_LATE_STEP} where n > 2d; default: --lr throughout)",
     )
-    training.add_argument("--lr-growth", type=finite(float), help=f"factor applied to the learning rate every --growth-every iterations (kkt default {KKT.train.lr_growth:g}, subspace {SUBSPACE.train.lr_growth:g})")
+    training.add_argument(
+        "--lr-growth",
+        type=finite(float),
+        help=f"factor applied to the learning rate every --growth-every iterations (kkt default {KKT.train.lr_growth:g}, subspace {SUBSPACE.train.lr_growth:g})",
+    )
     training.add_argument("--growth-every", type=finite(int), help=f"iterations between learning-rate increases (default {KKT.train.growth_every})")
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars (default: when stderr is a terminal)")
@@ -204,7 +222,9 @@ def make_parser() -> argparse.ArgumentParser:
     attack.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
     # names are checked by the command, which can say which plugin an attack DIR already had came from
     attack.add_argument("--attacks", required=True, type=comma_list, metavar="A,B", help=f"comma-separated attacks to add: {', '.join(ATTACKS.names())}")
-    attack.add_argument("--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched (NEWDIR must lie outside DIR, and DIR outside NEWDIR)")
+    attack.add_argument(
+        "--out", metavar="NEWDIR", help="copy DIR to NEWDIR and attack the copy; DIR is left untouched (NEWDIR must lie outside DIR, and DIR outside NEWDIR)"
+    )
     attack.add_argument("--overwrite", action="store_true", help="replace the rows of an attack DIR already holds (default: refuse)")
     _add_plugin_option(attack)
     attack.set_defaults(handler=commands.attack)
@@ -255,7 +275,13 @@ def run_conflict(args: argparse.Namespace) -> str | None:
 def _add_report_commands(sub: Any) -> None:
     """The subcommands that read finished result directories: leaderboard, baseline, check, plot."""
     raw = argparse.RawDescriptionHelpFormatter
-    board = sub.add_parser("leaderboard", help="rank models and attacks of one or more result directories", description="Ranked tables of models and of attacks.", epilog=LEADERBOARD_EPILOG, formatter_class=raw)
+    board = sub.add_parser(
+        "leaderboard",
+        help="rank models and attacks of one or more result directories",
+        description="Ranked tables of models and of attacks.",
+        epilog=LEADERBOARD_EPILOG,
+        formatter_class=raw,
+    )
     board.add_argument("dirs", nargs="+", metavar="DIR", help="result directories written by `marginbench run`")
     board.add_argument(
         "--format",
@@ -264,12 +290,29 @@ def _add_report_commands(sub: Any) -> None:
         help="a tabulate table format: github (default), plain, simple, grid, latex, ...; or json / csv: both tables as records at full "
         "precision with each directory's provenance (see below); or html: one self-contained page (needs -o)",
     )
-    board.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output (required for --format html). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.")
+    board.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE instead of standard output (required for --format html). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
+    )
     board.set_defaults(handler=commands.leaderboard)
 
-    base = sub.add_parser("baseline", help="write a regression baseline of a result directory", description="Write DIR's numbers and their tolerance bands to a JSON baseline.", epilog=BASELINE_EPILOG, formatter_class=raw)
+    base = sub.add_parser(
+        "baseline",
+        help="write a regression baseline of a result directory",
+        description="Write DIR's numbers and their tolerance bands to a JSON baseline.",
+        epilog=BASELINE_EPILOG,
+        formatter_class=raw,
+    )
     base.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
-    base.add_argument("-o", "--output", required=True, metavar="PATH", help="the baseline file to write (JSON). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.")
+    base.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="the baseline file to write (JSON). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
+    )
     base.set_defaults(handler=commands.baseline)
 
     check = sub.add_parser(
@@ -283,7 +326,9 @@ def _add_report_commands(sub: Any) -> None:
     check.add_argument("dir", metavar="DIR", help="result directory written by `marginbench run`")
     check.add_argument("--baseline", metavar="PATH", help="a file written by `marginbench baseline`")
     check.add_argument(
-        "--deep", action="store_true", help="recompute every norm and flip of examples.csv from runs/*/{model.pt,data.npz,perturbations.npz} (float64, the harness's flip rule)"
+        "--deep",
+        action="store_true",
+        help="recompute every norm and flip of examples.csv from runs/*/{model.pt,data.npz,perturbations.npz} (float64, the harness's flip rule)",
     )
     check.add_argument("--format", default="github", metavar="FMT", help="tabulate format of the drift table (default: %(default)s)")
     check.set_defaults(handler=commands.check)

@@ -155,7 +155,9 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(
-        max(gflop / (step_efficiency(step) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR) for gflop, step, kind in zip(per_run, steps, kinds, strict=True) if gflop > 0
+        max(gflop / (step_efficiency(step) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR)
+        for gflop, step, kind in zip(per_run, steps, kinds, strict=True)
+        if gflop > 0
     )
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     capped: dict[int, int] = {}

@@ -85,9 +85,15 @@ class ExecutorSpec:
                 raise SpecError("gpus_per_run applies to the ray executor only", cli="--gpus-per-run applies to --executor ray only")
             g = self.gpus_per_run
             if not (math.isfinite(g) and g > 0 and (g < 1 or g == int(g))):
-                raise SpecError(f"gpus_per_run must be a fraction below 1 or a whole number of GPUs, got {g}", cli=f"--gpus-per-run must be a fraction below 1 (e.g. 0.25) or a whole number, got {g}")
+                raise SpecError(
+                    f"gpus_per_run must be a fraction below 1 or a whole number of GPUs, got {g}",
+                    cli=f"--gpus-per-run must be a fraction below 1 (e.g. 0.25) or a whole number, got {g}",
+                )
         if self.batch_seeds and (self.kind != "local" or (self.workers or 1) > 1):
-            raise SpecError("batch_seeds applies to runs in this process only (local, one worker)", cli="--batch-seeds applies to runs in this process only (--executor local, --workers 1)")
+            raise SpecError(
+                "batch_seeds applies to runs in this process only (local, one worker)",
+                cli="--batch-seeds applies to runs in this process only (--executor local, --workers 1)",
+            )
 
 
 class SequentialExecutor:
@@ -241,7 +247,9 @@ class RayExecutor:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **local)
             except Exception as err:  # ray raises ConnectionError, ValueError, RuntimeError...
                 where = self.address or "local"
-                raise SpecError(f"cannot start or join Ray ({where}): {one_line(err)}", cli=f"cannot start or join Ray (--ray-address {where}): {one_line(err)}") from None
+                raise SpecError(
+                    f"cannot start or join Ray ({where}): {one_line(err)}", cli=f"cannot start or join Ray (--ray-address {where}): {one_line(err)}"
+                ) from None
             self._started = True
         return self
 
@@ -302,7 +310,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise SpecError(f"the ray executor needs Ray, which is not installed: {RAY_INSTALL}", cli=f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+        raise SpecError(
+            f"the ray executor needs Ray, which is not installed: {RAY_INSTALL}", cli=f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}"
+        ) from None
     return ray
 
 

@@ -75,7 +75,9 @@ class Prebuilt:
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``device`` in a spec; SpecError if CUDA is asked for and absent."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device cuda: no CUDA device is available to PyTorch on this machine", cli="--device cuda: no CUDA device is available to PyTorch on this machine")
+        raise SpecError(
+            "device cuda: no CUDA device is available to PyTorch on this machine", cli="--device cuda: no CUDA device is available to PyTorch on this machine"
+        )
     return torch.device(name)
 
 
@@ -95,7 +97,11 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     net = built.net
     if run.family_spec is KKT:
         q_train = data.y * net(data.X)
-        facts = {"margin_fraction": float(margin_set(q_train).double().mean()), "normalized_margin": normalized_margin(net, q_train), "kkt_residual": kkt_residual(net, data.X, data.y)}
+        facts = {
+            "margin_fraction": float(margin_set(q_train).double().mean()),
+            "normalized_margin": normalized_margin(net, q_train),
+            "kkt_residual": kkt_residual(net, data.X, data.y),
+        }
         return facts, {}
     if data.P_basis is None or built.init is None:
         return {}, {}
@@ -205,11 +211,15 @@ def measure_attack(name: str, keys: RunKeys, context: RunContext, data: Dataset,
     if status == "ok":
         median = float(np.median(verified.norm.cpu().numpy()))
         ties = f", {int(verified.ties.sum())} near-ties rejected" if bool(verified.ties.any()) else ""
-        log(f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s")
+        log(
+            f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s"
+        )
     return Measured(examples=frame, row=row, perturbation=verified.delta.cpu().numpy(), seconds=elapsed)
 
 
-def _attack_all(task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
+def _attack_all(
+    task: RunTask, keys: RunKeys, context: RunContext, data: Dataset, built: BuiltModel, per_example: Mapping[str, Tensor], log: Log
+) -> tuple[list[pd.DataFrame], list[dict[str, Any]], dict[str, np.ndarray], dict[str, float]]:
     """Every attack of ``task`` on the run's attacked points, verified: example rows, attack rows, the
     verified perturbations and each attack's seconds."""
     measured = {name: measure_attack(name, keys, context, data, built.net, per_example, log) for name in task.attacks}
@@ -265,7 +275,15 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         "perturbations.npz": perturbations,
     }
     examples = pd.concat(frames, ignore_index=True)
-    return RunRecord(index=task.index, keys=keys, examples=examples, run_row={**row, "run_status": status, "run_error": error}, attack_rows=attack_rows, manifest=manifest, arrays=arrays)
+    return RunRecord(
+        index=task.index,
+        keys=keys,
+        examples=examples,
+        run_row={**row, "run_status": status, "run_error": error},
+        attack_rows=attack_rows,
+        manifest=manifest,
+        arrays=arrays,
+    )
 
 
 def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | None = None) -> RunRecord:

@@ -41,7 +41,13 @@ def _stderr(line: str) -> None:
 
 def environment() -> dict[str, Any]:
     """Provenance: package versions, git commit, device description."""
-    versions = {"marginbench": marginbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    versions = {
+        "marginbench": marginbench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(marginbench.__file__).parent, capture_output=True, text=True, timeout=5, check=True
@@ -112,7 +118,11 @@ def _shown(value: Any) -> str:
 
 def sweep_plugins(sweep: Sweep) -> list[dict[str, Any]]:
     """manifest ``plugins``: where each name of the sweep that is not built in comes from."""
-    names = {"dataset": [spec.dataset_name for spec in sweep], "model": [m for spec in sweep for m in spec.model_names], "attack": [a for spec in sweep for a in spec.attack_names]}
+    names = {
+        "dataset": [spec.dataset_name for spec in sweep],
+        "model": [m for spec in sweep for m in spec.model_names],
+        "attack": [a for spec in sweep for a in spec.attack_names],
+    }
     return recorded_sources(names)
 
 
@@ -202,7 +212,16 @@ def run_sweep(
             for attack in unfinished:  # its runs without the attack are finished runs: resuming does not redo them
                 log(f"note: `marginbench attack {out} --attacks {','.join(attack.get('attacks', []))}` did not finish; run it again to finish it")
         tasks = [
-            RunTask(index=i, total=len(runs), run=run, attacks=attacks, device=devices[run.device], progress=progress, plugins=loaded_plugins(), threads=executor.threads)
+            RunTask(
+                index=i,
+                total=len(runs),
+                run=run,
+                attacks=attacks,
+                device=devices[run.device],
+                progress=progress,
+                plugins=loaded_plugins(),
+                threads=executor.threads,
+            )
             for i, (run, attacks) in enumerate(planned)
             if i not in finished
         ]
@@ -231,5 +250,7 @@ def run_sweep(
             if record.failed:
                 log(f"failed: {record.run_id}: {record.run_row.get('run_error')}")
         if failed:
-            log(f"{failed} of {len(runs)} runs failed (listed above; the run_status and error columns of {Path(out) / 'summary.csv'}); `run --resume {out}` retries them")
+            log(
+                f"{failed} of {len(runs)} runs failed (listed above; the run_status and error columns of {Path(out) / 'summary.csv'}); `run --resume {out}` retries them"
+            )
         return examples, summary

@@ -44,7 +44,19 @@ KKT = FamilySpec(
     datasets=("sphere",),
     default_models=("vanilla", "robust-construction"),
     # every attack that applies to data off any subspace (pgd-on/-off and subspace-z need one)
-    default_attacks=("universal-z", "pgd", "fmn", "boundary-walk", "region-walk", "fb-fmn", "fb-ddn", "fb-deepfool", "fb-cw", "fb-boundary", "fb-brendel-bethge"),
+    default_attacks=(
+        "universal-z",
+        "pgd",
+        "fmn",
+        "boundary-walk",
+        "region-walk",
+        "fb-fmn",
+        "fb-ddn",
+        "fb-deepfool",
+        "fb-cw",
+        "fb-boundary",
+        "fb-brendel-bethge",
+    ),
     train=TrainSpec(),
     on_subspace=False,
 )

@@ -153,12 +153,30 @@ def step_records(device: torch.device, shape: tuple[int, int, int]) -> list[Reco
     step_s, product_s = seconds[: len(precisions)], seconds[len(precisions) :]
     rates = {p: 2e-9 * n * d * width * TRAIN_STEPS / s for p, s in zip(precisions, product_s, strict=True)}
     records = [
-        Record(kernel=f"matmul-{TAGS[p]}", shape=label, seconds=s / TRAIN_STEPS, gflops=rates[p], fraction_of_matmul=1.0, examples_per_s=n * TRAIN_STEPS / s, precision=p)
+        Record(
+            kernel=f"matmul-{TAGS[p]}",
+            shape=label,
+            seconds=s / TRAIN_STEPS,
+            gflops=rates[p],
+            fraction_of_matmul=1.0,
+            examples_per_s=n * TRAIN_STEPS / s,
+            precision=p,
+        )
         for p, s in zip(precisions, product_s, strict=True)
     ]
     for p, s in zip(precisions, step_s, strict=True):
         gflops = 1e-9 * flops * TRAIN_STEPS / s
-        records.append(Record(kernel=f"train-step-arc-{TAGS[p]}", shape=label, seconds=s / TRAIN_STEPS, gflops=gflops, fraction_of_matmul=gflops / rates[p], examples_per_s=n * TRAIN_STEPS / s, precision=p))
+        records.append(
+            Record(
+                kernel=f"train-step-arc-{TAGS[p]}",
+                shape=label,
+                seconds=s / TRAIN_STEPS,
+                gflops=gflops,
+                fraction_of_matmul=gflops / rates[p],
+                examples_per_s=n * TRAIN_STEPS / s,
+                precision=p,
+            )
+        )
     return with_fractions(records, rates)
 
 
@@ -235,7 +253,11 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
             X, y, net = data.X.to(dtype), data.y.to(dtype), init.to(device, dtype)
             rate = rates[precision] = precision_gflops(n, d, width, device, precision)
             seconds = 2e-9 * n * d * width / rate
-            at_shape.append(Record(kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds, precision=precision))
+            at_shape.append(
+                Record(
+                    kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds, precision=precision
+                )
+            )
             flops = 4.0 * n * d * width  # per step: forward X W^T and backward A^T X
             spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None, precision=precision if precision in ("bf16", "tf32") else None)
             kernels = [(f"train-step-{tag}", partial(train, net, X, y, spec))]
@@ -244,7 +266,17 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
             for kernel, fn in kernels:
                 seconds = timed(fn, device) / TRAIN_STEPS
                 gflops = 1e-9 * flops / seconds
-                at_shape.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=n / seconds, precision=precision))
+                at_shape.append(
+                    Record(
+                        kernel=kernel,
+                        shape=shape,
+                        seconds=seconds,
+                        gflops=gflops,
+                        fraction_of_matmul=gflops / rate,
+                        examples_per_s=n / seconds,
+                        precision=precision,
+                    )
+                )
             # SEEDS nets (one per seed, each on its own data) per step: batched, and one after the other.
             nets = [init.to(device, dtype)] + [
                 pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device) for seed in range(1, SEEDS)
@@ -257,7 +289,17 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
             ):
                 seconds = timed(fn, device) / TRAIN_STEPS  # one step of all SEEDS nets
                 gflops = 1e-9 * SEEDS * flops / seconds
-                at_shape.append(Record(kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=SEEDS * n / seconds, precision=precision))
+                at_shape.append(
+                    Record(
+                        kernel=kernel,
+                        shape=shape,
+                        seconds=seconds,
+                        gflops=gflops,
+                        fraction_of_matmul=gflops / rate,
+                        examples_per_s=SEEDS * n / seconds,
+                        precision=precision,
+                    )
+                )
         records.extend(with_fractions(at_shape, rates))
         net, X, y = init.to(device), data.X, data.y
         records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
@@ -270,7 +312,15 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
 def attack_record(kernel: str, shape: str, attack: Attack, net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> Record:
     """One attack's speed on X: (n, d) and the median norm of its verified answers."""
     seconds = timed(partial(attack, net, X, y), X.device, repeats=3)
-    return Record(kernel=kernel, shape=shape, seconds=seconds, gflops=None, fraction_of_matmul=None, examples_per_s=X.shape[0] / seconds, median_norm_over_sqrt_d=median_norm_over_sqrt_d(attack, net, X, y))
+    return Record(
+        kernel=kernel,
+        shape=shape,
+        seconds=seconds,
+        gflops=None,
+        fraction_of_matmul=None,
+        examples_per_s=X.shape[0] / seconds,
+        median_norm_over_sqrt_d=median_norm_over_sqrt_d(attack, net, X, y),
+    )
 
 
 def pgd_against_fb_fmn(shape: str, net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor) -> list[Record]:
@@ -294,7 +344,15 @@ def pgd_against_fb_fmn(shape: str, net: TwoLayerNet, X: torch.Tensor, y: torch.T
             median_norm_over_sqrt_d=median_norm_over_sqrt_d(pgd, net, X, y),
             examples_per_s_over_fb_fmn=fmn_s / pgd_s,
         ),
-        Record(kernel="fb-fmn (Foolbox 3.3.4 L2FMNAttack)", shape=shape, seconds=fmn_s, gflops=None, fraction_of_matmul=None, examples_per_s=n / fmn_s, median_norm_over_sqrt_d=fmn_norm),
+        Record(
+            kernel="fb-fmn (Foolbox 3.3.4 L2FMNAttack)",
+            shape=shape,
+            seconds=fmn_s,
+            gflops=None,
+            fraction_of_matmul=None,
+            examples_per_s=n / fmn_s,
+            median_norm_over_sqrt_d=fmn_norm,
+        ),
     ]
 
 

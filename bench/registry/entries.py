@@ -132,7 +132,9 @@ class ModelRegistry(EntryRegistry[ModelFactory, ModelEntry]):
         """The decorator that registers its factory under ``name``, with the capabilities of ``ModelEntry``."""
         unknown = sorted(set(families or ()) - set(FAMILIES))
         if unknown:
-            raise SpecError(f"model {name!r}: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; choose from: {', '.join(FAMILIES)}")
+            raise SpecError(
+                f"model {name!r}: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; choose from: {', '.join(FAMILIES)}"
+            )
         member = tuple(families) if families is not None else None
 
         def make(factory: ModelFactory) -> ModelEntry:
@@ -164,7 +166,8 @@ class AttackRegistry(EntryRegistry[AttackFactory, AttackEntry]):
     ) -> Callable[[AttackFactory], AttackFactory]:
         """The decorator that registers its factory under ``name``, with the capabilities of ``AttackEntry``."""
         return self._register_entry(
-            name, lambda factory: AttackEntry(factory=factory, needs_closed_form=needs_closed_form, needs_subspace=needs_subspace, proves_optimum=proves_optimum)
+            name,
+            lambda factory: AttackEntry(factory=factory, needs_closed_form=needs_closed_form, needs_subspace=needs_subspace, proves_optimum=proves_optimum),
         )
 
     def autograd(self) -> list[str]:

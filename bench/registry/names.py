@@ -12,7 +12,29 @@ from marginbench.bench.results.record import BEST
 RESERVED = frozenset({BEST})  # the harness's own rows: the per-example minimum over the attacks
 # pandas' default na_values (pandas._libs.parsers.STR_NA_VALUES; tests/test_plugins.py keeps them in step):
 # read_csv turns these cells into NaN, so a name spelled so would vanish from the tables.
-NA_VALUES = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+NA_VALUES = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
 MAX_LENGTH = 64  # run ids join several names; a folder name stops at 255 bytes
 _SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 

@@ -131,7 +131,9 @@ def paper_twin(scale: Scale) -> Sweep:
         d, width = (16, 128) if scale == "small" else (100, 1000)
         cells = [(d, a) for a in PAPER_ALPHAS]
     return tuple(
-        ExperimentSpec(family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=(0,), train=_medium(d, a, "medium"), twin="paper")
+        ExperimentSpec(
+            family="kkt", d=d, alpha=a, width=width, models=("vanilla",), attacks=("universal-z",), seeds=(0,), train=_medium(d, a, "medium"), twin="paper"
+        )
         for d, a in cells
     )
 
@@ -184,7 +186,9 @@ def melamed_fig4(scale: Scale) -> Sweep:
 
     def part(dataset: str, size: dict, model: str, factors: tuple[int, ...], seeds: tuple[int, ...], train: TrainSpec | None) -> Sweep:
         return tuple(
-            ExperimentSpec(family="subspace", dataset=dataset, **size, width=width, init_scale=1.0 / f, models=(model,), attacks=attacks, seeds=seeds, train=train)
+            ExperimentSpec(
+                family="subspace", dataset=dataset, **size, width=width, init_scale=1.0 / f, models=(model,), attacks=attacks, seeds=seeds, train=train
+            )
             for f in factors
         )
 
@@ -236,8 +240,5 @@ def zoo(scale: Scale) -> Sweep:
     return (
         ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, attacks=kkt_attacks, seeds=(0,), exact_seconds=ZOO_EXACT_SECONDS),
         ExperimentSpec(dataset="digits", d=64, n=300, n_eval=50, models=("vanilla", "small-init"), **common),
-        *(
-            ExperimentSpec(dataset="subspace", d=784, ell=756, n=100, n_eval=20, init_scale=scale_, models=("vanilla",), **common)
-            for scale_ in (1.0, 0.25)
-        ),
+        *(ExperimentSpec(dataset="subspace", d=784, ell=756, n=100, n_eval=20, init_scale=scale_, models=("vanilla",), **common) for scale_ in (1.0, 0.25)),
     )

@@ -76,7 +76,11 @@ BANDS: dict[str, Band] = {
 
 def _numbers(summary: pd.DataFrame) -> pd.DataFrame:
     """Long form (run_id, attack, metric, value) of every checked numeric summary column."""
-    numeric = [c for c in summary.columns if c not in UNCHECKED and c not in KEY and pd.api.types.is_numeric_dtype(summary[c]) and not pd.api.types.is_bool_dtype(summary[c])]
+    numeric = [
+        c
+        for c in summary.columns
+        if c not in UNCHECKED and c not in KEY and pd.api.types.is_numeric_dtype(summary[c]) and not pd.api.types.is_bool_dtype(summary[c])
+    ]
     long = summary[[*KEY, *numeric]].melt(id_vars=list(KEY), var_name="metric", value_name="value")
     return long.dropna(subset=["value"]).reset_index(drop=True)
 
@@ -86,10 +90,7 @@ def make_baseline(result_dir: str | Path) -> dict[str, Any]:
     summary = read_results([result_dir]).summary
     if summary.duplicated(list(KEY)).any():
         raise SpecError(f"{result_dir}/summary.csv has two rows for one (run_id, attack)")
-    values = [
-        {"run_id": r.run_id, "attack": r.attack, "metric": r.metric, "value": float(r.value)}
-        for r in _numbers(summary).itertuples(index=False)
-    ]
+    values = [{"run_id": r.run_id, "attack": r.attack, "metric": r.metric, "value": float(r.value)} for r in _numbers(summary).itertuples(index=False)]
     return {
         "format": FORMAT,
         "rule": "pass when |value - baseline| <= abs + rel * |baseline|; '*' is the band of metrics not listed",
@@ -128,24 +129,24 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     except ValueError as err:
         raise SpecError(f"baseline {path} is not valid JSON: {err}") from None
     if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
-        raise SpecError(f"baseline {path} is not a marginbench baseline (no \"format\": \"{FORMAT}\")")
+        raise SpecError(f'baseline {path} is not a marginbench baseline (no "format": "{FORMAT}")')
     try:
         bands = {name: Band(rel=float(b["rel"]), abs=float(b["abs"]), why=str(b.get("why", ""))) for name, b in baseline["bands"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise SpecError(f"baseline {path} is malformed: {type(err).__name__} {err}") from None
     entries = baseline.get("values")
     if not isinstance(entries, list):
-        raise SpecError(f"baseline {path}: \"values\" is not a list of entries")
+        raise SpecError(f'baseline {path}: "values" is not a list of entries')
     for number, entry in enumerate(entries):
         # one bad entry would otherwise read as a missing number, a drift (exit 1) instead of a mistake (exit 2)
         missing = [key for key in VALUE_KEYS if not isinstance(entry, dict) or key not in entry]
         if missing:
-            raise SpecError(f"baseline {path}: entry {number} of \"values\" lacks {', '.join(missing)}")
+            raise SpecError(f'baseline {path}: entry {number} of "values" lacks {", ".join(missing)}')
         if not all(isinstance(entry[key], str) for key in VALUE_KEYS[:3]) or isinstance(entry["value"], bool) or not isinstance(entry["value"], int | float):
-            raise SpecError(f"baseline {path}: entry {number} of \"values\" needs strings run_id, attack, metric and a number value")
+            raise SpecError(f'baseline {path}: entry {number} of "values" needs strings run_id, attack, metric and a number value')
     values = pd.DataFrame(entries, columns=list(VALUE_KEYS)).astype({"value": float})
     if "*" not in bands:
-        raise SpecError(f"baseline {path} has no default band \"*\"")
+        raise SpecError(f'baseline {path} has no default band "*"')
     for name, band in bands.items():
         if not (math.isfinite(band.rel) and math.isfinite(band.abs) and band.rel >= 0 and band.abs >= 0):
             raise SpecError(f"baseline {path}: the band of {name} (rel {band.rel}, abs {band.abs}) must be finite and >= 0")
@@ -198,9 +199,11 @@ def drift_text(drifted: pd.DataFrame, *, checked: int, tablefmt: str = "github")
         return f"ok: all {checked} numbers are within their bands"
     # A run-level number (margin_fraction, train_iterations, ...) sits on every attack's row: show it once.
     keys = ["run_id", "metric", "baseline", "value"]
-    collapsed = drifted.groupby(keys, sort=False, dropna=False).agg(
-        attack=("attack", ", ".join), diff=("diff", "first"), rel_diff=("rel_diff", "first"), allowed=("allowed", "first")
-    ).reset_index()[["run_id", "attack", "metric", "baseline", "value", "diff", "rel_diff", "allowed"]]
+    collapsed = (
+        drifted.groupby(keys, sort=False, dropna=False)
+        .agg(attack=("attack", ", ".join), diff=("diff", "first"), rel_diff=("rel_diff", "first"), allowed=("allowed", "first"))
+        .reset_index()[["run_id", "attack", "metric", "baseline", "value", "diff", "rel_diff", "allowed"]]
+    )
     shown = collapsed.astype(object).where(collapsed.notna(), None)
     shown.loc[collapsed["value"].isna(), "value"] = "missing"
     table = tabulate(shown, headers="keys", tablefmt=tablefmt, showindex=False, floatfmt=".6g", missingval="")

@@ -68,7 +68,13 @@ def provenance(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     for given in dirs:
         manifest = read_manifest(given)
         records.append(
-            {"dir": str(given), **{k: manifest.get(k) for k in keys}, "tables_sha256": manifest.get("tables", {}), "specs": manifest.get("specs", []), "runs": manifest.get("runs", {})}
+            {
+                "dir": str(given),
+                **{k: manifest.get(k) for k in keys},
+                "tables_sha256": manifest.get("tables", {}),
+                "specs": manifest.get("specs", []),
+                "runs": manifest.get("runs", {}),
+            }
         )
     return plain(records)
 

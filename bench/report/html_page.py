@@ -131,7 +131,11 @@ def _table(frame: pd.DataFrame, headers: dict[str, str], *, ident: str, describe
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             cells.append(f'<td{" class=num" if numeric else ""} data-value="{escape(key)}" title="{escape(key)}">{escape(text)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<div class="scroll"><table class="sortable" id="{ident}"><thead><tr>{"".join(head)}</tr></thead>\n<tbody>\n' + "\n".join(body) + "\n</tbody></table></div>"
+    return (
+        f'<div class="scroll"><table class="sortable" id="{ident}"><thead><tr>{"".join(head)}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table></div>"
+    )
 
 
 def _caption(name: str) -> str:

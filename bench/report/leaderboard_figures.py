@@ -139,7 +139,9 @@ def _security_figures(results: Results) -> dict[str, Figure] | str:
         chunk = settings[start : start + SETTINGS_PER_FIGURE]
         cols = min(3, len(chunk))
         fig = Figure(figsize=(4.8 * cols, 3.9 * math.ceil(len(chunk) / cols)), layout="constrained")
-        fig.suptitle("Security-evaluation curves: examples not flipped within radius ε (seeds pooled; AttackBench's optimality compares their areas)", fontsize=10)
+        fig.suptitle(
+            "Security-evaluation curves: examples not flipped within radius ε (seeds pooled; AttackBench's optimality compares their areas)", fontsize=10
+        )
         for i, part in enumerate(chunk):
             _panel(fig.add_subplot(math.ceil(len(chunk) / cols), cols, i + 1), part, colors, proving)
         # one legend for all panels: an attack has the same colour in each

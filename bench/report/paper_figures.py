@@ -167,7 +167,13 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     return fig
 
 
-_DRAW = {"fig1a_common_c_vs_d": _fig1a, "fig1b_common_c_vs_width": _fig1b, "fig2a_margin_fraction": _fig2a, "fig2b_not_on_margin": _fig2b, "fig4_norm_vs_init_scale": _fig4}
+_DRAW = {
+    "fig1a_common_c_vs_d": _fig1a,
+    "fig1b_common_c_vs_width": _fig1b,
+    "fig2a_margin_fraction": _fig2a,
+    "fig2b_not_on_margin": _fig2b,
+    "fig4_norm_vs_init_scale": _fig4,
+}
 
 
 def build_figures(summary: pd.DataFrame) -> Figures:

@@ -87,7 +87,9 @@ def verify_directory(root: Path, given: str | Path) -> None:
                 raise SpecError(f"{store.run_dir(run_id)}: {why}; `marginbench run --resume {given}` redoes the run")
         stray = store.stray_runs(listed)
         if stray:
-            raise SpecError(f"{store.run_dir(stray[0])} is a finished run that {path} does not list (a sweep cut short); `marginbench run --resume {given}` adds it")
+            raise SpecError(
+                f"{store.run_dir(stray[0])} is a finished run that {path} does not list (a sweep cut short); `marginbench run --resume {given}` adds it"
+            )
 
 
 def seal_manifest(root: Path | str) -> None:

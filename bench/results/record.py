@@ -75,7 +75,13 @@ class RunRecord:
     def as_json(self) -> dict[str, Any]:
         """run.json's content: everything but the example rows and the arrays."""
         keys = {"family": self.keys.family, "dataset": self.keys.dataset, "model": self.keys.model, "seed": self.keys.seed}
-        return {"keys": keys, "run_row": dict(self.run_row), "attack_rows": [dict(r) for r in self.attack_rows], "manifest": dict(self.manifest), "log": list(self.log)}
+        return {
+            "keys": keys,
+            "run_row": dict(self.run_row),
+            "attack_rows": [dict(r) for r in self.attack_rows],
+            "manifest": dict(self.manifest),
+            "log": list(self.log),
+        }
 
     @classmethod
     def from_json(cls, index: int, run_id: str, examples: pd.DataFrame, data: Mapping[str, Any]) -> RunRecord:
@@ -91,8 +97,12 @@ class RunRecord:
         )
 
 
-def failed_record(index: int, keys: RunKeys, sizes: Mapping[str, int], attacks: Sequence[str], error: str, manifest: Mapping[str, Any], log: Sequence[str]) -> RunRecord:
+def failed_record(
+    index: int, keys: RunKeys, sizes: Mapping[str, int], attacks: Sequence[str], error: str, manifest: Mapping[str, Any], log: Sequence[str]
+) -> RunRecord:
     """The record of a run that raised before it had rows: every attack "not run", the error in one line."""
     run_row = {"run_id": keys.run_id, **sizes, "run_status": "failed", "run_error": error}
     attack_rows = [{"run_id": keys.run_id, "attack": name, "attack_status": "not run", "attack_error": ""} for name in attacks]
-    return RunRecord(index=index, keys=keys, examples=pd.DataFrame(columns=EXAMPLE_COLUMNS), run_row=run_row, attack_rows=attack_rows, manifest=manifest, log=log)
+    return RunRecord(
+        index=index, keys=keys, examples=pd.DataFrame(columns=EXAMPLE_COLUMNS), run_row=run_row, attack_rows=attack_rows, manifest=manifest, log=log
+    )

@@ -20,7 +20,9 @@ from marginbench.checking.verify import Verified, certificates
 from marginbench.models.two_layer import TwoLayerNet
 
 
-def example_rows(*, keys: RunKeys, attack: str, labels: Tensor, margins: Tensor, on_margin: Tensor, verified: Verified, extra: Mapping[str, Tensor]) -> pd.DataFrame:
+def example_rows(
+    *, keys: RunKeys, attack: str, labels: Tensor, margins: Tensor, on_margin: Tensor, verified: Verified, extra: Mapping[str, Tensor]
+) -> pd.DataFrame:
     """One row per attacked example: EXAMPLE_COLUMNS, then the per-example ``extra`` columns (n,) each."""
     frame = pd.DataFrame(
         {
@@ -68,11 +70,23 @@ def best_rows(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
-def attack_row(run_id: str, attack: str, *, seconds: float, common_c: float, passes: Mapping[str, float], result: AttackResult, verified: Verified, status: str, error: str) -> dict[str, Any]:
+def attack_row(
+    run_id: str, attack: str, *, seconds: float, common_c: float, passes: Mapping[str, float], result: AttackResult, verified: Verified, status: str, error: str
+) -> dict[str, Any]:
     """summary.csv's attack-level facts of one attack on one run; ``rejected_ties`` counts its proposals that
     were within rounding of N = 0 (no flip in some summation order)."""
     ties = int(verified.ties.sum())
-    return {"run_id": run_id, "attack": attack, "attack_seconds": seconds, "common_c": common_c, **passes, "rejected_ties": ties, **result.extras, "attack_status": status, "attack_error": error}
+    return {
+        "run_id": run_id,
+        "attack": attack,
+        "attack_seconds": seconds,
+        "common_c": common_c,
+        **passes,
+        "rejected_ties": ties,
+        **result.extras,
+        "attack_status": status,
+        "attack_error": error,
+    }
 
 
 def best_attack_row(run_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -284,7 +284,6 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-
 # Reading result directories for the reports. Runs from different directories stay distinct (a ``source``
 # column names the directory), even when their run_ids agree: a run_id does not encode the training options,
 # so equal ids need not be equal networks.

@@ -42,7 +42,9 @@ class WriterLock:
             lock = filelock.FileLock(self.root / LOCK_FILE, timeout=0, is_singleton=False)
             lock.acquire()
         except filelock.Timeout:
-            raise SpecError(f"{self.root} is being written by another marginbench process ({self._holder()}); wait for it to end or choose another directory") from None
+            raise SpecError(
+                f"{self.root} is being written by another marginbench process ({self._holder()}); wait for it to end or choose another directory"
+            ) from None
         except OSError:
             return self
         self._lock = lock
