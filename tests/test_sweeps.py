@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -137,6 +138,21 @@ def test_a_process_pool_writes_the_same_results(tmp_path: Path, reference_sweep:
     manifest = read_json(out / "manifest.json")
     assert manifest["execution"] == {"kind": "local", "workers": 2, "ray_address": None, "batch_seeds": False, "gpus_per_run": None, "threads": None}
     assert list(manifest["runs"]) == list(read_json(reference_sweep / "manifest.json")["runs"])  # spec order, not finish order
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bf16_runs_give_the_same_tables_sequentially_in_a_pool_and_on_ray(tmp_path: Path) -> None:
+    """--precision bf16 (issue 22): the bf16 kernel is deterministic wherever the run is computed (each run
+    at the thread count of bench/performance/threads.py's rule, in this process, a pool worker or a Ray task)."""
+    bf16 = [*SWEEP, "--precision", "bf16"]
+    assert run_cli(["run", *bf16, "--out", str(tmp_path / "seq")]) == 0
+    assert run_cli(["run", *bf16, "--workers", "2", "--out", str(tmp_path / "pool")]) == 0
+    assert_same_tables(tmp_path / "seq", tmp_path / "pool")
+    if importlib.util.find_spec("ray") is not None:
+        assert run_cli(["run", *bf16, "--executor", "ray", "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+        assert_same_tables(tmp_path / "seq", tmp_path / "ray")
+    assert read_json(tmp_path / "seq" / "manifest.json")["runs"][next(iter(read_json(tmp_path / "seq" / "manifest.json")["runs"]))]["precision"]["used"] == "bf16"
 
 
 def _worker_pids(parent: int) -> list[int]:
