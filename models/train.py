@@ -1,8 +1,8 @@
 """Gradient descent on L(theta) = sum_i loss(y_i N(x_i)) [+ lambda/2 ||trained weights||^2].
 
-The recipes (``TrainSpec``), the loss and the report live in ``train_spec``; the batch holder and the batched
-products in ``train_state``; this module is the loop. ``marginbench.models.reference`` holds the plain-PyTorch
-recipe it is tested against.
+The recipes (``TrainSpec``), the loss and the report live in ``train_spec``; the batched products in ``kernels``;
+the batch holder and each net's numbers in ``train_state``; this module is the loop. ``marginbench.models.reference``
+holds the plain-PyTorch recipe it is tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from marginbench.models.kernels import hidden_bf16, margin_gradient_step, margin_gradient_step_bf16, outputs, outputs_bf16, preactivations
 from marginbench.models.precision import choose_precision, matmul_backend
 from marginbench.models.train_spec import (
     CHECK_EVERY,
@@ -32,20 +33,7 @@ from marginbench.models.train_spec import (
     log_neg_loss_derivative,
     normalized_schedule,
 )
-from marginbench.models.train_state import (
-    Batch,
-    Examples,
-    Finite,
-    Pass,
-    Run,
-    StepSize,
-    hidden_bf16,
-    margin_gradient_step,
-    margin_gradient_step_bf16,
-    outputs,
-    outputs_bf16,
-    preactivations,
-)
+from marginbench.models.train_state import Batch, Examples, Finite, Pass, Run, StepSize
 from marginbench.models.two_layer import TwoLayerNet
 
 __all__ = ["LOSSES", "MAX_ITERS", "NORMALIZED_LR", "SCHEDULES", "SUBSPACE_TRAIN", "TrainReport", "TrainSpec", "normalized_schedule", "train", "train_batch"]
