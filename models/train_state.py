@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from marginbench.models.kernels import bf16_inputs
+from marginbench.models.stopping import Watch
 from marginbench.models.train_spec import LOG_FLOAT_MAX, StopReason, TrainReport, TrainSpec
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -122,15 +123,13 @@ class Run:
         self.per_epoch = math.ceil(n / self.batch_size)
         self.steps_per_pass = self.per_epoch if spec.batch_size is not None else 1  # SGD: a full pass per epoch
         self.shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.log_target = math.log(spec.target_loss) if spec.target_loss is not None else -math.inf
         self.it, self.lr = 0, spec.lr
         self.decay = dict.fromkeys(batch.ids, 1.0)  # prod_t (1 - lr_t * l2) per net
         self.last_lr = dict.fromkeys(batch.ids, spec.lr)  # lr_t of each net's last step (normalized: lr / L)
         # What a net returns when it stops (so that a failure can be inspected); at first its initial parameters.
         self.last_finite = {i: Finite(batch.W, batch.b, batch.v, i, math.inf, -math.inf) for i in batch.ids}
         self.done: dict[int, tuple[TwoLayerNet, TrainReport]] = {}
-        self.next_check = 0  # the iteration of the next check for a dead or stalled net (train._stuck)
-        self.still: dict[int, tuple[float, int]] = {}  # per net: (log L, the iteration since which it has not moved)
+        self.watch = Watch()  # the checks for a dead or stalled net (train._stuck)
         self.start = time.perf_counter()
 
     def finish(self, i: int, reason: StopReason) -> None:
