@@ -6,9 +6,9 @@ standard initialization except for the first layer which is divided by the facto
 width for it; marginbench uses the run's width for both hidden layers.
 
 Unlike the two-layer net there is no closed form for anything: the input gradient and the training step go
-through autograd. Training follows the family's recipe (``TrainSpec``: loss, constant step, stop at a margin
-or after max_iters), full-batch GD over all of W1, b1, W2, b2, v, c on the *mean* of the losses: the
-authors' code (github.com/odeliamel/off-manifold-robustness) trains its deeper nets with SGD on nn.BCELoss,
+through autograd. Training follows the family's recipe (``TrainSpec``: loss, constant step, and the stop rule
+shared with the two-layer trainer, ``marginbench.models.stopping``), full-batch GD over all of W1, b1, W2, b2, v,
+c on the *mean* of the losses: the authors' code (github.com/odeliamel/off-manifold-robustness) trains its deeper nets with SGD on nn.BCELoss,
 a mean; on the sum, the family's step 0.05 diverges within 3 steps at n = 1000.
 """
 
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from marginbench.models.precision import choose_precision
-from marginbench.models.train_spec import CHECK_EVERY, TrainReport, TrainSpec, log_loss_terms
+from marginbench.models.stopping import Watch, out_of_time, stop_reason
+from marginbench.models.train_spec import TrainReport, TrainSpec, log_loss_terms
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,17 @@ def three_layer_init(d: int, width: int, *, generator: torch.Generator, first_sc
 
 def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec) -> tuple[ThreeLayerNet, TrainReport]:
     """Full-batch GD with a constant step on the mean loss (1/n) sum_i loss(y_i N(x_i)) (what PyTorch's BCELoss
-    minimizes in the authors' code), every layer trained; stops at
-    spec.target_margin (min_i y_i N(x_i)), spec.target_loss or after spec.iteration_cap steps, and at once (stop
-    reason "dead") where a hidden layer is off at every training point: N is then one constant on them, forever.
+    minimizes in the authors' code), every layer trained; stops by the two-layer trainer's rule, in its order
+    (``marginbench.models.stopping``): NaN/inf, spec.target_loss (on the sum L, as there), spec.target_margin,
+    spec.target_normalized_margin (min_i y_i N(x_i) / ||theta||^2 over all six tensors), "dead" where a hidden
+    layer is off at every training point (N is then one constant on them, forever), spec.iteration_cap and
+    spec.max_seconds. The net returned, and the loss and margin reported, are the last finite ones.
 
     Args:
         net: initial parameters (not modified).
         X: (n, d) inputs; y: (n,) labels in {-1, +1}.
-        spec: the family's recipe; schedules other than a constant step, L2 and mini-batches are refused.
+        spec: the family's recipe; schedules other than a constant step, L2 (and with it stationarity) and
+            mini-batches are refused.
     """
     if spec.lr_growth != 1 or spec.schedule != "paper" or spec.l2 > 0 or spec.batch_size is not None or spec.layers != "all":
         raise ValueError("the three-layer net trains with a constant-step, full-batch GD on all its layers (no growth, schedule, l2 or batch size)")
@@ -123,44 +127,33 @@ def train_three_layer(net: ThreeLayerNet, X: Tensor, y: Tensor, spec: TrainSpec)
         dtype = choose_precision(spec.precision, X.device).dtype  # float32 here; only the two-layer kernel has bf16 products)
         X, y, net = X.to(dtype), y.to(dtype), net.to(X.device, dtype)
     params = [t.detach().clone().requires_grad_(True) for t in net.tensors()]
-    start, it, reason, nonfinite_at = time.perf_counter(), 0, "max_iters", None
-    last = [p.detach().clone() for p in params]  # the last finite parameters, returned if NaN/inf appear
+    start, it, watch = time.perf_counter(), 0, Watch()
+    last, log_L, q_min = [p.detach().clone() for p in params], math.inf, -math.inf  # the last finite parameters and their numbers
     while True:
         q = y * ThreeLayerNet(*params)(X)  # (n,)
-        log_L = float(torch.logsumexp(log_loss_terms(q.detach(), spec.loss), 0))
-        q_min = float(q.detach().min())
-        if not (math.isfinite(log_L) and math.isfinite(q_min)):
-            reason, nonfinite_at = "nonfinite", it
-            break
-        last = [p.detach().clone() for p in params]
-        if spec.target_margin is not None and q_min >= spec.target_margin:
-            reason = "target_margin"
-            break
-        if spec.target_loss is not None and log_L < math.log(spec.target_loss):
-            reason = "target_loss"
-            break
-        if it % CHECK_EVERY == 0 and _dead(params, X):
-            reason = "dead"
-            break
-        if it >= spec.iteration_cap or (spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds):
-            reason = "max_iters" if it >= spec.iteration_cap else "max_seconds"
-            break
+        qd = q.detach()
+        now = torch.stack([torch.logsumexp(log_loss_terms(qd, spec.loss), 0), qd.abs().amax(), qd.min()]).tolist()
+        sq_norm = float(sum(p.detach().square().sum() for p in params)) if spec.target_normalized_margin is not None else None
+        stuck = watch.stuck(spec, 0, it, now[0], alive=not _dead(params, X)) if watch.due(it) else None
+        reason = stop_reason(spec, log_L=now[0], q_max=now[1], q_min=now[2], sq_norm=sq_norm, iteration=it, out_of_time=out_of_time(spec, start), stuck=stuck)
+        if reason != "nonfinite":
+            last, log_L, q_min = [p.detach().clone() for p in params], now[0], now[2]
+        if reason is not None:
+            report = TrainReport(
+                iterations=it, log10_loss=log_L / math.log(10), min_margin=q_min, stop_reason=reason, seconds=time.perf_counter() - start,
+                final_lr=spec.lr, nonfinite_iteration=it if reason == "nonfinite" else None,
+            )  # fmt: skip
+            return ThreeLayerNet(*last).to(X.device, given), report
         loss = torch.exp(log_loss_terms(q, spec.loss)).mean()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 p -= spec.lr * g
         it += 1
-    trained = ThreeLayerNet(*last).to(X.device, given)
-    report = TrainReport(
-        iterations=it, log10_loss=log_L / math.log(10), min_margin=q_min, stop_reason=reason, seconds=time.perf_counter() - start,
-        final_lr=spec.lr, nonfinite_iteration=nonfinite_at,
-    )  # fmt: skip
-    return trained, report
 
 
 def _dead(params: list[Tensor], X: Tensor) -> bool:
-    """Whether a hidden layer's ReLUs are all off at every point of X (checked every CHECK_EVERY steps: one forward).
+    """Whether a hidden layer's ReLUs are all off at every point of X (checked at ``Watch``'s checks: one forward).
 
     Then the layers below it get no gradient and N is the same at every point, forever: with layer 1 off, W1 and
     b1 never move and layer 2 sees relu(b2) everywhere; with layer 2 off, only c moves.

@@ -1,29 +1,28 @@
 """Gradient descent on L(theta) = sum_i loss(y_i N(x_i)) [+ lambda/2 ||trained weights||^2].
 
-The recipes (``TrainSpec``), the loss and the report live in ``train_spec``; the batch holder and the batched
-products in ``train_state``; this module is the loop. ``marginbench.models.reference`` holds the plain-PyTorch
-recipe it is tested against.
+The recipes (``TrainSpec``), the loss and the report live in ``train_spec``; the batched products in ``kernels``;
+the batch holder and each net's numbers in ``train_state``; this module is the loop. ``marginbench.models.reference``
+holds the plain-PyTorch recipe it is tested against.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from marginbench.models.kernels import hidden_bf16, margin_gradient_step, margin_gradient_step_bf16, outputs, outputs_bf16, preactivations
 from marginbench.models.precision import choose_precision, matmul_backend
+from marginbench.models.stopping import out_of_time, stop_reason
 from marginbench.models.train_spec import (
-    CHECK_EVERY,
     LOG_FLOAT_MAX,
     LOSSES,
     MAX_ITERS,
     NORMALIZED_LR,
     SCHEDULES,
-    STALL_ITERS,
     SUBSPACE_TRAIN,
     StopReason,
     TrainReport,
@@ -32,20 +31,7 @@ from marginbench.models.train_spec import (
     log_neg_loss_derivative,
     normalized_schedule,
 )
-from marginbench.models.train_state import (
-    Batch,
-    Examples,
-    Finite,
-    Pass,
-    Run,
-    StepSize,
-    hidden_bf16,
-    margin_gradient_step,
-    margin_gradient_step_bf16,
-    outputs,
-    outputs_bf16,
-    preactivations,
-)
+from marginbench.models.train_state import Batch, Examples, Finite, Pass, Run, StepSize
 from marginbench.models.two_layer import TwoLayerNet
 
 __all__ = ["LOSSES", "MAX_ITERS", "NORMALIZED_LR", "SCHEDULES", "SUBSPACE_TRAIN", "TrainReport", "TrainSpec", "normalized_schedule", "train", "train_batch"]
@@ -149,14 +135,15 @@ def _full_pass(batch: Batch, spec: TrainSpec) -> dict[int, Pass]:
 
 
 def _stop_checks(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, Pass]:
-    """Stops the nets whose loss is not finite or that reached a target or a cap; returns the others' numbers."""
-    out_of_time = run.spec.max_seconds is not None and time.perf_counter() - run.start > run.spec.max_seconds
+    """Stops the nets that meet a stop rule (``stopping.stop_reason``); returns the others' numbers."""
+    late = out_of_time(run.spec, run.start)
     stuck = _stuck(run, batch, stats)
     reasons: dict[int, StopReason] = {}
     for row, i in enumerate(batch.ids):
-        reason = _stop_reason(stats[i], run, out_of_time, stuck.get(i))
+        net = stats[i]
+        reason = stop_reason(run.spec, log_L=net.log_L, q_max=net.q_max, q_min=net.q_min, sq_norm=net.sq_norm, iteration=run.it, out_of_time=late, stuck=stuck.get(i))
         if reason != "nonfinite":
-            run.last_finite[i] = Finite(batch.W, batch.b, batch.v, row, stats[i].log_L, stats[i].q_min)
+            run.last_finite[i] = Finite(batch.W, batch.b, batch.v, row, net.log_L, net.q_min)
         if reason is not None:
             reasons[i] = reason
     _stop(run, batch, reasons)
@@ -164,53 +151,22 @@ def _stop_checks(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, Pa
 
 
 def _stuck(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, StopReason]:
-    """Every CHECK_EVERY iterations (on a full pass, so no product of its own): the nets that cannot train.
+    """At a check of ``run.watch`` (on a full pass, so no product of its own): the nets that cannot train.
 
-    dead: at every training point either relu(Z) is 0 for every neuron, so that the point's gradient (v_j 1[z > 0] x,
-    v_j 1[z > 0], relu(z)) is exactly 0, or (full batch, no L2) its weight softmax(s)_i in the step is 0 in floating point:
-    the step is exactly 0, forever, and no step, however large, moves the net (the paper schedule's would grow
-    until it overflowed, after ~750,000 iterations). stalled: the step grows (lr_growth > 1) and the loss has stayed
-    bitwise the same for STALL_ITERS iterations. A constant step that stops moving the loss is at a rest point, not
-    stuck: its cap ends it.
+    A net is dead when at every training point either relu(Z) is 0 for every neuron, so that the point's gradient
+    (v_j 1[z > 0] x, v_j 1[z > 0], relu(z)) is exactly 0, or (full batch, no L2) its weight softmax(s)_i in the step
+    is 0 in floating point: the step is exactly 0, forever, and no step, however large, moves the net (the paper
+    schedule's would grow until it overflowed, after ~750,000 iterations).
     """
-    if run.it < run.next_check:
+    if not run.watch.due(run.it):
         return {}
-    run.next_check = run.it + CHECK_EVERY
     assert batch.H is not None and batch.s is not None, "set by _full_pass"
     carries = batch.H.amax(2) > 0  # (S, n): the points where some ReLU is on
     if run.spec.batch_size is None and run.spec.l2 == 0:  # ... and whose share softmax(s)_i of the step is not 0 in
         carries &= torch.softmax(batch.s, 1) > 0  # floating point (L2's shrinking could bring a vanished share back)
     alive = carries.any(1).tolist()  # one (S,) read-back per CHECK_EVERY iterations
-    reasons: dict[int, StopReason] = {}
-    for i, live in zip(batch.ids, alive, strict=True):
-        log_L, since = run.still.get(i, (math.nan, run.it))
-        if log_L != stats[i].log_L:  # it moved (or this is the first check): count from here
-            run.still[i] = (stats[i].log_L, run.it)
-        if not live:
-            reasons[i] = "dead"
-        elif run.spec.lr_growth > 1 and log_L == stats[i].log_L and run.it - since >= STALL_ITERS:
-            reasons[i] = "stalled"
-    return reasons
-
-
-def _stop_reason(stats: Pass, run: Run, out_of_time: bool, stuck: StopReason | None = None) -> StopReason | None:
-    """The first stop rule, in the order below, that a net with these numbers meets (None: it trains on)."""
-    spec = run.spec
-    if not (math.isfinite(stats.log_L) and math.isfinite(stats.q_max)):
-        return "nonfinite"
-    if stats.log_L < run.log_target:
-        return "target_loss"
-    if spec.target_margin is not None and stats.q_min >= spec.target_margin:
-        return "target_margin"
-    if spec.target_normalized_margin is not None and stats.sq_norm is not None and stats.q_min >= spec.target_normalized_margin * stats.sq_norm:
-        return "target_normalized_margin"
-    if stuck is not None:
-        return stuck
-    if run.it >= spec.iteration_cap:
-        return "max_iters"
-    if out_of_time:
-        return "max_seconds"
-    return None
+    reasons = {i: run.watch.stuck(run.spec, i, run.it, stats[i].log_L, live) for i, live in zip(batch.ids, alive, strict=True)}
+    return {i: reason for i, reason in reasons.items() if reason is not None}
 
 
 def _stop(run: Run, batch: Batch, reasons: dict[int, StopReason]) -> None:

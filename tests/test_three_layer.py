@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -77,3 +78,18 @@ def test_the_kkt_family_refuses_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["run", "--d", "8", "--models", "three-layer", "--out", "unused"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "'three-layer' is not part of the kkt family" in line
+
+
+def test_training_stops_as_soon_as_the_normalized_margin_is_reached() -> None:
+    """target_normalized_margin (min_i y_i N(x_i) / ||theta||^2, all six tensors) stops the three-layer net too,
+    at the first iterate that reaches it; one step fewer is still below."""
+    data = subspace(d=16, ell=8, n=30, n_eval=10, seed=0)
+    init = three_layer_init(16, 32, generator=torch.Generator().manual_seed(0))
+    base = TrainSpec(loss="logistic", lr=0.01, lr_growth=1.0, target_loss=None, max_iters=5000)
+    net, report = train_three_layer(init, data.X, data.y, dataclasses.replace(base, target_margin=1.0))
+    target = 0.5 * float((data.y * net(data.X)).min()) / net.sq_norm()  # half what the margin run ends at
+    net, report = train_three_layer(init, data.X, data.y, dataclasses.replace(base, target_normalized_margin=target))
+    assert report.stop_reason == "target_normalized_margin" and report.reached_target and report.iterations > 0
+    assert float((data.y * net(data.X)).min()) / net.sq_norm() >= target and report.min_margin == float((data.y * net(data.X)).min())
+    before, _ = train_three_layer(init, data.X, data.y, dataclasses.replace(base, max_iters=report.iterations - 1))
+    assert float((data.y * before(data.X)).min()) / before.sq_norm() < target

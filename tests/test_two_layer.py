@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import random_net
+from marginbench.models.kernels import margin_gradient_step
 from marginbench.models.train_spec import LOSSES, log_loss_terms, log_neg_loss_derivative
-from marginbench.models.train_state import margin_gradient_step
 from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 
