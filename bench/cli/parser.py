@@ -71,7 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--preset", choices=PRESETS.names(), help=f"named experiment to start from (default: {DEFAULT_PRESET})")
     run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes (d <= 64); medium is the paper's width at d = 100...300, "
-        f"arc schedule in float32, sized for one CPU; full is the paper's grid, for a GPU (default: {DEFAULT_SCALE})")
+        f"arc schedule in precision auto, sized for one CPU; full is the paper's grid (d up to 1000) on that recipe: hours on a CPU with bf16 "
+        f"units, or a GPU (default: {DEFAULT_SCALE})")
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")
