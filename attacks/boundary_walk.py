@@ -13,8 +13,8 @@ Shrinking: at the best crossing point p = x_i + t u found so far, N coincides wi
 N_p(z) = g . z + c (g = grad N(p), the neurons active at p); the nearest point to x_i of {N_p = 0} gives a
 new direction u' = -sign(N_p(x_i)) g, searched exactly from x_i; repeated ``refinements`` times or until no
 ray improves. Last, a random search over directions near the best one, each searched exactly (a
-Boundary-attack-like walk on the sphere of directions, with exact radial steps). Every answer is a verified strict flip; the norm is exact along its ray up to a relative
-1e-9 nudge into the flip region.
+Boundary-attack-like walk on the sphere of directions, with exact radial steps). Every answer is a verified
+strict flip; the norm is exact along its ray up to a relative 1e-9 nudge into the flip region.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ The stable Python API is what this module exports (``from marginbench import ...
 may move. Names are loaded on first use, so ``import marginbench.models`` stays light.
 
 - registries: ``DATASETS``, ``MODELS``, ``ATTACKS``, ``TRAINING_PLANS``, ``PRESETS`` (``Registry``; each name
-  knows its ``Source``; a model's or an attack's capabilities are its ``ModelEntry`` or ``AttackEntry``); plugins: ``load_plugins`` (installed entry points, then modules or .py files),
-  ``load_plugin``;
+  knows its ``Source``; a model's or an attack's capabilities are its ``ModelEntry`` or ``AttackEntry``);
+  plugins: ``load_plugins`` (installed entry points, then modules or .py files), ``load_plugin``;
 - writing an attack or a model: ``Attack``, ``AttackResult``, ``AttackUnavailable``, ``SharedPerturbation``,
   ``AttackFactory``, ``ModelFactory``, ``BuiltModel``, ``RunContext``, ``Dataset``, ``TwoLayerNet``,
   ``TrainingPlan``, ``TrainSpec``, ``TrainReport``, ``train``;

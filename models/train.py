@@ -141,7 +141,9 @@ def _stop_checks(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, Pa
     reasons: dict[int, StopReason] = {}
     for row, i in enumerate(batch.ids):
         net = stats[i]
-        reason = stop_reason(run.spec, log_L=net.log_L, q_max=net.q_max, q_min=net.q_min, sq_norm=net.sq_norm, iteration=run.it, out_of_time=late, stuck=stuck.get(i))
+        reason = stop_reason(
+            run.spec, log_L=net.log_L, q_max=net.q_max, q_min=net.q_min, sq_norm=net.sq_norm, iteration=run.it, out_of_time=late, stuck=stuck.get(i)
+        )
         if reason != "nonfinite":
             run.last_finite[i] = Finite(batch.W, batch.b, batch.v, row, net.log_L, net.q_min)
         if reason is not None:

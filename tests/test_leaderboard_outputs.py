@@ -232,7 +232,9 @@ def headless_chromium(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver")
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium and chromedriver here: .ci/run installs Debian's chromium and chromium-driver"
+)
 def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -33,7 +33,9 @@ def marginbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "marginbench", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("option", [["--lr-growth", "1"], ["--growth-every", "1e20"], ["--growth-every", "5000"]], ids=["growth-1", "huge-interval", "long-interval"])
+@pytest.mark.parametrize(
+    "option", [["--lr-growth", "1"], ["--growth-every", "1e20"], ["--growth-every", "5000"]], ids=["growth-1", "huge-interval", "long-interval"]
+)
 def test_a_paper_schedule_that_cannot_reach_its_target_is_refused_in_one_line(option: list[str], tmp_path: Path) -> None:
     done = marginbench(["run", *SMALLEST, *option, "--out", "o"], tmp_path)
     assert done.returncode == 2, done.stderr

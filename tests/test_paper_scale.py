@@ -96,7 +96,24 @@ def test_auto_chooses_bf16_where_the_cpu_has_bf16_units(monkeypatch: pytest.Monk
 
 def test_auto_records_its_choice_in_the_manifest(tmp_path: Path) -> None:
     out = tmp_path / "auto"
-    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--precision", "auto", "--models", "vanilla", "--attacks", "universal-z", "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--d",
+        "8",
+        "--width",
+        "16",
+        "--schedule",
+        "arc",
+        "--precision",
+        "auto",
+        "--models",
+        "vanilla",
+        "--attacks",
+        "universal-z",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert run_cli(args) == 0
     (entry,) = read_json(out / "manifest.json")["runs"].values()
     expected = choose_precision("auto", "cpu")
@@ -119,7 +136,24 @@ def test_an_unknown_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> 
 def test_twin_paper_puts_the_paper_schedules_net_beside_the_arc_schedules(tmp_path: Path) -> None:
     """d = 8, width 16: the twin's 72,000 paper-schedule steps take about 30 s."""
     out = tmp_path / "twin"
-    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--twin", "paper", "--models", "vanilla,robust-construction", "--attacks", "universal-z", "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--d",
+        "8",
+        "--width",
+        "16",
+        "--schedule",
+        "arc",
+        "--twin",
+        "paper",
+        "--models",
+        "vanilla,robust-construction",
+        "--attacks",
+        "universal-z",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert run_cli(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
     fast = summary.loc["vanilla"]
@@ -136,7 +170,28 @@ def test_a_twin_that_differs_is_marked_and_reported_at_the_end(tmp_path: Path, m
     # A twin on a quick growing schedule (the baseline preset's) against arc steps 100 times the default: off the path.
     monkeypatch.setattr(twin_module, "twin_spec", lambda run: TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10))
     out = tmp_path / "differs"
-    args = ["run", "--d", "8", "--width", "16", "--schedule", "arc", "--lr", "0.3", "--twin", "paper", "--models", "vanilla", "--attacks", "universal-z", "--seeds", "0,1", "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--d",
+        "8",
+        "--width",
+        "16",
+        "--schedule",
+        "arc",
+        "--lr",
+        "0.3",
+        "--twin",
+        "paper",
+        "--models",
+        "vanilla",
+        "--attacks",
+        "universal-z",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert run_cli(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'")
     assert set(summary["twin_status"]) <= {"ok", "differs"} and "differs" in set(summary["twin_status"])
@@ -146,7 +201,13 @@ def test_a_twin_that_differs_is_marked_and_reported_at_the_end(tmp_path: Path, m
 
 
 def test_twin_report_and_relative_difference() -> None:
-    row = {"twin_status": "differs", "twin_common_c_rel_diff": 0.021, "twin_normalized_margin_rel_diff": -0.004, "twin_margin_fraction_rel_diff": 0.0, "twin_stop_reason": "max_iters"}
+    row = {
+        "twin_status": "differs",
+        "twin_common_c_rel_diff": 0.021,
+        "twin_normalized_margin_rel_diff": -0.004,
+        "twin_margin_fraction_rel_diff": 0.0,
+        "twin_stop_reason": "max_iters",
+    }
     line = twin_report("r", row)
     assert line is not None and "common c +2.10%" in line and "normalized margin -0.40%" in line and "the twin stopped: max_iters" in line
     assert twin_report("r", {**row, "twin_status": "ok"}) is None

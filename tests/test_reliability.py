@@ -126,7 +126,11 @@ def test_the_lock_of_a_killed_writer_is_taken_over(finished: Path, tmp_path: Pat
 
     out = tmp_path / "stale"
     shutil.copytree(finished, out)
-    holder = "import sys, time; from marginbench.bench.results.writer_lock import WriterLock\nwith WriterLock(sys.argv[1], create=False):\n    print('held', flush=True); time.sleep(600)"
+    holder = (
+        "import sys, time; from marginbench.bench.results.writer_lock import WriterLock\n"
+        "with WriterLock(sys.argv[1], create=False):\n"
+        "    print('held', flush=True); time.sleep(600)"
+    )
     child = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"

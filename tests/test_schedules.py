@@ -58,7 +58,9 @@ def test_target_normalized_margin_stops_as_soon_as_it_is_reached() -> None:
     assert report.stop_reason == "target_normalized_margin" and report.reached_target
     assert normalized_margin(net, data.y * net(data.X)) >= 0.1
     # One step fewer is still below the target: the rule fired at the first iterate that reached it.
-    before, _ = train(init, data.X, data.y, TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, max_iters=report.iterations - 1))
+    before, _ = train(
+        init, data.X, data.y, TrainSpec(schedule="normalized", lr=NORMALIZED_LR, lr_growth=1.0, target_loss=None, max_iters=report.iterations - 1)
+    )
     assert normalized_margin(before, data.y * before(data.X)) < 0.1
 
 
@@ -91,7 +93,9 @@ def test_an_explicit_iteration_cap_of_the_kkt_l2_model_is_kept(asked: int) -> No
     assert TRAINING_PLANS.get("l2")(sphere(d=8, n=8, seed=0), run).spec.max_iters == asked
 
 
-@pytest.mark.parametrize("bad", [dict(schedule="adam"), dict(schedule="normalized", batch_size=4), dict(stationarity=0.0), dict(target_normalized_margin=math.nan)])
+@pytest.mark.parametrize(
+    "bad", [dict(schedule="adam"), dict(schedule="normalized", batch_size=4), dict(stationarity=0.0), dict(target_normalized_margin=math.nan)]
+)
 def test_bad_schedules_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainSpec(**bad)
@@ -99,7 +103,24 @@ def test_bad_schedules_are_refused(bad: dict) -> None:
 
 def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    args = ["run", "--d", "8", "--width", "16", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule", "normalized", "--max-iters", "3000", "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--d",
+        "8",
+        "--width",
+        "16",
+        "--models",
+        "vanilla,l2",
+        "--attacks",
+        "universal-z",
+        "--schedule",
+        "normalized",
+        "--max-iters",
+        "3000",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     import pandas as pd
 
@@ -113,7 +134,24 @@ def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys)
 
 def test_cli_runs_the_arc_schedule_to_the_papers_stopping_point(tmp_path: Path) -> None:
     out = tmp_path / "arc"
-    args = ["run", "--d", "16", "--width", "32", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule", "arc", "--max-iters", "2000", "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--d",
+        "16",
+        "--width",
+        "32",
+        "--models",
+        "vanilla,l2",
+        "--attacks",
+        "universal-z",
+        "--schedule",
+        "arc",
+        "--max-iters",
+        "2000",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
     assert summary.loc["vanilla", "train_stop_reason"] == "target_loss" and summary.loc["vanilla", "train_log10_loss"] < -30
@@ -155,7 +193,15 @@ def test_clarke_kkt_residual_certifies_the_l2_point_that_the_one_sided_residual_
         B.append(torch.cat([gW.flatten(), gb, torch.zeros(16, dtype=X.dtype)]).numpy())
     M, k = np.concatenate([A, np.stack(B, 1)], 1), len(pairs)
     constraints = [{"type": "ineq", "fun": (lambda z, i=i, c=c: z[i] - z[8 + c])} for c, (i, _) in enumerate(pairs)]
-    res = minimize(lambda z: 0.5 * np.sum((theta - M @ z) ** 2), np.zeros(8 + k), jac=lambda z: -M.T @ (theta - M @ z), bounds=[(0, None)] * (8 + k), constraints=constraints, method="SLSQP", options={"maxiter": 2000, "ftol": 1e-16})
+    res = minimize(
+        lambda z: 0.5 * np.sum((theta - M @ z) ** 2),
+        np.zeros(8 + k),
+        jac=lambda z: -M.T @ (theta - M @ z),
+        bounds=[(0, None)] * (8 + k),
+        constraints=constraints,
+        method="SLSQP",
+        options={"maxiter": 2000, "ftol": 1e-16},
+    )
     assert clarke == pytest.approx(np.sqrt(2 * res.fun) / np.linalg.norm(theta), abs=1e-4)
 
 

@@ -152,7 +152,9 @@ def test_bf16_runs_give_the_same_tables_sequentially_in_a_pool_and_on_ray(tmp_pa
     if importlib.util.find_spec("ray") is not None:
         assert run_cli(["run", *bf16, "--executor", "ray", "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
         assert_same_tables(tmp_path / "seq", tmp_path / "ray")
-    assert read_json(tmp_path / "seq" / "manifest.json")["runs"][next(iter(read_json(tmp_path / "seq" / "manifest.json")["runs"]))]["precision"]["used"] == "bf16"
+    assert (
+        read_json(tmp_path / "seq" / "manifest.json")["runs"][next(iter(read_json(tmp_path / "seq" / "manifest.json")["runs"]))]["precision"]["used"] == "bf16"
+    )
 
 
 def _worker_pids(parent: int) -> list[int]:

@@ -42,7 +42,9 @@ def test_the_input_gradient_is_the_derivative_of_the_output() -> None:
 def test_training_reaches_the_margin_with_every_layer_trained() -> None:
     data = subspace(d=16, ell=8, n=30, n_eval=10, seed=0)
     init = three_layer_init(16, 32, generator=torch.Generator().manual_seed(0))
-    net, report = train_three_layer(init, data.X, data.y, TrainSpec(loss="logistic", lr=0.01, lr_growth=1.0, target_loss=None, target_margin=1.0, max_iters=5000))
+    net, report = train_three_layer(
+        init, data.X, data.y, TrainSpec(loss="logistic", lr=0.01, lr_growth=1.0, target_loss=None, target_margin=1.0, max_iters=5000)
+    )
     assert report.stop_reason == "target_margin" and float((data.y * net(data.X)).min()) >= 1.0
     for name in ("W1", "b1", "W2", "b2", "v", "c"):
         assert not torch.equal(getattr(net, name), getattr(init, name)), name

@@ -106,7 +106,8 @@ attacks:
   fb-fmn               Foolbox 3.3.4 L2FMNAttack as shipped: it never projects onto its eps-ball, so its
                        norms are not minimal (kept for comparison; use fmn)
   fb-ddn, fb-deepfool  Foolbox DDN ({FbDDN.steps} steps) and L2 DeepFool (2 candidates)
-  fb-cw                Foolbox Carlini-Wagner L2 with initial_const {FbCW.initial_const:g}, stepsize {short(FbCW.stepsize)}, {FbCW.steps} steps, {FbCW.binary_search_steps} binary
+  fb-cw                Foolbox Carlini-Wagner L2 with initial_const {FbCW.initial_const:g}, stepsize {short(FbCW.stepsize)}, \
+{FbCW.steps} steps, {FbCW.binary_search_steps} binary
                        searches (Foolbox's defaults, made for [0,1] images, give norms ~100x DDN's here);
                        the slowest gradient attack: a reference point, not a fast leaderboard entry
   fb-boundary          Foolbox Boundary attack ({FbBoundary.steps} steps), decision-based, started at the nearest
@@ -232,7 +233,13 @@ Error bars of the papers' figures are standard deviations over seeds. `marginben
 into DIR/figures after every sweep, and a paper's preset its figures too.
 """
 
-THROUGHPUT_EPILOG = "examples:\n  marginbench throughput\n  marginbench throughput --sizes paper --format json\n  marginbench throughput --sizes medium  # float64/float32/bf16 steps at d=300, n=5196\n  marginbench throughput --device cuda"
+THROUGHPUT_EPILOG = (
+    "examples:\n"
+    "  marginbench throughput\n"
+    "  marginbench throughput --sizes paper --format json\n"
+    "  marginbench throughput --sizes medium  # float64/float32/bf16 steps at d=300, n=5196\n"
+    "  marginbench throughput --device cuda"
+)
 
 LIST_EPILOG = """\
 examples:

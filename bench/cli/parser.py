@@ -119,7 +119,8 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--schedule",
         choices=SCHEDULES,
-        help=f"paper: step lr grad L with lr grown x{KKT.train.lr_growth:g} every {KKT.train.growth_every} iterations (kkt default); normalized: step lr grad L / L, "
+        help=f"paper: step lr grad L with lr grown x{KKT.train.lr_growth:g} every {KKT.train.growth_every} iterations (kkt default); "
+        "normalized: step lr grad L / L, "
         f"the same gradient-flow path in far fewer steps (full batch; --lr defaults to {NORMALIZED_LR} and --lr-growth to 1); "
         f"arc: steps of length lr ||theta|| along -grad log L, the same network at loss {short(KKT.train.target_loss or 0)} in a few hundred steps "
         f"(full batch; --lr defaults to {ARC_STEP})",
@@ -160,7 +161,8 @@ def make_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--lr-growth",
         type=finite(float),
-        help=f"factor applied to the learning rate every --growth-every iterations (kkt default {KKT.train.lr_growth:g}, subspace {SUBSPACE.train.lr_growth:g})",
+        help=f"factor applied to the learning rate every --growth-every iterations "
+        f"(kkt default {KKT.train.lr_growth:g}, subspace {SUBSPACE.train.lr_growth:g})",
     )
     training.add_argument("--growth-every", type=finite(int), help=f"iterations between learning-rate increases (default {KKT.train.growth_every})")
     shown = run.add_mutually_exclusive_group()
@@ -171,7 +173,8 @@ def make_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--batch-seeds",
         action="store_true",
-        help="train the seeds of each trained model together in one batch (runs in this process only); at one torch thread the numbers are bitwise those without it",
+        help="train the seeds of each trained model together in one batch (runs in this process only); "
+        "at one torch thread the numbers are bitwise those without it",
     )
     scale.add_argument(
         "--threads",
@@ -295,7 +298,8 @@ def _add_report_commands(sub: Any) -> None:
         "-o",
         "--output",
         metavar="FILE",
-        help="write to FILE instead of standard output (required for --format html). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
+        help="write to FILE instead of standard output (required for --format html). A regular file only (a directory, device or FIFO is refused); "
+        "a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
     )
     board.set_defaults(handler=commands.leaderboard)
 
@@ -312,7 +316,8 @@ def _add_report_commands(sub: Any) -> None:
         "--output",
         required=True,
         metavar="PATH",
-        help="the baseline file to write (JSON). A regular file only (a directory, device or FIFO is refused); a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
+        help="the baseline file to write (JSON). A regular file only (a directory, device or FIFO is refused); "
+        "a symlink is written through to its target; a result directory's own files (manifest.json, summary.csv, examples.csv, runs/) are refused.",
     )
     base.set_defaults(handler=commands.baseline)
 

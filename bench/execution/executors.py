@@ -160,7 +160,8 @@ def seed_groups(tasks: Sequence[RunTask]) -> list[list[RunTask]]:
 
 
 def _start_worker(threads: int, parent: int) -> None:
-    """A pool worker's setup: its share of the threads (the most bench/performance/threads.py's rule gives a run), and an exit as soon as the parent process is gone."""
+    """A pool worker's setup: its share of the threads (the most bench/performance/threads.py's rule gives a
+    run), and an exit as soon as the parent process is gone."""
     torch.set_num_threads(threads)
     _exit_with_parent(parent)
 

@@ -243,7 +243,9 @@ def reattack_run(results: ResultSession, record: RunRecord, run: RunSpec, attack
     order = [row["attack"] for row in stored] + [name for name in attacks if name not in {row["attack"] for row in stored}]
     manifest = {**record.manifest, "attacked_by": [*record.manifest.get("attacked_by", []), session]}
     if not (run_dir / "model.pt").exists():  # the run failed before it had a model: as a failed run records it
-        rows = {row["attack"]: row for row in stored} | {name: {"run_id": run.run_id, "attack": name, "attack_status": "not run", "attack_error": ""} for name in attacks}
+        rows = {row["attack"]: row for row in stored} | {
+            name: {"run_id": run.run_id, "attack": name, "attack_status": "not run", "attack_error": ""} for name in attacks
+        }
         log("  no saved model (the run failed before training ended): recorded as not run")
         updated = dataclasses.replace(record, attack_rows=[rows[name] for name in order], manifest=manifest)
         return results.rewrite(updated)

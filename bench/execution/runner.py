@@ -212,7 +212,8 @@ def measure_attack(name: str, keys: RunKeys, context: RunContext, data: Dataset,
         median = float(np.median(verified.norm.cpu().numpy()))
         ties = f", {int(verified.ties.sum())} near-ties rejected" if bool(verified.ties.any()) else ""
         log(
-            f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s"
+            f"  {name}: {int(verified.success.sum())}/{len(verified.success)} flipped{ties}, "
+            f"median norm {median:.4g} = {median / math.sqrt(data.d):.3f} sqrt(d), {elapsed:.2f} s"
         )
     return Measured(examples=frame, row=row, perturbation=verified.delta.cpu().numpy(), seconds=elapsed)
 

@@ -251,6 +251,7 @@ def run_sweep(
                 log(f"failed: {record.run_id}: {record.run_row.get('run_error')}")
         if failed:
             log(
-                f"{failed} of {len(runs)} runs failed (listed above; the run_status and error columns of {Path(out) / 'summary.csv'}); `run --resume {out}` retries them"
+                f"{failed} of {len(runs)} runs failed (listed above; the run_status and error columns of {Path(out) / 'summary.csv'}); "
+                f"`run --resume {out}` retries them"
             )
         return examples, summary

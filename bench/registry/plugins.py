@@ -223,7 +223,9 @@ def _hint(source: Source) -> str:
     return f"register it first (it came from Python code in module {source.name})"
 
 
-def check_recorded(root: Path | str, recorded: Sequence[Mapping[str, Any]], kinds: Iterable[str] = ("dataset", "model", "attack"), warn: Warn = _stderr) -> None:
+def check_recorded(
+    root: Path | str, recorded: Sequence[Mapping[str, Any]], kinds: Iterable[str] = ("dataset", "model", "attack"), warn: Warn = _stderr
+) -> None:
     """SpecError unless every plugin name the manifest of ``root`` records (of ``kinds``) is registered now;
     a warning where one now comes from other code than recorded."""
     wanted = set(kinds)

@@ -141,7 +141,8 @@ def _table(frame: pd.DataFrame, headers: dict[str, str], *, ident: str, describe
 def _caption(name: str) -> str:
     if name.startswith("security_curves"):
         return (f"{name}: per model setting (seeds pooled), the fraction of examples that no perturbation of norm ≤ ε flipped, per attack and for "
-                "the per-example best; the lower the curve, the stronger the attack. AttackBench's optimality is the ratio of the areas under best's and an attack's.")  # fmt: skip
+                "the per-example best; the lower the curve, the stronger the attack. "
+                "AttackBench's optimality is the ratio of the areas under best's and an attack's.")  # fmt: skip
     if name == "leaderboard":
         return "leaderboard: the two tables above as bars (models: median over runs, min..max as error bars; attacks: optimality)."
     return f"{name}: one of the papers' figures (see marginbench plot --help)."

@@ -11,8 +11,9 @@ Each figure is drawn only when the merged summary supports it; otherwise the rea
   d per alpha.
 - ``fig4_norm_vs_init_scale``: Melamed et al. Figure 4. The median verified norm of ``pgd-on``, ``pgd-off``
   and ``pgd`` against the factor the first layer's init is divided by (1 / ``init_scale``), one panel per
-  dataset and model (two-layer vanilla, three-layer) swept over two or more init scales, mean and standard deviation over seeds; settings where over half the points were not flipped
-  (median +inf) are named in the legend instead of plotted.
+  dataset and model (two-layer vanilla, three-layer) swept over two or more init scales, mean and standard
+  deviation over seeds; settings where over half the points were not flipped (median +inf) are named in the
+  legend instead of plotted.
 """
 
 from __future__ import annotations

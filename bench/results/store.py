@@ -13,10 +13,10 @@ its ``COMPLETE`` marker exists: the marker is written last and holds the SHA-256
 so ``marginbench run --resume DIR`` can trust the run's rows, rebuild the tables from them, and redo every
 run that has no marker (or whose files do not match it).
 
-The checks fail closed. manifest.json carries its own checksum (``manifest.py``), and a marker must vouch for every file of its run that is there, and for model.pt, data.npz and
-perturbations.npz wherever run.json says the run finished ("ok"): a deleted entry is a refusal, never a
-skipped check. Checksums guard against accidents, partial edits and truncation, not against a forger who
-recomputes them all.
+The checks fail closed. manifest.json carries its own checksum (``manifest.py``), and a marker must vouch
+for every file of its run that is there, and for model.pt, data.npz and perturbations.npz wherever run.json
+says the run finished ("ok"): a deleted entry is a refusal, never a skipped check. Checksums guard against
+accidents, partial edits and truncation, not against a forger who recomputes them all.
 """
 
 from __future__ import annotations
