@@ -20,12 +20,12 @@ from marginbench.attacks.pgd import MinimalPGD
 from marginbench.bench.performance.throughput import (
     SEEDS,
     TRAIN_STEPS,
-    matmul_gflops,
     median_norm_over_sqrt_d,
     pgd_against_fb_fmn,
     sequential_steps,
     time_to_margin,
 )
+from marginbench.bench.performance.yardsticks import matmul_gflops
 from marginbench.models.datasets import sphere
 from marginbench.models.reference import autograd_steps
 from marginbench.models.train import NORMALIZED_LR, TrainSpec, train, train_batch

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from marginbench.bench.cli.commands import prepare_run, specs_from_args
-from marginbench.bench.cli.parser import PROG, make_parser, run_conflict
+from marginbench.bench.cli.parser import PROG, make_parser
+from marginbench.bench.cli.run_options import run_conflict
 from marginbench.bench.errors import SpecError
 from marginbench.bench.registry.plugins import load_plugins
 

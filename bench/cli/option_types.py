@@ -61,3 +61,13 @@ def integral(text: str) -> int | None:
     except ValueError:
         return None
     return int(value) if value.is_integer() else None
+
+
+def add_plugin_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or a .py file that registers attacks or models (repeatable); one that fails to import is one warning line",
+    )

@@ -112,7 +112,7 @@ RATE_WARMUP = 3
 def machine_gflops(device: str, precision: Used, threads: int) -> float:
     """This machine's matmul rate at a training-sized product in ``precision`` as training uses it, at ``threads``
     torch threads: the median of RATE_SAMPLES timed products (measured once per process, ~0.3 s)."""
-    from marginbench.bench.performance.throughput import matmul_gflops
+    from marginbench.bench.performance.yardsticks import matmul_gflops
 
     with using(Threads(count=threads, why="the sweep's estimate")), matmul_backend(precision, torch.device(device)):
         return matmul_gflops(2000, 200, 1000, torch.device(device), matmul_dtype(precision), repeats=RATE_SAMPLES, warmup=RATE_WARMUP)

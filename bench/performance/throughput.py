@@ -30,8 +30,7 @@ timed run, not a median: the recipe alone takes about a minute.
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
@@ -43,7 +42,8 @@ from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.attacks.foolbox_adapter import FbFMN
 from marginbench.attacks.pgd import MinimalPGD
-from marginbench.bench.performance.timing import clocked
+from marginbench.bench.performance.timing import clocked, timed, timed_in_turn
+from marginbench.bench.performance.yardsticks import device_precisions, precision_gflops
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import sphere
 from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
@@ -80,42 +80,6 @@ class Record:
     steps: int | None = None  # time-to-margin records: training steps taken
     precision: str | None = None  # matmul and training records: the precision they compute in (models/precision.py)
     fraction_of_matmul_by_precision: dict[str, float] | None = None  # training records: gflops / each precision's matmul rate
-
-
-def timed(fn: Callable[[], Any], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls, synchronizing on CUDA."""
-    return timed_in_turn([fn], device, repeats=repeats, warmup=warmup)[0]
-
-
-def timed_in_turn(fns: Sequence[Callable[[], Any]], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> list[float]:
-    """Median seconds of each of ``fns``, called in turn (f1, f2, ..., f1, f2, ...) so that a change of load
-    on a shared machine reaches all of them alike; ``warmup`` rounds first, synchronizing on CUDA."""
-
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, times in zip(fns, samples, strict=True):
-            times.append(clocked(fn, device)[1])
-    return [statistics.median(times) for times in samples]
-
-
-def device_precisions(device: torch.device) -> tuple[Used, ...]:
-    """The precisions ``device`` offers training: float64, float32, bf16 where it has bf16 matrix units (what
-    ``auto`` would choose), and tf32 on CUDA."""
-    offered: list[Used] = ["float64", "float32"]
-    if choose_precision("auto", device).used == "bf16":
-        offered.append("bf16")
-    if device.type == "cuda":
-        offered.append("tf32")
-    return tuple(offered)
-
-
-def precision_gflops(n: int, d: int, width: int, device: torch.device, precision: Used) -> float:
-    """``matmul_gflops`` in ``precision`` as training uses it: bf16 factors, or float32 with TF32 allowed."""
-    with matmul_backend(precision, device):
-        return matmul_gflops(n, d, width, device, matmul_dtype(precision))
 
 
 def with_fractions(records: list[Record], rates: dict[str, float]) -> list[Record]:
@@ -178,20 +142,6 @@ def step_records(device: torch.device, shape: tuple[int, int, int]) -> list[Reco
             )
         )
     return with_fractions(records, rates)
-
-
-def matmul_gflops(n: int, d: int, width: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5, warmup: int = 1) -> float:
-    """The yardstick: GFLOP/s of X @ W.T for X: (n, d), W: (width, d), the training step's main product
-    (the median of ``repeats`` timed calls after ``warmup``)."""
-    X = torch.randn(n, d, device=device, dtype=dtype)
-    W = torch.randn(width, d, device=device, dtype=dtype)
-    reps = max(1, int(2e8 // (2 * n * d * width)))  # about 0.2 GFLOP per timed call
-
-    def run() -> None:
-        for _ in range(reps):
-            X @ W.T
-
-    return 2e-9 * n * d * width * reps / timed(run, device, repeats=repeats, warmup=warmup)
 
 
 def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SHAPE) -> list[Record]:
