@@ -14,6 +14,7 @@ import torch
 
 from conftest import QUICK, assert_same_tables, read_json, run_cli, without_timing
 from marginbench.bench.cli import main
+from marginbench.bench.registry.presets import PRESETS, SCALES
 from marginbench.bench.registry.registries import ATTACKS, MODELS
 
 
@@ -228,3 +229,19 @@ def test_time_to_margin_records_reach_the_recipes_margin() -> None:
     for record in others:
         assert record.seconds > 0 and 0 < record.speedup_over_recipe < math.inf
         assert record.common_c_over_sqrt_d == pytest.approx(recipe.common_c_over_sqrt_d, rel=0.1)
+
+
+def _preset_section(listing: str, name: str) -> str:
+    return listing.split(f"\npreset {name}: ", 1)[1].split("\npreset ", 1)[0]
+
+
+def test_list_shows_each_presets_scales_with_their_size_and_estimated_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    fig1a = _preset_section(out, "paper-fig1a")
+    for scale in SCALES:  # the counts from the preset itself (medium: 75 runs)
+        runs = sum(len(spec.runs()) for spec in PRESETS.get("paper-fig1a").sweep(scale))
+        assert re.search(rf"^    {scale}: {runs} runs, \d+ trainings?, (under a minute|~\d+ min)$", fig1a, re.M), fig1a
+    assert re.search(r"^    every scale: 4 runs, 2 trainings, ", _preset_section(out, "smoke"), re.M)  # the same sweep at every scale: one line
+    (basis,) = [line for line in out.splitlines() if line.startswith("preset times: ")]
+    assert "estimates before a sweep" in basis and "GFLOP/s" in basis

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.metadata
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from matplotlib.lines import Line2D
 
 from conftest import COMMIT, known_result_dir
 from marginbench.bench.cli import main
+from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.report.leaderboard import attack_table, model_table
 from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures, not_flipped
 from marginbench.bench.results.readback import read_results
@@ -153,6 +155,7 @@ def test_json_export_has_both_tables_at_full_precision_and_the_provenance(tmp_pa
     (prov,) = document["provenance"]
     manifest = json.loads((root / "manifest.json").read_text())
     assert prov["dir"] == str(root) and prov["git_commit"] == COMMIT and prov["tables_sha256"] == manifest["tables"] and prov["specs"] == manifest["specs"]
+    assert document["written_by"] == library_versions() and document["written_by"]["scipy"] == importlib.metadata.version("scipy")
 
 
 def test_csv_export_reads_back_exactly(tmp_path: Path) -> None:
@@ -190,6 +193,7 @@ def test_the_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "x<b>&y" not in html and "x&lt;b&gt;&amp;y" in html and "&lt;i&gt;&amp;" in html  # data and the manifest's spec
     assert COMMIT in html and json.loads((root / "manifest.json").read_text())["tables"]["summary.csv"] in html
     assert 'id="models"' in html and 'id="attacks"' in html and 'id="runs-0"' in html
+    assert f"daqp {importlib.metadata.version('daqp')}" in html  # the libraries that computed the page's tables
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from marginbench.bench.registry.provenance import LIBRARIES, NOT_INSTALLED
 from marginbench.bench.results.record import BEST, EXAMPLE_COLUMNS, KKT_COLUMNS, SUMMARY_COLUMNS
 
 
@@ -37,6 +39,15 @@ def test_files_and_columns(smoke_dir: Path) -> None:
     assert (summary["run_status"] == "ok").all() and (summary["attack_status"] == "ok").all() and summary["error"].isna().all()
     assert list(summary.columns[-3:]) == ["run_status", "attack_status", "error"]
     assert not list(smoke_dir.rglob("*.tmp"))
+
+
+def test_the_manifest_lists_every_library_that_computed_a_number(smoke_dir: Path) -> None:
+    """foolbox, scipy, daqp and pyscipopt are installed for the tests: their versions are recorded, as pip knows them."""
+    versions = json.loads((smoke_dir / "manifest.json").read_text())["versions"]
+    assert list(versions) == ["marginbench", "python", *LIBRARIES]
+    for name in ("torch", "numpy", "pandas", "foolbox", "scipy", "daqp", "pyscipopt", "scikit-learn", "numba"):
+        assert versions[name] == importlib.metadata.version(name) != NOT_INSTALLED, name
+
 
 
 def test_every_reported_norm_and_flip_reproduces_from_the_saved_files(smoke_dir: Path) -> None:

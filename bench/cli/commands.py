@@ -6,11 +6,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.experiment.spec import SpecError, Sweep, with_options
-from marginbench.bench.registry.presets import DEFAULT_PRESET, DEFAULT_SCALE, PRESETS
+from marginbench.bench.registry.presets import DEFAULT_PRESET, DEFAULT_SCALE, PRESETS, SCALES, Preset, Scale
 from marginbench.bench.registry.registries import ATTACKS, DATASETS, MODELS
 from marginbench.bench.results.record import BEST
 
@@ -155,14 +155,45 @@ def throughput(args: argparse.Namespace) -> int:
 
 
 def listing(args: argparse.Namespace) -> int:
+    from marginbench.bench.execution.estimate import rates_text
+
     for registry in (DATASETS, MODELS, ATTACKS):
         print(f"{registry.kind}s:")
         width = max(map(len, registry.names()))
         for name in registry.names():
             print(f"  {name:<{width}}  {registry.describe(name)}")
+    rates: dict[str, float] = {}
     for name in PRESETS.names():
         print(f"preset {name}: {PRESETS.get(name).summary}")
+        for line in preset_sizes(PRESETS.get(name), rates):
+            print(f"    {line}")
+    if rates:
+        print(f"preset times: the training time `marginbench run` estimates before a sweep (attacks not counted), from this machine's matmul rate, "
+              f"measured once: {rates_text(rates)}")  # fmt: skip
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def preset_sizes(preset: Preset, rates: dict[str, float]) -> list[str]:
+    """Per scale of ``preset`` (one line where its sweep is the same at every scale): its runs, trainings and
+    estimated training time (the sweep's own estimate, ``sweep_cost``); ``rates`` collects the rates behind them."""
+    from marginbench.bench.execution.estimate import sweep_cost
+    from marginbench.bench.execution.runner import one_line
+
+    try:
+        sweeps = {scale: preset.sweep(cast(Scale, scale)) for scale in SCALES}
+        costs = {scale: sweep_cost(sweep)[0] for scale, sweep in sweeps.items()}
+    except Exception as err:  # a plugin's preset that cannot be built or estimated: the listing goes on
+        return [f"no size: {one_line(err)}"]
+    for cost in costs.values():
+        rates.update(cost.rates)
+    lines = {scale: f"{_count(cost.runs, 'run')}, {_count(cost.trainings, 'training')}, {cost.when()}" for scale, cost in costs.items()}
+    if all(sweep == sweeps[SCALES[0]] for sweep in sweeps.values()):
+        return [f"every scale: {lines[SCALES[0]]}"]
+    return [f"{scale}: {line}" for scale, line in lines.items()]
 
 
 EXPORTS = ("json", "csv", "html")  # leaderboard --format: records for other tools, and the static page

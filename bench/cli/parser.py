@@ -79,8 +79,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser(
         "list",
-        help="list the registered datasets, models, attacks and presets, and where each comes from",
-        description="List every registered name with its source: built-in, an installed distribution (entry point), or a plugin file or module.",
+        help="list the registered datasets, models, attacks and presets, where each comes from, and each preset's size per scale",
+        description="List every registered name with its source: built-in, an installed distribution (entry point), or a plugin file or module; "
+        "and each preset's runs, trainings and estimated training time at each scale.",
         epilog=LIST_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

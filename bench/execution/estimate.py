@@ -130,18 +130,25 @@ class SweepCost:
     capped: dict[int, int] = field(default_factory=dict)  # iteration cap -> trainings estimated to stop there
 
 
+    def when(self) -> str:
+        """The estimated training time: ``under a minute`` or ``~N min``."""
+        return "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
+
     def line(self) -> str:
         """The line printed before the sweep starts."""
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
-        when = "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
-        rates = " and ".join(f"{rate:.0f} GFLOP/s {kind}" for kind, rate in self.rates.items())
         line = (
-            f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {when} estimated from "
-            f"this machine's matmul rate ({rates}; attacks not counted)"
+            f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {self.when()} estimated from "
+            f"this machine's matmul rate ({rates_text(self.rates)}; attacks not counted)"
         )
         for cap, count in sorted(self.capped.items()):
             line += f"; {count} training{'s' if count > 1 else ''} will stop at the iteration cap of {cap:,} before the target (max_iters)"
         return line
+
+
+def rates_text(rates: dict[str, float]) -> str:
+    """``69 GFLOP/s float64, 1 thread and 986 GFLOP/s bf16, 1 thread``: a SweepCost's rates, as said."""
+    return " and ".join(f"{rate:.0f} GFLOP/s {kind}" for kind, rate in rates.items())
 
 
 def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, list[float]]:

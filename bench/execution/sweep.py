@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -28,6 +27,7 @@ from marginbench.bench.execution.runner import Log, RunTask, one_line, resolve_d
 from marginbench.bench.execution.twin import twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec, SpecError, Sweep, first_difference, spec_from_dict
 from marginbench.bench.registry.plugins import check_recorded, load_entry_points, loaded_plugins, recorded_sources
+from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.registry.registries import DATASETS, check_names
 from marginbench.bench.results.manifest import load_manifest, sweep_manifest
 from marginbench.bench.results.session import ResultSession
@@ -40,14 +40,7 @@ def _stderr(line: str) -> None:
 
 
 def environment() -> dict[str, Any]:
-    """Provenance: package versions, git commit, device description."""
-    versions = {
-        "marginbench": marginbench.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
+    """Provenance: library versions (``library_versions``), git commit, device description."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(marginbench.__file__).parent, capture_output=True, text=True, timeout=5, check=True
@@ -57,7 +50,7 @@ def environment() -> dict[str, Any]:
     devices = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         devices["cuda"] = torch.cuda.get_device_name(0)
-    return {"versions": versions, "git_commit": commit, "machine": devices, "platform": platform.platform()}
+    return {"versions": library_versions(), "git_commit": commit, "machine": devices, "platform": platform.platform()}
 
 
 def check_spec(spec: ExperimentSpec) -> torch.device:

@@ -1,13 +1,19 @@
 """Where each registered name comes from: built in, an installed distribution, a plugin file or module, or
-Python code that registered it; what ``marginbench list`` shows and what a result's manifest records."""
+Python code that registered it; what ``marginbench list`` shows and what a result's manifest records. And
+``library_versions``: the versions of every library that computes a number (a manifest's ``versions``, the
+leaderboard exports' ``written_by``)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+import marginbench
 
 SourceKind = Literal["built-in", "distribution", "file", "module", "python"]
 
@@ -72,3 +78,22 @@ def current(factory: object) -> Source:
         return source
     module = str(getattr(factory, "__module__", "") or "")
     return BUILT_IN if module == "marginbench" or module.startswith("marginbench.") else Source(kind="python", name=module)
+
+
+# The distributions whose code computes a number of a result: training and the native attacks (torch, numpy), the
+# data (scikit-learn's digits, scipy), the QP and MIQP solvers (daqp, pyscipopt), Foolbox's attacks (foolbox, and
+# numba for Brendel-Bethge), the tables (pandas). By distribution name, as pip knows them.
+LIBRARIES = ("torch", "numpy", "pandas", "scipy", "scikit-learn", "daqp", "pyscipopt", "foolbox", "numba")
+NOT_INSTALLED = "not installed"
+
+
+def library_versions() -> dict[str, str]:
+    """marginbench's and Python's versions, then each of LIBRARIES's (``importlib.metadata``, so nothing is
+    imported) or "not installed": the one list of versions the manifest and the leaderboard exports record."""
+    versions = {"marginbench": marginbench.__version__, "python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = NOT_INSTALLED
+    return versions

@@ -2,10 +2,12 @@
 the provenance of each result directory (``marginbench leaderboard --format json|csv``).
 
 JSON (strict RFC 8259, which JavaScript's JSON.parse reads): ``{"format", "columns", "models", "attacks",
-"provenance"}``, one object per table row; +inf (an example set never flipped, a ratio to a failure) is the
-string "inf", a value that does not apply is null. CSV: one table, the models' rows then the attacks', told
-apart by the first column ``table``; columns of the other table are empty; +inf is ``inf``; the last column,
-``provenance``, holds the same provenance list as the JSON (compact JSON text, equal on every row).
+"provenance", "written_by"}``, one object per table row; +inf (an example set never flipped, a ratio to a
+failure) is the string "inf", a value that does not apply is null. ``written_by``: the versions of the libraries
+that computed the tables (``library_versions``); each directory's provenance lists those that computed its runs.
+CSV: one table, the models' rows then the attacks', told apart by the first column ``table``; columns of the
+other table are empty; +inf is ``inf``; the last column, ``provenance``, holds the same provenance list as the
+JSON (compact JSON text, equal on every row).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.report.leaderboard import ATTACK_HEADERS, MODEL_HEADERS, attack_table, model_table
 from marginbench.bench.results.readback import Results, read_manifest
 
@@ -96,6 +99,7 @@ def leaderboard_json(results: Results, dirs: Sequence[str | Path]) -> str:
         "columns": {k: v for k, v in COLUMNS.items() if k not in ("table", "provenance")},
         **{name: plain(frame.astype(object).to_dict("records")) for name, frame in frames.items()},
         "provenance": provenance(dirs),
+        "written_by": library_versions(),
     }
     return json.dumps(document, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
 

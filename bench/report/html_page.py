@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import marginbench
+from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.report.export import COLUMNS, RENAMED, provenance
 from marginbench.bench.report.leaderboard import ATTACK_HEADERS, MODEL_HEADERS, attack_table, model_table
 from marginbench.bench.results.readback import Results
@@ -154,13 +155,18 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _versions(versions: dict[str, Any], *, but: str = "") -> str:
+    """``torch 2.5.1, numpy 2.1.0, ...`` (``but`` left out): a manifest's ``versions`` (an old one lists fewer
+    libraries) or ``library_versions()``."""
+    return ", ".join(f"{name} {version}" for name, version in versions.items() if name != but)
+
+
 def _facts(record: dict[str, Any]) -> str:
     """A two-column table of one directory's provenance."""
-    versions = record.get("versions") or {}
     rows = {
         "preset": record.get("preset"), "git commit": record.get("git_commit"), "status": record.get("status"),
         "started": record.get("started"), "finished": record.get("finished"), "device": record.get("device"),
-        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()), "machine": json.dumps(record.get("machine")) if record.get("machine") else None,
+        "versions": _versions(record.get("versions") or {}), "machine": json.dumps(record.get("machine")) if record.get("machine") else None,
         "platform": record.get("platform"), "command": " ".join(record.get("command") or []) or None,
         **{f"{name} sha256": digest for name, digest in (record.get("tables_sha256") or {}).items()},
     }  # fmt: skip
@@ -194,7 +200,8 @@ def leaderboard_page(results: Results, dirs: Sequence[str | Path], figures: dict
 <body><main>
 <h1>marginbench leaderboard</h1>
 <p class="note">Minimal verified L2 perturbation norms of two-layer ReLU networks, against √d. Result directories: <code>{escape(shown_dirs)}</code>.
-Written by marginbench {escape(marginbench.__version__)}. Click a column header to sort; hover a number for its full precision.</p>
+Written by marginbench {escape(marginbench.__version__)} with {escape(_versions(library_versions(), but='marginbench'))}.
+Click a column header to sort; hover a number for its full precision.</p>
 <nav><a href="#models">Models</a><a href="#attacks">Attacks</a><a href="#figures">Figures</a><a href="#runs">Runs and provenance</a></nav>
 <h2 id="models">Models, most robust first</h2>
 <p class="note">Per run: the median over examples of the best norm / √d, where an example's best norm is its smallest verified norm over every
