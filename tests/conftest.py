@@ -134,7 +134,9 @@ def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere"
     """A result directory whose leaderboard is known: two models (two seeds each) and attacks a (always best),
     b (2x a), c (fails on half the examples); with ``exact``, an attack ``exact`` that proves a's norms on
     examples 0..2 (``lower_bound`` and ``proved_optimal`` columns) and leaves example 3 unflipped and unproved
-    (its lower bound half of a's norm). The manifest holds the tables' checksums and some provenance."""
+    (its lower bound half of a's norm). Every net classifies its points (labels +1, -1, +1, -1) correctly, and
+    summary.csv has no clean-accuracy columns, as a directory written before them. The manifest holds the
+    tables' checksums and some provenance."""
     ex, su = [], []
     for model, scale in (("weak", 1.0), ("strong", 3.0)):
         for seed in (0, 1):
@@ -145,8 +147,8 @@ def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere"
                 norms["exact"] = np.where(np.arange(4) < 3, base, np.inf)
             for attack, norm in norms.items():
                 for i, value in enumerate(norm):
-                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i, "label": 1,
-                           "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
+                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i,
+                           "label": 1 - 2 * (i % 2), "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
                     if exact:
                         row["lower_bound"] = base[i] if i < 3 else 0.5 * base[i]
                         row["proved_optimal"] = i < 3

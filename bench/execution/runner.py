@@ -123,8 +123,18 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     return facts, per_example
 
 
+def clean_accuracy(net: TwoLayerNet | Any, X: Tensor, y: Tensor) -> float:
+    """The fraction of points X: (n, d) the net classifies correctly, y N(x) > 0 (N(x) = 0 counts as wrong)."""
+    with torch.no_grad():
+        return float((y * net(X) > 0).double().mean())
+
+
 def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: float) -> dict[str, Any]:
-    """summary.csv's run-level columns: sizes, training report, the model's facts (diagnostics follow)."""
+    """summary.csv's run-level columns: sizes, clean accuracies, training report, the model's facts (diagnostics follow).
+
+    ``clean_accuracy_train`` is on the training points, ``clean_accuracy_attacked`` on the points attacked (the
+    held-out X_eval where the dataset has one, else the training points again).
+    """
     row: dict[str, Any] = {
         "run_id": run.run_id,
         "d": data.d,
@@ -135,6 +145,8 @@ def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: flo
         "alpha": run.alpha if run.alpha is not None else math.nan,
         "init_scale": run.init_scale,
         "train_seconds": built.train.seconds if built.train is not None else model_seconds,
+        "clean_accuracy_train": clean_accuracy(built.net, data.X, data.y),
+        "clean_accuracy_attacked": clean_accuracy(built.net, *data.attacked),
     }
     if built.train is not None:
         t = built.train
