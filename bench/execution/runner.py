@@ -37,7 +37,16 @@ from marginbench.checking.proposal import AttackResult
 from marginbench.checking.verify import verify, verify_shared
 from marginbench.checking.well_formed import checked
 from marginbench.models.datasets import Dataset
-from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
+from marginbench.models.diagnostics import (
+    clean_accuracy,
+    kkt_residual,
+    margin_set,
+    normalized_margin,
+    off_manifold_gradients,
+    off_weight_drift,
+    project_off,
+    thm51_assumption,
+)
 from marginbench.models.precision import choose_precision
 from marginbench.models.train_spec import STUCK
 from marginbench.models.two_layer import TwoLayerNet
@@ -123,18 +132,8 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
     return facts, per_example
 
 
-def clean_accuracy(net: TwoLayerNet | Any, X: Tensor, y: Tensor) -> float:
-    """The fraction of points X: (n, d) the net classifies correctly, y N(x) > 0 (N(x) = 0 counts as wrong)."""
-    with torch.no_grad():
-        return float((y * net(X) > 0).double().mean())
-
-
 def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: float) -> dict[str, Any]:
-    """summary.csv's run-level columns: sizes, clean accuracies, training report, the model's facts (diagnostics follow).
-
-    ``clean_accuracy_train`` is on the training points, ``clean_accuracy_attacked`` on the points attacked (the
-    held-out X_eval where the dataset has one, else the training points again).
-    """
+    """summary.csv's run-level columns: sizes, clean accuracies (training, attacked points), training report, the model's facts."""
     row: dict[str, Any] = {
         "run_id": run.run_id,
         "d": data.d,
