@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,12 @@ from torch import Tensor
 from marginbench.models.two_layer import TwoLayerNet
 
 MARGIN_SLACK = 0.1  # Vardi et al. 2022, Section 6: "we also allow 10% slack"
+
+
+def clean_accuracy(net: Callable[[Tensor], Tensor], X: Tensor, y: Tensor) -> float:
+    """The fraction of points X: (n, d) with labels y: (n,) the net classifies correctly, y N(x) > 0 (N(x) = 0 is wrong)."""
+    with torch.no_grad():
+        return float((y * net(X) > 0).double().mean())
 
 
 def margin_set(q: Tensor, *, slack: float = MARGIN_SLACK) -> Tensor:

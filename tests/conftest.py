@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,9 @@ def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere"
     """A result directory whose leaderboard is known: two models (two seeds each) and attacks a (always best),
     b (2x a), c (fails on half the examples); with ``exact``, an attack ``exact`` that proves a's norms on
     examples 0..2 (``lower_bound`` and ``proved_optimal`` columns) and leaves example 3 unflipped and unproved
-    (its lower bound half of a's norm). The manifest holds the tables' checksums and some provenance."""
+    (its lower bound half of a's norm). Every net classifies its points (labels +1, -1, +1, -1) correctly, and
+    summary.csv has no clean-accuracy columns, as a directory written before them. The manifest holds the
+    tables' checksums and some provenance."""
     ex, su = [], []
     for model, scale in (("weak", 1.0), ("strong", 3.0)):
         for seed in (0, 1):
@@ -145,8 +148,8 @@ def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere"
                 norms["exact"] = np.where(np.arange(4) < 3, base, np.inf)
             for attack, norm in norms.items():
                 for i, value in enumerate(norm):
-                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i, "label": 1,
-                           "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
+                    row = {"run_id": run_id, "family": "kkt", "dataset": dataset, "model": model, "attack": attack, "seed": seed, "index": i,
+                           "label": 1 - 2 * (i % 2), "margin": 1.0, "on_margin": True, "norm": value, "success": bool(np.isfinite(value))}  # fmt: skip
                     if exact:
                         row["lower_bound"] = base[i] if i < 3 else 0.5 * base[i]
                         row["proved_optimal"] = i < 3
@@ -156,3 +159,26 @@ def known_result_dir(root: Path, *, exact: bool = False, dataset: str = "sphere"
                            "forward_passes_per_example": 10 if attack == "b" else 2, "train_iterations": 100, "run_status": "ok"})  # fmt: skip
     return write_result_dir(root, pd.DataFrame(ex), pd.DataFrame(su), preset="default", specs=[{"d": 4, "width": 8, "note": "<i>&"}], git_commit=COMMIT,
                             versions={"marginbench": "0.1.0"}, command=["marginbench", "run", "--out", str(root)])  # fmt: skip
+
+
+def degenerate_result_dir(root: Path) -> Path:
+    """Three models, one run each, four attacked points (labels +1, -1, +1, -1), attack ``a``:
+
+    - ``good``: N = y on every point (changes sign, classifies all), flipped at norm 2 (score 1);
+    - ``sloppy``: N changes sign but 1 of its 4 training points is misclassified; flipped at norm 6 (score 3);
+    - ``positive``: the README's v = 1, b = 0 net: N = 1 > 0 everywhere, never flipped (score +inf), misclassifies 2/4.
+    """
+    ex, su = [], []
+    for model, norm, margins, accuracy in (
+        ("good", 2.0, [1.0, 1.0, 1.0, 1.0], 1.0),
+        ("sloppy", 6.0, [1.0, 1.0, 1.0, 1.0], 0.75),
+        ("positive", math.inf, [1.0, -1.0, 1.0, -1.0], 0.5),  # margin y N(x) with N = 1
+    ):
+        run_id = f"kkt-sphere-d4-n4-w8-{model}-s0"
+        for i, margin in enumerate(margins):
+            ex.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": "a", "seed": 0, "index": i,
+                       "label": 1 - 2 * (i % 2), "margin": margin, "on_margin": True, "norm": norm, "success": math.isfinite(norm)})  # fmt: skip
+        su.append({"run_id": run_id, "family": "kkt", "dataset": "sphere", "model": model, "attack": "a", "seed": 0, "d": 4, "n": 4, "width": 8,
+                   "n_attacked": 4, "median_norm": norm, "clean_accuracy_train": accuracy, "clean_accuracy_attacked": accuracy,
+                   "run_status": "ok"})  # fmt: skip
+    return write_result_dir(root, pd.DataFrame(ex), pd.DataFrame(su), preset="default", specs=[])

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from marginbench.bench.report.leaderboard import model_table
+from marginbench.bench.results.readback import read_results
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -35,6 +38,11 @@ def test_the_readme_plugin_example_runs_and_its_rows_are_verified(tmp_path: Path
     kept = mine[mine["success"]]
     assert ((kept["norm"] - 2 * 16**0.5).abs() < 1e-9).all()
     assert (mine.loc[~mine["success"], "norm"] == float("inf")).all()
+    # v = 1, b = 0: N >= 0 everywhere, so nothing flips it (+inf); the leaderboard flags it and ranks it last,
+    # not "most robust" (issue 25)
+    models = model_table(read_results([tmp_path / "runs" / "mine"])).set_index("model")
+    assert models.loc["my-model", "flag"].startswith("constant sign") and models.loc["robust-construction", "flag"] is None
+    assert list(models.index) == ["robust-construction", "my-model"] and list(models["rank"]) == [1, 2]
 
 
 def test_the_package_top_exports_every_name_the_readme_lists() -> None:

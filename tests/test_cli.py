@@ -145,10 +145,16 @@ def test_run_prints_the_table_of_its_summary(tmp_path: Path, capsys: pytest.Capt
     rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
     summary = pd.read_csv(tmp_path / "o" / "summary.csv")
     assert len(rows) == len(summary) == 4  # (vanilla, robust-construction) x (universal-z, best)
+    assert header[:4] == ["model", "dataset", "init", "attack"] and {"train acc", "attacked acc"} <= set(header)
+    assert "nan" not in " ".join(lines)  # blank where a column does not apply (common c/√d on best, training stop on the construction)
     for row in rows:
         (expected,) = summary.loc[(summary["model"] == row["model"]) & (summary["attack"] == row["attack"]), "median_norm"]
         assert float(row["median norm"]) == pytest.approx(expected, rel=1e-3)
         assert float(row["median/√d"]) == pytest.approx(expected / math.sqrt(8), rel=1e-3)
+        assert row["dataset"] == "sphere" and float(row["init"]) == 1.0
+        (accuracy,) = summary.loc[(summary["model"] == row["model"]) & (summary["attack"] == row["attack"]), "clean_accuracy_train"]
+        assert float(row["train acc"]) == float(row["attacked acc"]) == pytest.approx(accuracy)  # sphere data: the attacked points are the training ones
+        assert accuracy == 1.0 or row["model"] == "vanilla"  # the construction classifies its points; vanilla, trained briefly, need not
 
 
 def test_subspace_family_runs_from_the_command_line(tmp_path: Path) -> None:
@@ -162,6 +168,11 @@ def test_subspace_family_runs_from_the_command_line(tmp_path: Path) -> None:
     examples = pd.read_csv(tmp_path / "o" / "examples.csv")
     assert len(examples) == 3 * 2 * 6 and {"k", "g_off", "g_off_lower", "g_off_upper"} <= set(examples.columns)
     assert (summary["ell"] == 16).all()
+    accuracy = summary.drop_duplicates("run_id")
+    assert accuracy["clean_accuracy_train"].between(0, 1).all() and accuracy["clean_accuracy_attacked"].between(0, 1).all()
+    # the attacked points are the 6 held-out ones: the accuracy counts examples.csv's margins y N(x) > 0 there
+    margins = examples[examples["attack"] == "best"].groupby("run_id")["margin"].apply(lambda m: float((m > 0).mean()))
+    assert dict(zip(accuracy["run_id"], accuracy["clean_accuracy_attacked"], strict=True)) == pytest.approx(margins.to_dict())
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from conftest import COMMIT, known_result_dir
+from conftest import COMMIT, degenerate_result_dir, known_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.report.leaderboard import attack_table, model_table
@@ -276,3 +277,45 @@ def test_the_page_renders_and_sorts_in_headless_chromium(tmp_path: Path) -> None
         assert [name for name in loaded if not name.startswith("data:")] == []
         assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
         assert driver.get_screenshot_as_png()[:8] == PNG_SIGNATURE
+
+
+def _html_rows(html: str, ident: str) -> list[dict[str, str]]:
+    """The text of each row of table ``ident`` of a page, as {header: cell}."""
+    table = html[html.index(f'id="{ident}"') :]
+    table = table[: table.index("</table>")]
+    heads = [re.sub(r"<[^>]+>", "", head) for head in re.findall(r"<th[^>]*>(.*?)</th>", table)]
+    rows = re.findall(r"<tr>(.*?)</tr>", table[table.index("<tbody>") :])
+    return [dict(zip(heads, (unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)), strict=True)) for row in rows]
+
+
+def test_the_page_flags_degenerate_models_and_shows_clean_accuracy(tmp_path: Path) -> None:
+    root = degenerate_result_dir(tmp_path / "r")
+    page = tmp_path / "board.html"
+    assert main(["leaderboard", str(root), "--format", "html", "-o", str(page)]) == 0
+    html = page.read_text(encoding="utf-8")
+    models = _html_rows(html, "models")
+    assert [(row["rank"], row["model"], row["flag"]) for row in models] == [
+        ("1", "good", ""),
+        ("2", "positive", "constant sign; misclassifies 2/4 training points"),
+        ("3", "sloppy", "misclassifies 1/4 training points"),
+    ]
+    assert [row["train acc"] for row in models] == ["1", "0.5", "0.75"] and models[1]["best/√d (median)"] == "inf"
+    assert "flagged models are ranked after every unflagged one" in html
+    assert [row["train acc"] for row in _html_rows(html, "runs-0")] == ["1", "0.75", "0.5"]  # the runs' own numbers
+    old = _page(tmp_path / "old")[1]
+    # a directory from before clean accuracy: no such column (none of its runs has one), no "nan", no flag
+    assert "train acc" not in _html_rows(old, "models")[0] and "train acc" not in _html_rows(old, "runs-0")[0]
+    assert all(row["flag"] == "" for row in _html_rows(old, "models")) and not re.search(r">\s*nan\s*<", old, re.IGNORECASE)
+
+
+def test_exports_name_the_new_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = degenerate_result_dir(tmp_path / "r")
+    assert main(["leaderboard", str(root), "--format", "json"]) == 0
+    document = _strict(capsys.readouterr().out)
+    assert {"clean_accuracy_train", "clean_accuracy_attacked", "flag", "proved_runs"} <= set(document["columns"]) and "vs_proved" not in document["columns"]
+    assert [(m["model"], m["flag"]) for m in document["models"]] == [
+        ("good", None),
+        ("positive", "constant sign; misclassifies 2/4 training points"),
+        ("sloppy", "misclassifies 1/4 training points"),
+    ]
+    assert document["models"][2]["clean_accuracy_train"] == 0.75 and document["attacks"][0]["proved_runs"] is None

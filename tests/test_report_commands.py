@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import known_result_dir, write_result_dir
+from conftest import degenerate_result_dir, known_result_dir, write_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
-from marginbench.bench.report.leaderboard import attack_table, model_table
+from marginbench.bench.report.leaderboard import attack_table, leaderboard_text, model_table
 from marginbench.bench.report.paper_figures import FIGURES, build_figures, save_figures
+from marginbench.bench.report.tables import run_table
 from marginbench.bench.results.readback import read_results
+from marginbench.bench.results.rows import certify_frames
+from marginbench.models.three_layer import three_layer_init
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -264,3 +268,96 @@ def test_a_figure_preset_draws_its_figures_when_the_run_ends(tmp_path: Path, mon
     assert main(["run", "--preset", "paper-fig1a", "--out", str(out), "--no-progress"]) == 0
     png = out / "figures" / "fig1a_common_c_vs_d.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- leaderboard semantics: clean accuracy, flags, proved runs (issue 25) ------------------------------------
+
+
+def _grid(text: str) -> list[dict[str, str]]:
+    """The rows of the first github-format table in ``text``, as {header: cell}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    end = next((i for i in range(2, len(cells)) if cells[i] and set(lines[i]) <= set("|-")), len(cells))  # a second table's rule
+    return [dict(zip(cells[0], row, strict=True)) for row in cells[2:end] if len(row) == len(cells[0])]
+
+
+def test_a_model_that_never_changes_sign_or_misclassifies_is_flagged_and_ranked_after_the_rest(tmp_path: Path) -> None:
+    results = read_results([degenerate_result_dir(tmp_path / "r")])
+    models = model_table(results).set_index("model")
+    # by score alone positive (+inf) would be first, "most robust"; flagged, it and sloppy come after good
+    assert list(models.index) == ["good", "positive", "sloppy"] and list(models["rank"]) == [1, 2, 3]
+    assert models.loc["good", "flag"] is None
+    assert models.loc["positive", "flag"] == "constant sign; misclassifies 2/4 training points"
+    assert models.loc["sloppy", "flag"] == "misclassifies 1/4 training points"
+    assert models.loc["sloppy", "clean_accuracy_train"] == 0.75 and models.loc["good", "clean_accuracy_attacked"] == 1.0
+    text = leaderboard_text(results)
+    assert text.splitlines()[0].startswith("Models, most robust first, flagged ones ranked after the rest")
+    rows = {row["model"]: row for row in _grid(text)}
+    assert [row["model"] for row in _grid(text)] == ["good", "positive", "sloppy"]
+    assert rows["good"]["flag"] == "" and rows["good"]["rank"] == "1" and rows["good"]["train acc"] == "1"
+    assert rows["positive"]["flag"] == "constant sign; misclassifies 2/4 training points" and rows["positive"]["best/√d (median)"] == "inf"
+    assert rows["sloppy"]["train acc"] == "0.75" and rows["sloppy"]["attacked acc"] == "0.75"
+
+
+def test_n_identically_zero_is_constant_sign_and_held_out_errors_do_not_flag(tmp_path: Path) -> None:
+    root = degenerate_result_dir(tmp_path / "r")
+    examples, summary = pd.read_csv(root / "examples.csv"), pd.read_csv(root / "summary.csv")
+    examples.loc[examples["model"] == "good", "margin"] = 0.0  # N = 0 on every point
+    summary.loc[summary["model"] == "sloppy", ["clean_accuracy_train", "clean_accuracy_attacked"]] = [1.0, 0.5]  # wrong on held-out points only
+    write_result_dir(root, examples, summary)
+    models = model_table(read_results([root])).set_index("model")
+    assert models.loc["good", "flag"] == "constant sign" and models.loc["sloppy", "flag"] is None
+    assert list(models.index) == ["sloppy", "positive", "good"] and list(models["rank"]) == [1, 2, 3]
+
+
+def test_a_directory_from_before_clean_accuracy_renders_blank_never_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = known_result_dir(tmp_path / "old"), degenerate_result_dir(tmp_path / "new")
+    assert main(["leaderboard", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    rows = {row["model"]: row for row in _grid(out)}
+    assert rows["strong"]["train acc"] == rows["strong"]["attacked acc"] == rows["strong"]["flag"] == ""  # no columns in the old directory
+    assert [rows[m]["rank"] for m in ("strong", "weak", "good", "positive", "sloppy")] == ["1", "2", "3", "4", "5"]
+    alone = model_table(read_results([old]))
+    assert "clean_accuracy_train" not in alone and alone["flag"].isna().all() and list(alone["rank"]) == [1, 2]
+
+
+def test_runs_fully_proved_is_a_share_of_runs_and_blank_where_none_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = attack_table(read_results([known_result_dir(tmp_path / "plain")]))
+    assert plain["proved_runs"].isna().all()  # no exact rows: nothing proved
+    root = known_result_dir(tmp_path / "exact", exact=True)
+    examples = pd.read_csv(root / "examples.csv")
+    proved = examples["run_id"].str.endswith("weak-s0")  # one run of four fully proved
+    examples.loc[proved, "proved_optimal"] = True
+    write_result_dir(root, examples, pd.read_csv(root / "summary.csv"))
+    assert set(attack_table(read_results([root]))["proved_runs"]) == {0.25}
+    assert main(["leaderboard", str(root)]) == 0
+    out = capsys.readouterr().out
+    attacks = _grid(out[out.index("Attacks") :])
+    assert "vs proved" not in out and {row["runs fully proved"] for row in attacks} == {"0.25"}
+    not_proved = known_result_dir(tmp_path / "unproved", exact=True)  # exact ran, but no run has every example proved
+    assert attack_table(read_results([not_proved]))["proved_runs"].isna().all()
+
+
+def test_the_run_table_tells_settings_apart_and_prints_no_nan() -> None:
+    rows = []
+    for dataset, scale, d, accuracy in (("subspace", 1.0, 784, 0.75), ("subspace", 0.25, 784, 0.7), ("digits", 1.0, 64, 0.98)):
+        rows.append({"model": "vanilla", "dataset": dataset, "init_scale": scale, "attack": "best", "seed": 0, "d": d, "n": 100, "width": 100,
+                     "success_rate": 1.0, "median_norm": 3.0, "median_norm_over_sqrt_d": 3.0 / math.sqrt(d), "common_c_over_sqrt_d": math.nan,
+                     "clean_accuracy_train": 1.0, "clean_accuracy_attacked": accuracy})  # fmt: skip
+    text = run_table(pd.DataFrame(rows))
+    assert "nan" not in text and "common c" not in text  # a column that applies to no row is left out
+    shown = _grid(text)
+    assert list(shown[0])[:4] == ["model", "dataset", "init", "attack"]
+    settings = [(row["dataset"], row["init"], row["attacked acc"]) for row in shown]
+    assert settings == [("digits", "1", "0.98"), ("subspace", "0.25", "0.7"), ("subspace", "1", "0.75")]
+
+
+def test_the_certified_line_of_a_net_without_a_closed_form_has_no_nan() -> None:
+    net = three_layer_init(3, 4, generator=torch.Generator().manual_seed(0))
+    X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    frame = pd.DataFrame({"index": range(5), "norm": [1.0, 2.0, np.inf, 0.5, 1.5]})
+    lines: list[str] = []
+    certify_frames(net, X, [frame], lines.append)
+    assert lines == ["  certified: 0/5 examples proved optimal, no certified lower bound (not a two-layer net)"]
+    assert frame["lower_bound"].isna().all()

@@ -37,7 +37,16 @@ from marginbench.checking.proposal import AttackResult
 from marginbench.checking.verify import verify, verify_shared
 from marginbench.checking.well_formed import checked
 from marginbench.models.datasets import Dataset
-from marginbench.models.diagnostics import kkt_residual, margin_set, normalized_margin, off_manifold_gradients, off_weight_drift, project_off, thm51_assumption
+from marginbench.models.diagnostics import (
+    clean_accuracy,
+    kkt_residual,
+    margin_set,
+    normalized_margin,
+    off_manifold_gradients,
+    off_weight_drift,
+    project_off,
+    thm51_assumption,
+)
 from marginbench.models.precision import choose_precision
 from marginbench.models.train_spec import STUCK
 from marginbench.models.two_layer import TwoLayerNet
@@ -124,7 +133,7 @@ def theory_diagnostics(run: RunSpec, data: Dataset, built: BuiltModel) -> tuple[
 
 
 def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: float) -> dict[str, Any]:
-    """summary.csv's run-level columns: sizes, training report, the model's facts (diagnostics follow)."""
+    """summary.csv's run-level columns: sizes, clean accuracies (training, attacked points), training report, the model's facts."""
     row: dict[str, Any] = {
         "run_id": run.run_id,
         "d": data.d,
@@ -135,6 +144,8 @@ def run_facts(run: RunSpec, data: Dataset, built: BuiltModel, model_seconds: flo
         "alpha": run.alpha if run.alpha is not None else math.nan,
         "init_scale": run.init_scale,
         "train_seconds": built.train.seconds if built.train is not None else model_seconds,
+        "clean_accuracy_train": clean_accuracy(built.net, data.X, data.y),
+        "clean_accuracy_attacked": clean_accuracy(built.net, *data.attacked),
     }
     if built.train is not None:
         t = built.train

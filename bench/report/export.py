@@ -30,7 +30,7 @@ FORMAT = "marginbench-leaderboard/1"
 RENAMED = {"median": "best_over_sqrt_d_median", "low": "best_over_sqrt_d_min", "high": "best_over_sqrt_d_max"}
 COLUMNS = {
     "table": "csv only: models or attacks",
-    "rank": "1 = most robust model / most optimal attack; equal scores share a rank",
+    "rank": "1 = most robust model / most optimal attack; equal scores share a rank; flagged models are ranked after the unflagged ones",
     "model": "model name", "dataset": "dataset name", "d": "input dimension", "n": "training examples", "width": "hidden neurons",
     "best_over_sqrt_d_median": "per run, the median over examples of the best verified norm / sqrt(d); then the median over runs",
     "best_over_sqrt_d_min": "the smallest per-run score", "best_over_sqrt_d_max": "the largest per-run score",
@@ -46,7 +46,13 @@ COLUMNS = {
     "init_scale": "the multiplier of the initialization's standard deviation (part of the model setting)",
     "certified_gap": "per run, the median over examples of the best norm / its certified lower bound (1 = proved); then the median over runs",
     "proved": "fraction of examples whose best norm is a proved optimum (within 0.01% of its certified lower bound)",
-    "vs_proved": "fraction of the attack's runs whose optimality was measured against the proved optimum instead of the best",
+    "proved_runs": "share of the attack's runs on which every example has a proved optimum, so that its optimality was measured against the proved"
+                   " optimum instead of the best; empty where no run was",
+    "clean_accuracy_train": "per run, the fraction of training points the net classifies correctly (y N(x) > 0); the mean over runs",
+    "clean_accuracy_attacked": "per run, the fraction of the attacked points (held-out points where the dataset has them, else the training points)"
+                               " classified correctly; the mean over runs",
+    "flag": "why the model setting is ranked after the unflagged ones: 'constant sign' (N of one sign, or 0, on every attacked point of a run) and/or"
+            " 'misclassifies k/n training points'; empty where neither",
     "provenance": "csv only: the provenance list of the JSON export",
 }  # fmt: skip
 

@@ -28,7 +28,8 @@ from marginbench.bench.results.readback import Results
 
 RUN_HEADERS = {
     "run_id": "run", "model": "model", "dataset": "dataset", "seed": "seed", "d": "d", "n": "n", "width": "width", "ell": "ell",
-    "init_scale": "init scale", "train_iterations": "training steps", "train_stop_reason": "training stop", "train_seconds": "training (s)",
+    "init_scale": "init scale", "clean_accuracy_train": "train acc", "clean_accuracy_attacked": "attacked acc",
+    "train_iterations": "training steps", "train_stop_reason": "training stop", "train_seconds": "training (s)",
     "run_status": "status",
 }  # fmt: skip
 
@@ -205,7 +206,10 @@ Click a column header to sort; hover a number for its full precision.</p>
 <nav><a href="#models">Models</a><a href="#attacks">Attacks</a><a href="#figures">Figures</a><a href="#runs">Runs and provenance</a></nav>
 <h2 id="models">Models, most robust first</h2>
 <p class="note">Per run: the median over examples of the best norm / √d, where an example's best norm is its smallest verified norm over every
-attack run on it (+inf if none flipped it); per model setting, the median of that over runs (seeds), with its min and max over runs.</p>
+attack run on it (+inf if none flipped it); per model setting, the median of that over runs (seeds), with its min and max over runs.
+A <b>flag</b> marks a model whose output N never changes sign on the points it is attacked on (nothing to flip: its norm measures nothing)
+or that misclassifies some of its own training points; flagged models are ranked after every unflagged one, never "most robust".
+Clean accuracy (train acc, attacked acc): the fraction of points with y N(x) &gt; 0, the mean over runs.</p>
 {_table(model_table(results), MODEL_HEADERS, ident="models", described=COLUMNS)}
 <h2 id="attacks">Attacks, most optimal first</h2>
 <p class="note">Optimality (AttackBench): per run, the area under the best's robust-accuracy-versus-ε curve divided by the attack's, both up to

@@ -19,11 +19,23 @@ Definitions (per run = one trained or constructed network; runs from different d
   robustness it overstates. The table shows its mean over runs (AttackBench's global optimality); runs where
   nothing was flipped (no eps_max) are left out. Where every example of a run has a proved optimum
   (``proved_optimal``, from ``exact``), the reference curve is the proved one (the certified lower bounds,
-  within 0.01% of the optimum) instead of the best attack's; "vs proved" is the share of runs measured so.
+  within 0.01% of the optimum) instead of the best attack's; "runs fully proved" is the share of the attack's
+  runs measured so, blank where none was.
 - Certified gap (models): per run, the median over examples of best_i / lower_bound_i, the certified lower
   bound on the minimal flip (the relaxation's, or exact's); 1 means the leaderboard's number is the truth.
   "proved" is the share of examples whose best is a proved optimum. Both are empty for result directories
   written before lower bounds existed.
+- Clean accuracy (models): per run, the fraction of the training points with y N(x) > 0 (``train acc``) and
+  of the attacked points (``attacked acc``: the held-out points where the dataset has them, else the
+  training points again), from summary.csv; the mean over runs. Empty for directories written before them.
+- Flag (models): a model setting is flagged where, on some run, N never changes sign on the attacked points
+  (N(x_i) >= 0 for all i, or <= 0 for all i, N = 0 included: "constant sign", e.g. v >= 0 and no bias; a
+  flip norm of such a net measures nothing, and where its sign is constant everywhere it is +inf), or the net
+  misclassifies some of its own training points ("misclassifies k/n training points", k and n summed over
+  runs). Errors on held-out attacked points do not flag: an attack flips the net's own sign, not the label,
+  so the norm keeps its meaning there (random labels on held-out points cannot be learned); the attacked
+  accuracy shows them. Flagged settings are ranked after every unflagged one (ranks continue), never "most
+  robust".
 """
 
 from __future__ import annotations
@@ -66,9 +78,55 @@ def scored_examples(results: Results) -> pd.DataFrame:
     return rows.drop(columns=[c for c in ("dataset",) if c in rows]).merge(sizes, on=RUN_KEY)
 
 
+CLEAN_ACCURACY = ("clean_accuracy_train", "clean_accuracy_attacked")  # the runner's run-level facts (summary.csv)
+
+
+def _run_flags(rows: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per run (RUN_KEY): ``constant_sign`` (N(x_i) of one sign, or 0, on every attacked point, from the rows'
+    margin y N(x) and label y) and ``misclassified`` / ``trained_on`` (training points with y N(x) <= 0, and
+    the training set's size; NaN where summary.csv predates clean_accuracy_train)."""
+    per_run = rows.drop_duplicates([*RUN_KEY, "index"])
+    if {"margin", "label"} <= set(per_run):
+        value = per_run["margin"].astype(float) * per_run["label"].astype(float)  # N(x_i), as y is +-1
+        sign = value.groupby([per_run[k] for k in RUN_KEY])
+        flags = ((sign.max() <= 0) | (sign.min() >= 0)).rename("constant_sign").reset_index()
+    else:
+        flags = per_run[RUN_KEY].drop_duplicates().assign(constant_sign=False)
+    facts = summary.drop_duplicates(RUN_KEY)
+    trained_on = facts["n"].astype(float)
+    accuracy = facts["clean_accuracy_train"].astype(float) if "clean_accuracy_train" in facts else pd.Series(np.nan, index=facts.index)
+    wrong = pd.DataFrame({**{k: facts[k] for k in RUN_KEY}, "misclassified": ((1.0 - accuracy) * trained_on).round(), "trained_on": trained_on})
+    return flags.merge(wrong, on=RUN_KEY, how="left")
+
+
+def _flag(runs: pd.DataFrame) -> str | None:
+    """The flag of one model setting from its runs' _run_flags (None: no flag)."""
+    reasons = []
+    constant = int(runs["constant_sign"].sum())
+    if constant:
+        reasons.append("constant sign" + ("" if constant == len(runs) else f" ({constant}/{len(runs)} runs)"))
+    known = runs.dropna(subset=["misclassified"])
+    if known["misclassified"].sum() > 0:
+        reasons.append(f"misclassifies {int(known['misclassified'].sum())}/{int(known['trained_on'].sum())} training points")
+    return "; ".join(reasons) or None
+
+
+def _flagged_ranks(score: pd.Series, flagged: pd.Series) -> pd.Series:
+    """_ranks of ``score`` (higher first) among the unflagged rows, then continuing among the flagged ones."""
+    ranks = pd.Series(0, index=score.index)
+    clean = ~flagged
+    if clean.any():
+        ranks[clean] = _ranks(score[clean], ascending=False)
+    if flagged.any():
+        ranks[flagged] = int(clean.sum()) + _ranks(score[flagged], ascending=False)
+    return ranks.astype(int)
+
+
 def model_table(results: Results) -> pd.DataFrame:
-    """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d)."""
-    rows = scored_examples(results).drop_duplicates([*RUN_KEY, "index"])
+    """One row per model setting, ranked by the median over runs of the median best_i / sqrt(d), flagged
+    settings (constant sign, misclassified training points) after the rest; see the module docstring."""
+    scored = scored_examples(results)
+    rows = scored.drop_duplicates([*RUN_KEY, "index"])
     rows["score"] = rows["best"] / np.sqrt(rows["d"].astype(float))
     per_run_extra, extra = {}, {}
     if "lower_bound" in rows:
@@ -80,6 +138,12 @@ def model_table(results: Results) -> pd.DataFrame:
     per_run = rows.groupby([*RUN_KEY, *MODEL_KEY, "seed"], as_index=False).agg(
         score=("score", "median"), flipped=("best", lambda s: float(np.isfinite(s).mean())), **per_run_extra
     )
+    accuracies = [c for c in CLEAN_ACCURACY if c in results.summary]
+    if accuracies:
+        facts = results.summary.drop_duplicates(RUN_KEY)[[*RUN_KEY, *accuracies]]
+        per_run = per_run.merge(facts.astype({c: float for c in accuracies}), on=RUN_KEY, how="left")
+        extra.update({c: (c, "mean") for c in accuracies})
+    per_run = per_run.merge(_run_flags(scored, results.summary), on=RUN_KEY, how="left")
     table = per_run.groupby(MODEL_KEY, as_index=False).agg(
         median=("score", "median"),
         low=("score", "min"),
@@ -89,7 +153,9 @@ def model_table(results: Results) -> pd.DataFrame:
         flipped=("flipped", "mean"),
         **extra,
     )
-    table.insert(0, "rank", _ranks(table["median"], ascending=False))
+    flags = pd.DataFrame([(*key, _flag(runs)) for key, runs in per_run.groupby(MODEL_KEY)], columns=[*MODEL_KEY, "flag"], dtype=object)
+    table = table.merge(flags.astype({k: table[k].dtype for k in MODEL_KEY}), on=MODEL_KEY, how="left")
+    table.insert(0, "rank", _flagged_ranks(table["median"], table["flag"].notna()))
     return table.sort_values(["rank", "model", "d"], kind="stable").reset_index(drop=True)
 
 
@@ -131,7 +197,8 @@ def attack_table(results: Results) -> pd.DataFrame:
     )
     runs = [run for _, run in rows.groupby(RUN_KEY)]
     table["optimality"] = pd.concat([_optimality(run) for run in runs]).groupby(level=0).mean()
-    table["vs_proved"] = pd.concat([pd.Series(float(proved_run(run)), index=run["attack"].unique()) for run in runs]).groupby(level=0).mean()
+    proved = pd.concat([pd.Series(float(proved_run(run)), index=run["attack"].unique()) for run in runs]).groupby(level=0).mean()
+    table["proved_runs"] = proved.where(proved > 0)  # blank where no run of the attack was fully proved: every optimality is against the best
     summary = results.summary[results.summary["attack"] != BEST].copy()
     n = summary["n_attacked"].astype(float) if "n_attacked" in summary else summary["n"].astype(float)
     if "attack_seconds" in summary:
@@ -148,10 +215,12 @@ def attack_table(results: Results) -> pd.DataFrame:
 MODEL_HEADERS = {
     "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width", "init_scale": "init",
     "median": "best/√d (median)", "low": "min", "high": "max", "runs": "runs", "seeds": "seeds", "flipped": "flipped",
-    "certified_gap": "certified gap", "proved": "proved",
+    "clean_accuracy_train": "train acc", "clean_accuracy_attacked": "attacked acc",
+    "certified_gap": "certified gap", "proved": "proved", "flag": "flag",
 }  # fmt: skip
 ATTACK_HEADERS = {
-    "rank": "rank", "attack": "attack", "optimality": "optimality", "vs_proved": "vs proved", "best_on": "best on", "median_ratio": "ratio to best (median)",
+    "rank": "rank", "attack": "attack", "optimality": "optimality", "proved_runs": "runs fully proved", "best_on": "best on",
+    "median_ratio": "ratio to best (median)",
     "success": "success", "runs": "runs", "ms_per_example": "ms/example", "forward_per_example": "forward/example",
     "backward_per_example": "backward/example",
 }  # fmt: skip
@@ -167,8 +236,9 @@ def leaderboard_text(results: Results, *, tablefmt: str = "github") -> str:
     """Both tables with their headings, as ``marginbench leaderboard`` prints them."""
     return "\n".join(
         [
-            "Models, most robust first (per run: median over examples of the best norm / sqrt(d); then median over runs;"
-            " certified gap: median best / certified lower bound)",
+            "Models, most robust first, flagged ones ranked after the rest (flag: N of one sign on every attacked point, or training points"
+            " misclassified; per run: median over examples of the best norm / sqrt(d); then median over runs; certified gap: median best /"
+            " certified lower bound; acc: clean accuracy, mean over runs)",
             "",
             _render(model_table(results), MODEL_HEADERS, tablefmt),
             "",

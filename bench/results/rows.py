@@ -54,8 +54,14 @@ def certify_frames(net: TwoLayerNet | Any, X: Tensor, frames: Sequence[pd.DataFr
         for column, values in proved.items():
             frame[column] = values.cpu().numpy()
     if log is not None:
-        gap = float((best_norm / proved["lower_bound"]).median())
-        log(f"  certified: {int(proved['proved_optimal'].sum())}/{len(best_norm)} examples proved optimal, median best / lower bound {gap:.4g}")
+        proved_count = f"  certified: {int(proved['proved_optimal'].sum())}/{len(best_norm)} examples proved optimal"
+        gaps = best_norm / proved["lower_bound"]
+        gaps = gaps[~gaps.isnan()]  # NaN where no bound exists (no closed form: not a two-layer net, and no attack's own)
+        if len(gaps) == 0:
+            why = "not a two-layer net" if not isinstance(net, TwoLayerNet) else "no attack bounded it"
+            log(f"{proved_count}, no certified lower bound ({why})")
+        else:
+            log(f"{proved_count}, median best / lower bound {float(gaps.median()):.4g}")
 
 
 def best_of(rows: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
