@@ -124,10 +124,6 @@ ALLOWED: dict[tuple[str, str, str], tuple[int, str]] = {
     },
     ("bench/report/paper_figures.py", "UNIVERSAL", "universal-z"): (1, "Vardi et al. Figure 1 plots this attack's common scale"),
     **{("bench/report/paper_figures.py", "PROJECTED", name): (1, "Melamed et al. Figure 4 plots these three attacks") for name in ("pgd", "pgd-on", "pgd-off")},
-    ("bench/cli/commands.py", "_GRID_OPTIONS", "l2"): (1, "the --l2 option's name"),
-    # Left: the spec refuses --l2 0 for the kkt l2 model by its name; spec.py sits below the registry and
-    # cannot ask the entry (issue 23: a model's own spec checks on its entry).
-    ("bench/experiment/spec.py", "ExperimentSpec.__post_init__", "l2"): (1, "KNOWN: the kkt l2 model's check of --l2"),
 }
 
 

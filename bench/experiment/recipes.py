@@ -17,8 +17,9 @@ import torch
 from marginbench.attacks.base import Attack, AttackUnavailable
 from marginbench.attacks.pgd import MinimalPGD
 from marginbench.attacks.subspace import Onto, SubspaceProjection
+from marginbench.bench.errors import SpecError, field_error
 from marginbench.bench.experiment.families import KKT, KKT_L2_LAMBDA, KKT_L2_MAX_ITERS, KKT_L2_STATIONARITY
-from marginbench.bench.experiment.spec import RunSpec
+from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
 from marginbench.models import datasets
 from marginbench.models.construction import construction_radius, robust_construction
 from marginbench.models.datasets import Dataset
@@ -141,6 +142,13 @@ def l2_plan(data: Dataset, run: RunSpec) -> TrainingPlan:
     lam = run.l2 if run.l2 is not None else (1.0 - (2.0 * data.d) ** (-0.5 / max(T, 1))) / lr
     spec = dataclasses.replace(run.train, l2=lam, target_loss=None, target_margin=None)
     return TrainingPlan(init=init, spec=spec, facts={**facts, "l2_lambda": lam})
+
+
+def l2_spec_problem(spec: ExperimentSpec) -> SpecError | None:
+    """The kkt l2 model's check of its experiment: lambda = 0 leaves it no regularized rest point to stop at."""
+    if spec.family_spec is KKT and spec.l2 == 0:
+        return field_error("l2", f"0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default {KKT_L2_LAMBDA:g})")
+    return None
 
 
 def l2_steps(run: RunSpec) -> float:

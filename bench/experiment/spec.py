@@ -20,7 +20,7 @@ from typing import Any
 
 from marginbench.attacks.exact import EXACT_SECONDS
 from marginbench.bench.errors import SpecError, field_error
-from marginbench.bench.experiment.families import FAMILIES, KKT, KKT_L2_LAMBDA, FamilySpec, family_of
+from marginbench.bench.experiment.families import FAMILIES, KKT, FamilySpec, family_of
 from marginbench.bench.experiment.run_spec import RunSpec
 from marginbench.models.datasets import DIGITS_DIM, LABEL_RULES
 from marginbench.models.train import TrainSpec
@@ -104,8 +104,6 @@ class ExperimentSpec:
                 raise SpecError(f"a {what} is listed twice: {', '.join(map(str, names))}")
         if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in self.seeds):
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
-        if family is KKT and "l2" in self.model_names and self.l2 == 0:
-            raise field_error("l2", f"0 leaves the kkt l2 model nothing to be stationary for: give lambda > 0 (default {KKT_L2_LAMBDA:g})")
         if self.twin is not None and self.twin not in TWINS:
             raise field_error("twin", f"{self.twin!r} is unknown; choose one of: {', '.join(TWINS)}")
         if self.twin is not None and family is not KKT:

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from marginbench.bench.errors import SpecError
 from marginbench.bench.experiment.families import FAMILIES
 from marginbench.bench.experiment.recipes import AttackFactory, ModelFactory
-from marginbench.bench.experiment.spec import RunSpec
+from marginbench.bench.experiment.spec import ExperimentSpec, RunSpec
 from marginbench.bench.registry import provenance
 from marginbench.bench.registry.registry import Registry
 
@@ -46,6 +46,8 @@ class ModelEntry:
             (None: the recipe's rule, a guess).
         step_gflop: GFLOPs of one of its full-batch training steps, where that is not a two-layer net's
             4 n d width.
+        spec_problem: its own check of an experiment that lists it (the problem as a SpecError, or None), run
+            with the names' checks before any work.
     """
 
     factory: ModelFactory
@@ -55,6 +57,7 @@ class ModelEntry:
     follows_recipe: bool = True
     training_steps: Callable[[RunSpec], float] | None = None
     step_gflop: Callable[[RunSpec], float] | None = None
+    spec_problem: Callable[[ExperimentSpec], SpecError | None] | None = None
 
     def in_family(self, family: str) -> bool:
         return self.families is None or family in self.families

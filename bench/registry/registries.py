@@ -39,7 +39,13 @@ MODELS = ModelRegistry(
         "vanilla": ModelEntry(factory=recipes.trained(TRAINING_PLANS.get("vanilla")), families=BOTH),
         "small-init": ModelEntry(factory=recipes.trained(TRAINING_PLANS.get("small-init")), families=BOTH),
         # trains to a regularized rest point (kkt) or for exactly max_iters steps (subspace), not along the recipe
-        "l2": ModelEntry(factory=recipes.trained(TRAINING_PLANS.get("l2")), families=BOTH, follows_recipe=False, training_steps=recipes.l2_steps),
+        "l2": ModelEntry(
+            factory=recipes.trained(TRAINING_PLANS.get("l2")),
+            families=BOTH,
+            follows_recipe=False,
+            training_steps=recipes.l2_steps,
+            spec_problem=recipes.l2_spec_problem,
+        ),
         "robust-construction": ModelEntry(factory=recipes.robust_construction_model, trained=False, families=(KKT.name,), follows_recipe=False),
         # Melamed et al. Figure 4's own net: no closed form, so only the autograd attacks (the pgd family)
         "three-layer": ModelEntry(
@@ -79,7 +85,11 @@ def check_names(spec: ExperimentSpec) -> None:
     DATASETS.get(spec.dataset_name)
     family = spec.family_spec
     for name in spec.model_names:
-        if not MODELS.entry(name).in_family(family.name):
+        entry = MODELS.entry(name)
+        if not entry.in_family(family.name):
             raise SpecError(f"model {name!r} is not part of the {family.name} family; choose from: {', '.join(MODELS.in_family(family.name))}")
+        problem = entry.spec_problem(spec) if entry.spec_problem is not None else None
+        if problem is not None:
+            raise problem
     for name in spec.attack_names:
         ATTACKS.get(name)
