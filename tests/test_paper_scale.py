@@ -97,22 +97,8 @@ def test_auto_chooses_bf16_where_the_cpu_has_bf16_units(monkeypatch: pytest.Monk
 def test_auto_records_its_choice_in_the_manifest(tmp_path: Path) -> None:
     out = tmp_path / "auto"
     args = [
-        "run",
-        "--d",
-        "8",
-        "--width",
-        "16",
-        "--schedule",
-        "arc",
-        "--precision",
-        "auto",
-        "--models",
-        "vanilla",
-        "--attacks",
-        "universal-z",
-        "--out",
-        str(out),
-        "--no-progress",
+        "run", "--d", "8", "--width", "16", "--schedule", "arc", "--precision", "auto", "--models", "vanilla",
+        "--attacks", "universal-z", "--out", str(out), "--no-progress",
     ]
     assert run_cli(args) == 0
     (entry,) = read_json(out / "manifest.json")["runs"].values()
@@ -137,22 +123,8 @@ def test_twin_paper_puts_the_paper_schedules_net_beside_the_arc_schedules(tmp_pa
     """d = 8, width 16: the twin's 72,000 paper-schedule steps take about 30 s."""
     out = tmp_path / "twin"
     args = [
-        "run",
-        "--d",
-        "8",
-        "--width",
-        "16",
-        "--schedule",
-        "arc",
-        "--twin",
-        "paper",
-        "--models",
-        "vanilla,robust-construction",
-        "--attacks",
-        "universal-z",
-        "--out",
-        str(out),
-        "--no-progress",
+        "run", "--d", "8", "--width", "16", "--schedule", "arc", "--twin", "paper", "--models",
+        "vanilla,robust-construction", "--attacks", "universal-z", "--out", str(out), "--no-progress",
     ]
     assert run_cli(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
@@ -171,26 +143,8 @@ def test_a_twin_that_differs_is_marked_and_reported_at_the_end(tmp_path: Path, m
     monkeypatch.setattr(twin_module, "twin_spec", lambda run: TrainSpec(lr=1e-2, lr_growth=1.2, growth_every=10))
     out = tmp_path / "differs"
     args = [
-        "run",
-        "--d",
-        "8",
-        "--width",
-        "16",
-        "--schedule",
-        "arc",
-        "--lr",
-        "0.3",
-        "--twin",
-        "paper",
-        "--models",
-        "vanilla",
-        "--attacks",
-        "universal-z",
-        "--seeds",
-        "0,1",
-        "--out",
-        str(out),
-        "--no-progress",
+        "run", "--d", "8", "--width", "16", "--schedule", "arc", "--lr", "0.3", "--twin", "paper", "--models",
+        "vanilla", "--attacks", "universal-z", "--seeds", "0,1", "--out", str(out), "--no-progress",
     ]
     assert run_cli(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'")

@@ -104,22 +104,8 @@ def test_bad_schedules_are_refused(bad: dict) -> None:
 def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     args = [
-        "run",
-        "--d",
-        "8",
-        "--width",
-        "16",
-        "--models",
-        "vanilla,l2",
-        "--attacks",
-        "universal-z",
-        "--schedule",
-        "normalized",
-        "--max-iters",
-        "3000",
-        "--out",
-        str(out),
-        "--no-progress",
+        "run", "--d", "8", "--width", "16", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule",
+        "normalized", "--max-iters", "3000", "--out", str(out), "--no-progress",
     ]
     assert main(args) == 0
     import pandas as pd
@@ -135,22 +121,8 @@ def test_cli_runs_the_kkt_l2_model_and_the_normalized_schedule(tmp_path, capsys)
 def test_cli_runs_the_arc_schedule_to_the_papers_stopping_point(tmp_path: Path) -> None:
     out = tmp_path / "arc"
     args = [
-        "run",
-        "--d",
-        "16",
-        "--width",
-        "32",
-        "--models",
-        "vanilla,l2",
-        "--attacks",
-        "universal-z",
-        "--schedule",
-        "arc",
-        "--max-iters",
-        "2000",
-        "--out",
-        str(out),
-        "--no-progress",
+        "run", "--d", "16", "--width", "32", "--models", "vanilla,l2", "--attacks", "universal-z", "--schedule",
+        "arc", "--max-iters", "2000", "--out", str(out), "--no-progress",
     ]
     assert main(args) == 0
     summary = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").set_index("model")
