@@ -86,6 +86,10 @@ def test_auto_chooses_bf16_where_the_cpu_has_bf16_units(monkeypatch: pytest.Monk
     choice = choose_precision("auto", "cpu")
     assert (choice.used, choice.dtype, choice.hardware, choice.flags) == ("bf16", torch.float32, "Some CPU", ("amx_bf16",))
     assert "amx_bf16" in choice.reason
+    small = choose_precision("auto", "cpu", step_gflop=0.5 * precision_module.AUTO_BF16_MIN_GFLOP)  # where bf16 does not pay
+    assert small.used == "float32" and "does not pay" in small.reason
+    assert choose_precision("auto", "cpu", step_gflop=2 * precision_module.AUTO_BF16_MIN_GFLOP).used == "bf16"
+    assert choose_precision("bf16", "cpu", step_gflop=1e-6).used == "bf16"  # asked for explicitly: kept
     monkeypatch.setattr(precision_module, "cpu_info", lambda: ("Old CPU", ()))
     assert choose_precision("auto", "cpu").used == "float32"
     assert choose_precision("bf16", "cpu").used == "bf16"  # asked for: emulated where the units are missing
@@ -102,7 +106,7 @@ def test_auto_records_its_choice_in_the_manifest(tmp_path: Path) -> None:
     ]
     assert run_cli(args) == 0
     (entry,) = read_json(out / "manifest.json")["runs"].values()
-    expected = choose_precision("auto", "cpu")
+    expected = choose_precision("auto", "cpu", step_gflop=4e-9 * 8 * 8 * 16)  # n = d = 8, width 16
     assert entry["precision"] == {**dataclasses.asdict(expected), "flags": list(expected.flags)}
     assert entry["precision"]["requested"] == "auto" and entry["precision"]["used"] in ("bf16", "float32")
     assert entry["precision"]["reason"].startswith("auto: ") and entry["precision"]["hardware"]

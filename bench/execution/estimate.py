@@ -158,7 +158,7 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     entries = [MODELS.entry(run.model) for run in runs]
     trained = [entry.trained for entry in entries]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
-    kinds = [(choose_precision(run.train.precision or "float64", run.device).used, run_threads(run, threads).count) for run in runs]
+    kinds = [(choose_precision(run.train.precision or "float64", run.device, step_gflop(run)).used, run_threads(run, threads).count) for run in runs]
     rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.errors import SpecError
-from marginbench.bench.execution.estimate import run_threads
+from marginbench.bench.execution.estimate import run_threads, step_gflop
 from marginbench.bench.execution.time_limit import AttackTimeout, time_limit
 from marginbench.bench.execution.twin import COMPARED, twin_facts
 from marginbench.bench.experiment.families import KKT
@@ -280,7 +280,7 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
         log(f"  failed: {error}")
     manifest = {"seconds": seconds, "train": dataclasses.asdict(built.train) if built.train is not None else None, "facts": dict(built.facts)}
     if built.train is not None:  # what training computed in, why (auto: the hardware's bf16 units), and on what
-        manifest["precision"] = dataclasses.asdict(choose_precision(run.train.precision or "float64", task.device))
+        manifest["precision"] = dataclasses.asdict(choose_precision(run.train.precision or "float64", task.device, step_gflop(run)))
     arrays = {
         "model.pt": {key: value.detach().cpu().numpy() for key, value in built.net.state_dict().items()},
         "data.npz": data.arrays(),
