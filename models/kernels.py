@@ -12,6 +12,11 @@ import torch
 from torch import Tensor
 
 
+def step_gflop(n: int, d: int, width: int) -> float:
+    """GFLOPs of one full-batch training step of a two-layer net: the (n, d, width) products X W^T and A^T X."""
+    return 4e-9 * n * d * width
+
+
 def margin_gradient_step(H: Tensor, X: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """sum_i weights_i * grad_theta N(x_i) for each of S nets, analytically: dW: (S, width, d), db, dv: (S, width).
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from marginbench.models.kernels import hidden_bf16, margin_gradient_step, margin_gradient_step_bf16, outputs, outputs_bf16, preactivations
+from marginbench.models.kernels import hidden_bf16, margin_gradient_step, margin_gradient_step_bf16, outputs, outputs_bf16, preactivations, step_gflop
 from marginbench.models.precision import choose_precision, matmul_backend
 from marginbench.models.stopping import out_of_time, stop_reason
 from marginbench.models.train_spec import (
@@ -95,7 +95,7 @@ def train_batch(
     if not (len(nets) == S == y.shape[0] == len(seeds)) or y.shape[1] != n:
         raise ValueError(f"{len(nets)} nets, {len(seeds)} seeds, inputs {tuple(X.shape)} and labels {tuple(y.shape)} disagree")
     if spec.precision is not None:  # compute in spec.precision; hand the nets back in the dtype they came in
-        choice = choose_precision(spec.precision, X.device, step_gflop=4e-9 * n * X.shape[2] * nets[0].width)
+        choice = choose_precision(spec.precision, X.device, step_gflop=step_gflop(n, X.shape[2], nets[0].width))
         dtype, given = choice.dtype, X.dtype
         cast = [net.to(X.device, dtype) for net in nets]
         with matmul_backend(choice.used, X.device):

@@ -21,6 +21,7 @@ from marginbench.bench.execution.twin import twin_spec
 from marginbench.bench.experiment.spec import RunSpec, Sweep
 from marginbench.bench.performance.threads import Threads, choose_threads, using
 from marginbench.bench.registry.registries import MODELS
+from marginbench.models.kernels import step_gflop as kernel_step_gflop
 from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
 
@@ -83,8 +84,8 @@ def stops_at_cap(train: TrainSpec, n: int, d: int) -> bool:
 
 
 def step_gflop(run: RunSpec) -> float:
-    """GFLOPs of one full-batch training step of a two-layer net: the (n, d, width) products X W^T and A^T X."""
-    return 4e-9 * run.n * run.d * run.width
+    """GFLOPs of one full-batch training step of ``run``'s two-layer net (``models.kernels.step_gflop``)."""
+    return kernel_step_gflop(run.n, run.d, run.width)
 
 
 def run_threads(run: RunSpec, requested: int | None, seeds: int = 1) -> Threads:

@@ -46,6 +46,7 @@ from marginbench.bench.performance.timing import clocked, timed, timed_in_turn
 from marginbench.bench.performance.yardsticks import device_precisions, precision_gflops
 from marginbench.checking.verify import verify
 from marginbench.models.datasets import sphere
+from marginbench.models.kernels import step_gflop
 from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.reference import autograd_recipe, autograd_steps
 from marginbench.models.train import TrainSpec, normalized_schedule, train, train_batch
@@ -100,7 +101,7 @@ def step_records(device: torch.device, shape: tuple[int, int, int]) -> list[Reco
     data = sphere(d=d, n=n, seed=0).to(device)
     init = pytorch_default_init(d, width, generator=torch.Generator().manual_seed(0)).to(device)
     precisions = device_precisions(device)
-    flops = 4.0 * n * d * width
+    flops = 1e9 * step_gflop(n, d, width)
     X, y = data.X.float(), data.y.float()
     steps = [partial(train, init, X, y, arc_schedule(TrainSpec(), precision=p, target_loss=None, max_iters=TRAIN_STEPS)) for p in precisions]
     factors = {p: (torch.randn(n, d, device=device, dtype=matmul_dtype(p)), torch.randn(width, d, device=device, dtype=matmul_dtype(p))) for p in precisions}
@@ -180,6 +181,14 @@ def time_to_margin(device: torch.device, shape: tuple[int, int, int] = MARGIN_SH
     return records
 
 
+def _step_record(kernel: str, shape: str, seconds: float, flops: float, examples: int, rate: float, precision: str) -> Record:
+    """A training record: one step of ``seconds`` doing ``flops`` over ``examples`` points, against the matmul ``rate``."""
+    gflops = 1e-9 * flops / seconds
+    return Record(
+        kernel=kernel, shape=shape, seconds=seconds, gflops=gflops, fraction_of_matmul=gflops / rate, examples_per_s=examples / seconds, precision=precision
+    )
+
+
 def sequential_steps(nets: list[TwoLayerNet], X: torch.Tensor, y: torch.Tensor, spec: TrainSpec) -> None:
     """The S nets of a batch trained one after the other: X: (S, n, d), y: (S, n)."""
     for net, X_s, y_s in zip(nets, X, y, strict=True):
@@ -208,25 +217,13 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
                     kernel=f"matmul-{tag}", shape=shape, seconds=seconds, gflops=rate, fraction_of_matmul=1.0, examples_per_s=n / seconds, precision=precision
                 )
             )
-            flops = 4.0 * n * d * width  # per step: forward X W^T and backward A^T X
+            flops = 1e9 * step_gflop(n, d, width)  # per step: forward X W^T and backward A^T X
             spec = TrainSpec(max_iters=TRAIN_STEPS, target_loss=None, precision=precision if precision in ("bf16", "tf32") else None)
             kernels = [(f"train-step-{tag}", partial(train, net, X, y, spec))]
             if precision in ("float64", "float32"):  # the plain-PyTorch recipe in the dtypes it is written for
                 kernels.append((f"autograd-step-{tag}", partial(autograd_steps, net, X, y, TRAIN_STEPS)))
             for kernel, fn in kernels:
-                seconds = timed(fn, device) / TRAIN_STEPS
-                gflops = 1e-9 * flops / seconds
-                at_shape.append(
-                    Record(
-                        kernel=kernel,
-                        shape=shape,
-                        seconds=seconds,
-                        gflops=gflops,
-                        fraction_of_matmul=gflops / rate,
-                        examples_per_s=n / seconds,
-                        precision=precision,
-                    )
-                )
+                at_shape.append(_step_record(kernel, shape, timed(fn, device) / TRAIN_STEPS, flops, n, rate, precision))
             # SEEDS nets (one per seed, each on its own data) per step: batched, and one after the other.
             nets = [init.to(device, dtype)] + [
                 pytorch_default_init(d, width, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device) for seed in range(1, SEEDS)
@@ -238,18 +235,7 @@ def measure(*, device: torch.device, sizes: str = "small") -> list[Record]:
                 (f"train-sequential-{SEEDS}seeds-{tag}", partial(sequential_steps, nets, Xs, ys, spec)),
             ):
                 seconds = timed(fn, device) / TRAIN_STEPS  # one step of all SEEDS nets
-                gflops = 1e-9 * SEEDS * flops / seconds
-                at_shape.append(
-                    Record(
-                        kernel=kernel,
-                        shape=shape,
-                        seconds=seconds,
-                        gflops=gflops,
-                        fraction_of_matmul=gflops / rate,
-                        examples_per_s=SEEDS * n / seconds,
-                        precision=precision,
-                    )
-                )
+                at_shape.append(_step_record(kernel, shape, seconds, SEEDS * flops, SEEDS * n, rate, precision))
         records.extend(with_fractions(at_shape, rates))
         net, X, y = init.to(device), data.X, data.y
         records.append(attack_record("line-search (universal-z)", shape, UniversalZ(), net, X, y))
