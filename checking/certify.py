@@ -29,48 +29,72 @@ from marginbench.models.two_layer import TwoLayerNet
 
 BISECTION_STEPS = 20  # the radius to 2^-20 of the bracket
 ALPHA_STEPS = 10  # projected-gradient steps on alpha per radius (warm-started from the last radius)
+ASCENT_DTYPE = torch.float32  # the ascent only chooses alpha; every bound that decides a radius is in the net's dtype
 
 
-def relaxation_bound(net: TwoLayerNet, Z: Tensor, s: Tensor, r: Tensor, alpha: Tensor | None = None, steps: int = ALPHA_STEPS) -> tuple[Tensor, Tensor]:
+def _terms(W_norm: Tensor, Z: Tensor, a: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The relaxation at radii r: (n,) for preactivations Z: (n, width), coefficients a: (n, width) of relu(z_j)
+    in s N and row norms W_norm: (width,). Returns (fixed_slope (n, width), fixed_const (n,), free (n, width)):
+    s N(x + delta) >= sum_j (fixed_slope_j + free_j alpha_j) z_j(x + delta) + fixed_const for alpha in [0, 1]."""
+    reach = r[:, None] * W_norm[None, :]
+    lo, up = Z - reach, Z + reach
+    unstable = (lo < 0) & (up > 0)
+    chord = up / (up - lo).clamp_min(torch.finfo(Z.dtype).tiny)  # slope of the chord on [l_j, u_j]
+    upper_side = unstable & (a < 0)
+    # exact slopes of stable active neurons, chords for a_j < 0; a_j > 0 on unstable neurons is alpha's
+    fixed_slope = torch.where(lo >= 0, a, 0.0) + torch.where(upper_side, a * chord, 0.0)
+    fixed_const = torch.where(upper_side, -a * chord * lo, 0.0).sum(1)
+    return fixed_slope, fixed_const, torch.where(unstable & (a > 0), a, 0.0)
+
+
+def _bound(W: Tensor, Z: Tensor, r: Tensor, terms: tuple[Tensor, Tensor, Tensor], alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """C(alpha) - r ||g(alpha)|| per row, and the affine part's gradient g: (n, d)."""
+    fixed_slope, fixed_const, free = terms
+    slope = torch.addcmul(fixed_slope, free, alpha)  # (n, width): s N >= sum_j slope_j z_j + const
+    g = slope @ W  # (n, d)
+    return (slope * Z).sum(1) + fixed_const - r * g.norm(dim=1), g
+
+
+def _ascend(W: Tensor, Z: Tensor, a: Tensor, r: Tensor, alpha: Tensor, steps: int) -> Tensor:
+    """``steps`` of Adam (lr 0.1) on the bound over alpha in [0, 1], projected after each step, with the gradient
+    in closed form: d/d alpha_j [C - r ||g||] = free_j (z_j - r (g / ||g||) . w_j)."""
+    terms = _terms(W.norm(dim=1), Z, a, r)
+    free = terms[2]
+    free_z, free_r = free * Z, free * r[:, None]  # (n, width) each, fixed at this radius
+    alpha = alpha.to(Z.dtype).clone()
+    optimizer = torch.optim.Adam([alpha], lr=0.1, maximize=True, fused=True)
+    for _ in range(steps):
+        _, g = _bound(W, Z, r, terms, alpha)
+        direction = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)  # (n, d)
+        alpha.grad = torch.addcmul(free_z, free_r, direction @ W.T, value=-1.0)
+        optimizer.step()
+        alpha.clamp_(0.0, 1.0)
+    return alpha
+
+
+def relaxation_bound(
+    net: TwoLayerNet, Z: Tensor, s: Tensor, r: Tensor, alpha: Tensor | None = None, steps: int = ALPHA_STEPS, *, ascent: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """A lower bound on min_{||delta|| <= r_i} s_i N(x_i + delta) per row, and the slopes alpha that gave it.
 
     Args:
         Z: (n, width) the preactivations w_j . x_i + b_j of the points; s: (n,) signs to flip; r: (n,) radii.
         alpha: (n, width) starting slopes in [0, 1] (default: CROWN's choice, 1 where u_j > -l_j).
-        steps: ascent steps on alpha (Adam on the bound; each iterate is projected back to [0, 1]).
+        steps: ascent steps on alpha (Adam on the bound; each iterate is projected back to [0, 1]), taken in
+            ASCENT_DTYPE on ``ascent`` = (W, Z) in that dtype where given; the bound itself is in Z's dtype.
     Returns: (bound (n,), alpha (n, width)).
     """
-    reach = r[:, None] * net.W.norm(dim=1)[None, :]
-    lo, up = Z - reach, Z + reach
     a = s[:, None] * net.v[None, :]  # (n, width) coefficient of relu(z_j) in s N
-    active, unstable = lo >= 0, (lo < 0) & (up > 0)
-    chord = up / (up - lo).clamp_min(torch.finfo(Z.dtype).tiny)  # slope of the chord on [l_j, u_j]
-    upper_side = unstable & (a < 0)
-    lower_side = unstable & (a > 0)
-    # fixed parts: exact slopes of stable active neurons, chords for a_j < 0
-    fixed_slope = torch.where(active, a, 0.0) + torch.where(upper_side, a * chord, 0.0)
-    fixed_const = torch.where(upper_side, -a * chord * lo, 0.0)
+    W_norm = net.W.norm(dim=1)
     if alpha is None:
-        alpha = (up > -lo).to(Z.dtype)
-    alpha = alpha.detach().clone().requires_grad_(steps > 0)
-
-    def bound(alpha: Tensor) -> Tensor:
-        slope = fixed_slope + torch.where(lower_side, a * alpha, 0.0)  # (n, width): s N >= sum_j slope_j z_j + const
-        C = (slope * Z).sum(1) + fixed_const.sum(1)
-        g = slope @ net.W  # (n, d)
-        return C - r * g.norm(dim=1)
-
+        reach = r[:, None] * W_norm[None, :]
+        alpha = (Z + reach > -(Z - reach)).to(Z.dtype)  # u_j > -l_j
+    alpha = alpha.detach()
     if steps > 0:
-        with torch.enable_grad():
-            optimizer = torch.optim.Adam([alpha], lr=0.1)
-            for _ in range(steps):
-                optimizer.zero_grad()
-                (-bound(alpha).sum()).backward()
-                optimizer.step()
-                with torch.no_grad():
-                    alpha.clamp_(0.0, 1.0)
-    with torch.no_grad():
-        return bound(alpha), alpha.detach()
+        W_a, Z_a = ascent if ascent is not None else (net.W, Z)
+        alpha = _ascend(W_a, Z_a, a.to(Z_a.dtype), r.to(Z_a.dtype), alpha, steps).to(Z.dtype)
+    bound, _ = _bound(net.W, Z, r, _terms(W_norm, Z, a, r), alpha)
+    return bound, alpha
 
 
 def certified_radius(net: TwoLayerNet, X: Tensor, r_max: Tensor, *, steps: int = BISECTION_STEPS) -> Tensor:
@@ -90,7 +114,8 @@ def certified_radius(net: TwoLayerNet, X: Tensor, r_max: Tensor, *, steps: int =
     def slack(r: Tensor) -> Tensor:  # the rounding error of the bound's own terms, all below the net's at norm ||x|| + r
         return rounding_bound_within(net, norm + r)
 
-    ok_at_max, alpha = relaxation_bound(net, Z, s, hi)
+    ascent = (net.W.to(ASCENT_DTYPE), Z.to(ASCENT_DTYPE))
+    ok_at_max, alpha = relaxation_bound(net, Z, s, hi, ascent=ascent)
     certified_max = ok_at_max > slack(hi)
     lo = torch.where(certified_max, hi, lo)
     live = (s != 0) & ~certified_max & (N0.abs() > rounding_bound(net, X))
@@ -98,7 +123,7 @@ def certified_radius(net: TwoLayerNet, X: Tensor, r_max: Tensor, *, steps: int =
         if not bool(live.any()):
             break
         mid = 0.5 * (lo + hi)
-        value, alpha = relaxation_bound(net, Z, s, mid, alpha)
+        value, alpha = relaxation_bound(net, Z, s, mid, alpha, ascent=ascent)
         ok = value > slack(mid)
         lo = torch.where(live & ok, mid, lo)
         hi = torch.where(live & ~ok, mid, hi)

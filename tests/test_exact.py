@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import marginbench.attacks.exact as exact_module
+import marginbench.checking.certify as certify_module
 from conftest import random_net
 from marginbench.attacks.exact import STRICT, Exact
 from marginbench.attacks.rays import flip_intervals, smallest_verified
@@ -138,6 +139,20 @@ def test_relaxation_certifies_theorem_31s_radius(d: int, seed: int) -> None:
     net, c = robust_construction(data.X, data.y)
     r = certified_radius(net, data.X, torch.full((d,), SEARCH_RADIUS * math.sqrt(d), dtype=torch.float64))
     assert torch.all(r >= construction_radius(c, d))
+
+
+def test_the_relaxations_float32_ascent_finds_the_float64_ascents_radii() -> None:
+    """The ascent on the slopes runs in ASCENT_DTYPE (float32) and only chooses them; every bound that decides a
+    radius is float64. Against the same ascent in float64 the radii agree to the bisection's resolution."""
+    net = random_net(24, 96, 5, bias_scale=0.3)
+    X = torch.randn(40, 24, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    top = torch.full((40,), SEARCH_RADIUS * math.sqrt(24), dtype=torch.float64)
+    fast = certified_radius(net, X, top)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(certify_module, "ASCENT_DTYPE", torch.float64)
+        slow = certified_radius(net, X, top)
+    assert bool((fast > 0).all())
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0.0)
 
 
 def test_exact_proves_every_example_of_the_construction_and_region_walk_matches_it() -> None:
