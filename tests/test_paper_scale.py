@@ -16,7 +16,7 @@ import marginbench.bench.execution.twin as twin_module
 import marginbench.models.precision as precision_module
 from conftest import SWEEP, assert_same_tables, read_json, run_cli
 from marginbench.bench.errors import SpecError
-from marginbench.bench.execution.estimate import ARC_STEPS_AT_R1, steps_estimate
+from marginbench.bench.execution.estimate import ARC_STEPS_AT_R1, lower_bound_seconds, step_efficiency, steps_estimate
 from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.execution.twin import TWIN_TOLERANCE, relative_difference, twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec
@@ -194,11 +194,23 @@ def test_steps_estimate_follows_the_measured_rule() -> None:
     assert steps_estimate(TrainSpec(), 100, 100) > 50_000  # the paper's schedule
 
 
+def test_the_estimate_counts_the_lower_bounds_and_bf16s_elementwise_share() -> None:
+    """The estimate's two measured rules: the certified lower bounds of paper-fig1b's largest full-scale run took
+    46 s at 2 threads of the rates 330 (float32) and 150 (float64) GFLOP/s; bf16 steps reach at most 0.3 of
+    their matmul rate (the elementwise passes), float32 steps all of theirs."""
+    (largest,) = ExperimentSpec(family="kkt", d=1000, alpha=1.0, width=8000, models=("vanilla",)).runs()
+    assert lower_bound_seconds(largest, 330.0, 150.0) == pytest.approx(46, rel=0.5)
+    (small,) = ExperimentSpec(family="kkt", d=100, alpha=1.0, width=1000, models=("vanilla",)).runs()
+    assert lower_bound_seconds(small, 330.0, 150.0) < lower_bound_seconds(largest, 330.0, 150.0) / 50
+    assert step_efficiency(32.0, "bf16") == 0.3 and step_efficiency(32.0, "float32") == 1.0
+    assert step_efficiency(1.0, "bf16") < step_efficiency(32.0, "bf16")
+
+
 def test_a_sweep_says_its_size_first_and_shows_one_progress_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["run", *SWEEP[:-1], "--progress", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     first = err.lstrip().splitlines()[0]
-    assert first.startswith("sweep: 6 runs, 3 trainings, ~") and re.search(r"GFLOP/s float64, \d+ threads?; attacks not counted", first)
+    assert first.startswith("sweep: 6 runs, 3 trainings, ~") and re.search(r"GFLOP/s float64, \d+ threads?; lower bounds included, attacks not counted", first)
     assert "of the estimated work" in err and "6/6 runs" in err and "ETA" in err
 
 

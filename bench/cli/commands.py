@@ -168,7 +168,7 @@ def listing(args: argparse.Namespace) -> int:
         for line in preset_sizes(PRESETS.get(name), rates):
             print(f"    {line}")
     if rates:
-        print(f"preset times: the training time `marginbench run` estimates before a sweep (attacks not counted), from this machine's matmul rate, "
+        print(f"preset times: what `marginbench run` estimates before a sweep (training and lower bounds, not attacks), from this machine's matmul rates, "
               f"measured once: {rates_text(rates)}")  # fmt: skip
     return 0
 
@@ -179,7 +179,7 @@ def _count(number: int, noun: str) -> str:
 
 def preset_sizes(preset: Preset, rates: dict[str, float]) -> list[str]:
     """Per scale of ``preset`` (one line where its sweep is the same at every scale): its runs, trainings and
-    estimated training time (the sweep's own estimate, ``sweep_cost``); ``rates`` collects the rates behind them."""
+    estimated time (the sweep's own estimate, ``sweep_cost``); ``rates`` collects the rates behind them."""
     from marginbench.bench.execution.estimate import sweep_cost
     from marginbench.bench.execution.runner import one_line
 

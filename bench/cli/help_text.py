@@ -252,8 +252,8 @@ package's entry point in the group marginbench.attacks or marginbench.models), o
 / "plugin module NAME, PATH (sha256 ...)" (--plugin). A plugin that fails to import is one warning line and the
 rest goes on; a name registered twice is shown with both sources and is an error only when it is asked for.
 Each preset is listed with its size at each --scale (runs, trainings; one line where the scale changes nothing)
-and the training time `marginbench run` would estimate for it on this machine (attacks not counted), from the
-matmul rate measured once; the last line says which rates.
+and the time `marginbench run` would estimate for it on this machine (training and certified lower bounds;
+attacks not counted), from the matmul rates measured once; the last line says which rates.
 """
 
 ATTACK_EPILOG = """\

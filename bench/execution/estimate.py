@@ -1,5 +1,6 @@
-"""What a sweep will cost, said before it starts (trainings, FLOPs of training, minutes at this machine's
-rate), and how far it has come while it runs (``SweepProgress``: one line with an ETA).
+"""What a sweep will cost, said before it starts (trainings, FLOPs of training, minutes of training and of the
+certified lower bounds at this machine's rates), and how far it has come while it runs (``SweepProgress``:
+one line with an ETA).
 
 A training step of a width-m net on n examples in R^d costs about 4 n d m FLOPs (the forward product X W^T
 and the backward A^T X, both (n, d, m)). The number of steps is a measured rule per schedule (below), so the
@@ -21,6 +22,7 @@ from marginbench.bench.execution.twin import twin_spec
 from marginbench.bench.experiment.spec import RunSpec, Sweep
 from marginbench.bench.performance.threads import Threads, choose_threads, using
 from marginbench.bench.registry.registries import MODELS
+from marginbench.checking.certify import ALPHA_STEPS, BISECTION_STEPS
 from marginbench.models.kernels import step_gflop as kernel_step_gflop
 from marginbench.models.precision import Used, choose_precision, matmul_backend, matmul_dtype
 from marginbench.models.train_spec import ARC_LATE_STEP, ARC_STEP, NORMALIZED_LR, TrainSpec, paper_steps
@@ -44,12 +46,33 @@ STEP_SECONDS_FLOOR = 1e-4
 # A model that does not follow the recipe gives its own steps and step cost on its entry (bench/registry/registries.py).
 
 
-def step_efficiency(step_gflop: float) -> float:
-    """A training step's share of the matmul yardstick, by its size in GFLOP (4 n d width): small steps are
-    dominated by elementwise work and overheads. Measured on the medium paper-fig1a sweep (float32, width
-    1000, against 69 GFLOP/s): 0.08 at 0.004 GFLOP, 0.28 at 0.016, 0.5 at 0.1, 0.61 at 0.4, 0.73 at 0.36,
-    0.89 at 2.3, 1.05 at 6.2; ~0.5 (step / 0.1)^(1/4), at most 1."""
+def step_efficiency(step_gflop: float, precision: Used = "float32") -> float:
+    """A training step's share of the matmul yardstick in its precision, by its size in GFLOP (4 n d width):
+    small steps are dominated by elementwise work and overheads.
+
+    float32 (and float64), measured on the medium paper-fig1a sweep (width 1000, against 69 GFLOP/s): 0.08 at
+    0.004 GFLOP, 0.28 at 0.016, 0.5 at 0.1, 0.61 at 0.4, 0.73 at 0.36, 0.89 at 2.3, 1.05 at 6.2; ~0.5 (step /
+    0.1)^(1/4), at most 1. bf16 (and tf32), whose products are 5-10x faster while the elementwise passes over
+    the (n x width) matrices are not, measured on the full paper-fig1b sweep (seed 0, 2 threads, against 1618
+    GFLOP/s; Xeon family 6 model 167 with AMX): 0.07 at 0.1 GFLOP, 0.16 at 1, 0.2-0.38 at 4, 0.27 at 32;
+    ~0.3 (step / 10)^(1/4), at most 0.3."""
+    if precision in ("bf16", "tf32"):
+        return min(0.3, 0.3 * (step_gflop / 10) ** 0.25)
     return min(1.0, 0.5 * (step_gflop / 0.1) ** 0.25)
+
+
+# The lower bounds every two-layer run certifies (checking/certify.py: BISECTION_STEPS + 1 radii, each with
+# ALPHA_STEPS float32 ascent steps of two (n x width x d) products and one float64 bound): their products, and
+# elementwise passes over the (n x width) matrices worth LOWER_BOUND_ELEMENT_FLOPS float32 FLOPs per example,
+# neuron and radius (measured: n = 1000, width 8000, d = 1000 took 46 s on 2 threads, ~half of it elementwise).
+LOWER_BOUND_ELEMENT_FLOPS = 45_000
+
+
+def lower_bound_seconds(run: RunSpec, float32_rate: float, float64_rate: float) -> float:
+    """Rough seconds of the certified lower bounds of ``run`` (a two-layer net's) at the given matmul rates (GFLOP/s)."""
+    cells = (BISECTION_STEPS + 1) * (run.n_eval or run.n) * run.width  # (example, neuron) pairs, over the radii
+    float32_gflop = cells * (4 * ALPHA_STEPS * run.d + LOWER_BOUND_ELEMENT_FLOPS) * 1e-9
+    return float32_gflop / float32_rate + cells * 2 * run.d * 1e-9 / float64_rate
 
 
 def steps_estimate(train: TrainSpec, n: int, d: int) -> int:
@@ -121,18 +144,18 @@ def machine_gflops(device: str, precision: Used, threads: int) -> float:
 
 @dataclass(frozen=True)
 class SweepCost:
-    """A sweep's size and its estimated training time."""
+    """A sweep's size and its estimated time (training and certified lower bounds; attacks are not counted)."""
 
     runs: int
     trainings: int
     gflop: float
     minutes: float
-    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per training dtype and thread count of the sweep ("float64, 1 thread")
+    rates: dict[str, float]  # GFLOP/s of the matmul yardstick, per dtype and thread count the sweep uses ("float64, 1 thread")
     capped: dict[int, int] = field(default_factory=dict)  # iteration cap -> trainings estimated to stop there
 
 
     def when(self) -> str:
-        """The estimated training time: ``under a minute`` or ``~N min``."""
+        """The estimated time of training and lower bounds: ``under a minute`` or ``~N min``."""
         return "under a minute" if self.minutes < 1 else f"~{self.minutes:.0f} min"
 
     def line(self) -> str:
@@ -140,7 +163,7 @@ class SweepCost:
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
         line = (
             f"sweep: {self.runs} runs, {self.trainings} trainings, ~{work} of training: {self.when()} estimated from "
-            f"this machine's matmul rate ({rates_text(self.rates)}; attacks not counted)"
+            f"this machine's matmul rate ({rates_text(self.rates)}; lower bounds included, attacks not counted)"
         )
         for cap, count in sorted(self.capped.items()):
             line += f"; {count} training{'s' if count > 1 else ''} will stop at the iteration cap of {cap:,} before the target (max_iters)"
@@ -160,13 +183,16 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     trained = [entry.trained for entry in entries]
     per_run = [run_gflop(run, t) for run, t in zip(runs, trained, strict=True)]
     kinds = [(choose_precision(run.train.precision or "float64", run.device, step_gflop(run)).used, run_threads(run, threads).count) for run in runs]
-    rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(set(kinds))}
+    bounded = [(run, count) for run, entry, (_, count) in zip(runs, entries, kinds, strict=True) if entry.closed_form]  # certified lower bounds
+    rate_kinds = set(kinds) | {(dtype, count) for _, count in bounded for dtype in ("float32", "float64")}
+    rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(rate_kinds)}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
     seconds = sum(
-        max(gflop / (step_efficiency(step) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR)
+        max(gflop / (step_efficiency(step, kind[0]) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR)
         for gflop, step, kind in zip(per_run, steps, kinds, strict=True)
         if gflop > 0
     )
+    seconds += sum(lower_bound_seconds(run, rates["float32", count], rates["float64", count]) for run, count in bounded)
     trainings = sum((1 + (run.twin is not None)) * t for run, t in zip(runs, trained, strict=True))
     capped: dict[int, int] = {}
     for run, entry in zip(runs, entries, strict=True):  # the models whose steps follow the recipe's rule
