@@ -28,7 +28,7 @@ RUN_EPILOG = f"""\
 examples:
   marginbench run --out runs/default
       the default preset: d=64, n=d, width 256, seed 0; vanilla and robust-construction; 11 attacks, every
-      attack below but exact and the subspace ones (subspace-z, pgd-off, pgd-on) (~1.5 min on 2 CPU cores)
+      attack below but exact and the subspace ones (subspace-z, pgd-off, pgd-on)
   marginbench run --preset smoke --out runs/smoke
   marginbench run --d 100 --alpha 0.5 --width 1000 --models vanilla --seeds 0,1,2 --out runs/d100
   marginbench run --resume runs/d100
@@ -44,7 +44,7 @@ examples:
   marginbench run --family subspace --d 128 --ell 112 --width 64 --out runs/subspace
   marginbench run --preset paper-fig1a --scale small --out runs/fig1a
   marginbench run --preset paper-fig1b --scale medium --out runs/fig1b
-      the paper's width and d = 100...300 on a CPU: arc schedule in float32 (~9 min on 2 cores)
+      the paper's width and d = 100...300 on a CPU: arc schedule in precision auto
   marginbench run --preset paper-twin --scale medium --out runs/twin
       the arc schedule certified: every net trained again with the paper's schedule (--twin paper)
   marginbench run --preset paper-fig1a --scale full --device cuda --executor ray --gpus-per-run 0.25 --out runs/full
@@ -113,7 +113,7 @@ attacks:
   fb-boundary          Foolbox Boundary attack ({FbBoundary.steps} steps), decision-based, started at the nearest
                        other-side point
   fb-brendel-bethge    Foolbox L2 Brendel-Bethge ({FbBrendelBethge.steps} steps) from the nearest other-side point; needs numba
-                       (pip install 'marginbench[foolbox]'; its first call compiles for ~1 min); without it
+                       (pip install 'marginbench[foolbox]'; its first call compiles with numba); without it
                        it is recorded as unavailable and the run goes on
   Foolbox attacks use the box [min X - {_BOX:g} sqrt(d), max X + {_BOX:g} sqrt(d)], so no answer of norm <= {_BOX:g} sqrt(d)
   is clipped. Every attack's wall time and forward/backward passes per example are in summary.csv.

@@ -49,9 +49,10 @@ def add_run_command(sub: Any) -> None:
         help="with --resume: keep the runs that failed as they are (default: run them again, saying which and why)",
     )
     run.add_argument("--preset", choices=PRESETS.names(), help=f"named experiment to start from (default: {DEFAULT_PRESET})")
-    run.add_argument("--scale", choices=SCALES, help="papers' presets: small runs on a CPU in minutes (d <= 64); medium is the paper's width at d = 100...300, "
-        f"arc schedule in precision auto, sized for one CPU; full is the paper's grid (d up to 1000) on that recipe: hours on a CPU with bf16 "
-        f"units, or a GPU (default: {DEFAULT_SCALE})")
+    run.add_argument("--scale", choices=SCALES, help="papers' presets: small is small d and widths (Vardi et al.: d = 16...64; Melamed et al.: R^196 and the "
+        f"digits); medium is the papers' width at d = 100...300 (Melamed et al.: their d = 784), arc schedule in precision auto, sized for one CPU; "
+        f"full is the papers' grid (d up to 1000) on that recipe, for a CPU with bf16 units or a GPU; `marginbench list` estimates each "
+        f"(default: {DEFAULT_SCALE})")
     grid = run.add_argument_group("experiment (override the preset)")
     grid.add_argument("--family", choices=FAMILIES, help="experiment family: kkt = Vardi et al. 2022, subspace = Melamed et al. 2023")
     grid.add_argument("--dataset", choices=DATASETS.names(), help="dataset name")

@@ -1,10 +1,11 @@
 """Named experiments: ``marginbench run --preset NAME [--scale small|medium|full]``.
 
 A preset is a sweep, a tuple of ExperimentSpecs written into one result directory. The papers' presets come
-in three scales: ``small`` runs on 2 CPU cores in minutes (d <= 64); ``medium`` is the papers' own width and
-d = 100 ... 300, trained with the arc schedule in precision auto (certified against the paper's schedule by
-``--twin paper``), sized for one CPU; ``full`` is the paper's grid (d up to 1000) on the same recipe: hours on
-one CPU with bf16 matrix units, or a GPU (``--device cuda``).
+in three scales: ``small`` is small d and widths (Vardi et al.: d = 16 ... 64; Melamed et al.: a sphere in
+R^196 and the digits); ``medium`` is the papers' own width and d = 100 ... 300 (Melamed et al.: their d = 784),
+trained with the arc schedule in precision auto (certified against the paper's schedule by ``--twin paper``),
+sized for one CPU; ``full`` is the paper's grid (d up to 1000) on the same recipe, for one CPU with bf16 matrix
+units or a GPU (``--device cuda``). ``marginbench list`` prints each one's size and estimated time.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def preset(name: str, *, figures: bool = False) -> Callable[[Callable[[Scale], S
 
 @preset(DEFAULT_PRESET)
 def default(scale: Scale) -> Sweep:
-    """Every kkt model x attack on d = 64, n = d, width 256, seed 0: about a minute and a half on 2 CPU cores."""
+    """Every kkt model x attack on d = 64, n = d, width 256, seed 0 (`marginbench run` with no options)."""
     return (ExperimentSpec(family="kkt", d=64, alpha=1.0, width=256, seeds=(0,)),)
 
 
@@ -213,7 +214,7 @@ def melamed_small(scale: Scale) -> Sweep:
 
 @preset("baseline")
 def baseline(scale: Scale) -> Sweep:
-    """The regression run behind results/baseline.json (a few seconds): d = 8, n = d, width 16, seeds 0 and 1.
+    """The regression run behind results/baseline.json: d = 8, n = d, width 16, seeds 0 and 1, the native attacks.
 
     A faster schedule than the paper's (lr 1e-2, x1.2 every 10 iterations) still trains to loss < 1e-30.
     """
@@ -229,7 +230,7 @@ ZOO_EXACT_SECONDS = 2.0  # exact's time limit per example in the zoo: a certifie
 
 @preset("zoo")
 def zoo(scale: Scale) -> Sweep:
-    """The model zoo behind results/zoo: frozen nets of both families with every built-in attack (about 10 min).
+    """The model zoo behind results/zoo: frozen nets of both families with every built-in attack.
 
     The default preset's kkt nets (d = 64, vanilla and robust-construction), the digits (vanilla, small-init)
     and a d = 784 subspace net (ell = 756) at init scales 1 and 1/4; each attacked by its family's default
