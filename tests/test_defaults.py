@@ -1,5 +1,5 @@
 """Every default is written once: the command line's options reach the spec fields by the parser's own groups,
-and the README's numbers are those of the code."""
+and the numbers of the README and docs/ are those of the code."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.bench.performance.threads import ONE_THREAD_BELOW_GFLOP
 from marginbench.models.train_spec import ARC_LATE_BELOW, ARC_LATE_STEP, ARC_STEP, CHECK_EVERY, MAX_ITERS, NORMALIZED_LR, STALL_ITERS, TrainSpec
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = "\n".join(page.read_text() for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))))
 NOT_OPTIONS = {"train"}  # ExperimentSpec: the training group's options set its TrainSpec
 TRAIN_NOT_OPTIONS = {"layers", "l2", "late_below"}  # TrainSpec: the recipes' (layers, l2) and a constant (ARC_LATE_BELOW)
 
