@@ -99,6 +99,6 @@ def test_the_examples_of_a_page_run_and_print_what_it_shows(page: Path, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("page", SLOW, ids=_ids(SLOW))
 def test_the_slow_examples_of_a_page_run_and_print_what_it_shows(page: Path, tmp_path: Path) -> None:
-    """README.md: the default run's table (about a minute and a half), and its check against
-    results/default-baseline.json."""
+    """README.md: the default run's table and its check against results/default-baseline.json; docs/sweeps.md:
+    the process pool."""
     _check_page(page, tmp_path, slow=True)
