@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from marginbench.bench.cli import main
 from marginbench.bench.results.manifest import save_manifest
@@ -182,3 +183,23 @@ def degenerate_result_dir(root: Path) -> Path:
                    "n_attacked": 4, "median_norm": norm, "clean_accuracy_train": accuracy, "clean_accuracy_attacked": accuracy,
                    "run_status": "ok"})  # fmt: skip
     return write_result_dir(root, pd.DataFrame(ex), pd.DataFrame(su), preset="default", specs=[])
+
+
+def layout_problems(fig: Figure) -> list[str]:
+    """What a reader would stumble on in the drawn ``fig``: a legend over an axes' data area, a title or a
+    legend cut by the canvas's edge, two titles on top of each other (empty when none)."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg's canvas has one
+    fig.draw(renderer)
+    canvas = fig.bbox.padded(0.5)  # half a pixel: rounding
+    axes = list(fig.axes)
+    legends = [*fig.legends, *(legend for ax in axes if (legend := ax.get_legend()) is not None)]
+    titles = [t for t in (fig._suptitle, *(ax.title for ax in axes)) if t is not None and t.get_text()]  # the suptitle's getter gives its text only
+    problems = []
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        problems += [f"a legend lies over the data of {ax.get_title()!r}" for ax in axes if box.overlaps(ax.get_window_extent(renderer))]
+        problems += [] if canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1) else ["a legend runs off the canvas"]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in titles]
+    problems += [f"title {text!r} runs off the canvas" for text, box in boxes if not (canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1))]
+    problems += [f"titles {a!r} and {b!r} overlap" for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
+    return problems
