@@ -79,13 +79,14 @@ def panel_letter(index: int) -> str:
     return f"({string.ascii_lowercase[index % 26]})"
 
 
-def seeds_note(runs: Iterable[int]) -> str:
-    """What a panel's error bars are, from the number of runs (seeds) behind each of its points."""
+def seeds_note(runs: Iterable[int], *, unit: str = "seeds") -> str:
+    """What a panel's error bars are, from the number of runs behind each of its points (``unit``: what they
+    are, "seeds", or "runs" where a point pools runs of more than its seeds)."""
     counts = sorted(set(runs))
     if not counts or counts[-1] < 2:
-        return "one seed: no error bars"
+        return f"one {unit.removesuffix('s')}: no error bars"
     if counts[0] == counts[-1]:
-        return f"mean ± std over {counts[-1]} seeds"
+        return f"mean ± std over {counts[-1]} {unit}"
     if counts[0] >= 2:
-        return f"mean ± std over {counts[0]} to {counts[-1]} seeds"
-    return f"mean ± std over up to {counts[-1]} seeds, no bar where one"
+        return f"mean ± std over {counts[0]} to {counts[-1]} {unit}"
+    return f"mean ± std over up to {counts[-1]} {unit}, no bar where one"

@@ -50,9 +50,17 @@ class Figures:
 
 
 def _mean_std(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Per x: mean and standard deviation of y (NaN for one seed: nothing to compute it from), and the runs."""
-    grouped = frame.groupby(x)[y]
-    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "runs": grouped.size()}).reset_index()
+    """Per x: mean and standard deviation of y (NaN for one run: nothing to compute it from), the runs, and
+    their seeds (fewer where a point pools runs of several widths, models or directories)."""
+    grouped = frame.groupby(x)
+    stats = {"mean": grouped[y].mean(), "std": grouped[y].std(ddof=1), "runs": grouped.size(), "seeds": grouped["seed"].nunique()}
+    return pd.DataFrame(stats).reset_index()
+
+
+def _note(stats: list[pd.DataFrame]) -> str:
+    """seeds_note of the points in ``stats``: in seeds where each point's runs are its seeds, else in runs."""
+    every = pd.concat(stats)
+    return seeds_note(every["runs"], unit="seeds" if (every["runs"] == every["seeds"]).all() else "runs")
 
 
 def _errorbar(ax: Axes, stats: pd.DataFrame, x: str, style: Style, label: str, *, size: float = 7.0) -> None:
@@ -62,15 +70,14 @@ def _errorbar(ax: Axes, stats: pd.DataFrame, x: str, style: Style, label: str, *
                 capsize=3, label=label)  # fmt: skip
 
 
-def _series(ax: Axes, frame: pd.DataFrame, *, by: str, x: str, y: str, label: str) -> list[int]:
-    """A line per value of ``by`` (each its own colour and marker); the runs behind each point."""
+def _series(ax: Axes, frame: pd.DataFrame, *, by: str, x: str, y: str, label: str) -> list[pd.DataFrame]:
+    """A line per value of ``by`` (each its own colour and marker); each line's _mean_std."""
     groups = list(frame.groupby(by, sort=True))
-    runs = []
+    drawn = []
     for i, ((value, group), style) in enumerate(zip(groups, series_styles(len(groups)), strict=True)):
-        stats = _mean_std(group, x, y)
-        _errorbar(ax, stats, x, style, label.format(value), size=max(11.0 - 1.5 * i, 5.0))  # nested where series meet
-        runs += stats["runs"].tolist()
-    return runs
+        drawn.append(_mean_std(group, x, y))
+        _errorbar(ax, drawn[-1], x, style, label.format(value), size=max(11.0 - 1.5 * i, 5.0))  # nested where series meet
+    return drawn
 
 
 def _new(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
@@ -81,9 +88,9 @@ def _new(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _finish(fig: Figure, ax: Axes, runs: list[int]) -> Figure:
+def _finish(fig: Figure, ax: Axes, drawn: list[pd.DataFrame]) -> Figure:
     """Say what the error bars are under the title, and put the legend right of the axes, off the data."""
-    ax.set_title(f"{ax.get_title()}\n({seeds_note(runs)})")
+    ax.set_title(f"{ax.get_title()}\n({_note(drawn)})")
     fig.legend(loc="outside right upper", fontsize=9)
     return fig
 
@@ -111,8 +118,8 @@ def _fig1a(summary: pd.DataFrame) -> Figure | str:
         return f"needs universal-z on trained kkt nets at two or more d; found d in {sorted(rows['d'].unique().tolist())}"
     fig, ax = _new("Vardi et al. Fig. 1a: common perturbation vs d", "input dimension d", "minimal common c (flips all of I)")
     _sqrt_d(ax, rows)
-    runs = _series(ax, rows.assign(series=rows["alpha"].map(_alpha_label)), by="series", x="d", y="common_c", label="{}")
-    return _finish(fig, ax, runs)
+    drawn = _series(ax, rows.assign(series=rows["alpha"].map(_alpha_label)), by="series", x="d", y="common_c", label="{}")
+    return _finish(fig, ax, drawn)
 
 
 def _fig1b(summary: pd.DataFrame) -> Figure | str:
@@ -124,8 +131,8 @@ def _fig1b(summary: pd.DataFrame) -> Figure | str:
         return f"needs universal-z on trained kkt nets with n = d at two or more widths; found widths {sorted(rows['width'].unique().tolist())}"
     fig, ax = _new("Vardi et al. Fig. 1b: common perturbation, n = d, per width", "input dimension d", "minimal common c (flips all of I)")
     _sqrt_d(ax, rows)
-    runs = _series(ax, rows, by="width", x="d", y="common_c", label="width {}")
-    return _finish(fig, ax, runs)
+    drawn = _series(ax, rows, by="width", x="d", y="common_c", label="width {}")
+    return _finish(fig, ax, drawn)
 
 
 def _margin_runs(summary: pd.DataFrame) -> pd.DataFrame | str:
@@ -143,9 +150,9 @@ def _margin_figure(summary: pd.DataFrame, *, y: str, title: str, ylabel: str, to
     if isinstance(rows, str):
         return rows
     fig, ax = _new(title, "input dimension d", ylabel)
-    runs = _series(ax, rows, by="series", x="d", y=y, label="{}")
+    drawn = _series(ax, rows, by="series", x="d", y=y, label="{}")
     ax.set_ylim(-0.03 * (top or ax.get_ylim()[1]), top)  # from 0, with room for the markers there
-    return _finish(fig, ax, runs)
+    return _finish(fig, ax, drawn)
 
 
 def _fig2a(summary: pd.DataFrame) -> Figure | str:
@@ -189,15 +196,14 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     for i, (model, dataset) in enumerate(swept):
         ax = fig.add_subplot(lines, columns, i + 1)
         panel = rows[(rows["model"] == model) & (rows["dataset"] == dataset)]
-        runs = []
+        drawn = []
         for j, attack in enumerate(PROJECTED):
             part = panel[panel["attack"] == attack]
-            stats = _mean_std(part[np.isfinite(part["median_norm"])], "divisor", "median_norm")
-            _errorbar(ax, stats, "divisor", styles[attack], attack, size=11.0 - 3.0 * j)  # nested: pgd's marker inside pgd-on's where they agree
-            runs += stats["runs"].tolist()
+            drawn.append(_mean_std(part[np.isfinite(part["median_norm"])], "divisor", "median_norm"))
+            _errorbar(ax, drawn[-1], "divisor", styles[attack], attack, size=11.0 - 3.0 * j)  # nested: pgd's marker inside pgd-on's where they agree
             note = _inf_note(part)
             infinite[attack] += [f"{panel_letter(i)} at {note}"] if note else []
-        ax.set_title(f"{panel_letter(i)} {model} net, {dataset} data\n({seeds_note(runs)})", fontsize=10)
+        ax.set_title(f"{panel_letter(i)} {model} net, {dataset} data\n({_note(drawn)})", fontsize=10)
         norms = panel["median_norm"][np.isfinite(panel["median_norm"])]
         wide = norms.max() > WIDE * norms.min()  # pgd's ~2 and pgd-off's ~100: a log y-axis keeps both readable
         ax.set(xlabel="first-layer init divided by", ylabel="median verified L2 norm" + (" (log scale)" if wide else ""), yscale="log" if wide else "linear")
