@@ -240,20 +240,21 @@ def figure_summary() -> pd.DataFrame:
 
 
 def layout_problems(fig: Figure) -> list[str]:
-    """What a reader would stumble on in the drawn ``fig``: a legend over an axes' data area, a title or a
-    legend cut by the canvas's edge, two titles on top of each other (empty when none)."""
+    """What a reader would stumble on in the drawn ``fig``: a legend over an axes' data area, a legend, title
+    or axis label cut by the canvas's edge, two of them on top of each other (empty when none)."""
     renderer = FigureCanvasAgg(fig).get_renderer()  # the canvas savefig draws on
     fig.draw(renderer)
     canvas = fig.bbox.padded(0.5)  # half a pixel: rounding
     axes = list(fig.axes)
     legends = [*fig.legends, *(legend for ax in axes if (legend := ax.get_legend()) is not None)]
-    titles = [t for t in (fig._suptitle, *(ax.title for ax in axes)) if t is not None and t.get_text()]  # the suptitle's getter gives its text only
+    labels = [label for ax in axes for label in (ax.title, ax.xaxis.label, ax.yaxis.label)]  # a colour bar is one of the axes
+    texts = [t for t in (fig._suptitle, *labels) if t is not None and t.get_text()]  # the suptitle's getter gives its text only
     problems = []
     for legend in legends:
         box = legend.get_window_extent(renderer)
         problems += [f"a legend lies over the data of {ax.get_title()!r}" for ax in axes if box.overlaps(ax.get_window_extent(renderer))]
         problems += [] if canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1) else ["a legend runs off the canvas"]
-    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in titles]
-    problems += [f"title {text!r} runs off the canvas" for text, box in boxes if not (canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1))]
-    problems += [f"titles {a!r} and {b!r} overlap" for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    problems += [f"{text!r} runs off the canvas" for text, box in boxes if not (canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1))]
+    problems += [f"{a!r} and {b!r} overlap" for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
     return problems

@@ -136,8 +136,9 @@ def test_the_leaderboard_draws_a_spread_only_from_two_runs_and_optimality_per_mo
 @pytest.mark.parametrize("exact", [False, True], ids=["plain", "exact"])
 def test_the_leaderboard_figures_keep_legends_off_the_data_and_titles_on_the_canvas(tmp_path: Path, exact: bool) -> None:
     figures = build_leaderboard_figures(read_results([known_result_dir(tmp_path / "r", exact=exact)])).drawn
-    single = _curves(_curves_dir(tmp_path / "one", {"near": {**NEAR, "c": [INF] * 4}}))
-    for name, fig in [*figures.items(), ("one panel", single)]:
+    single = build_leaderboard_figures(read_results([_curves_dir(tmp_path / "one", {"near": {**NEAR, "c": [INF] * 4}})])).drawn
+    lone = build_leaderboard_figures(read_results([_curves_dir(tmp_path / "lone", {"near": NEAR})])).drawn["leaderboard"]  # one attack: one row
+    for name, fig in [*figures.items(), *(("single " + k, f) for k, f in single.items()), ("one attack", lone)]:
         assert layout_problems(fig) == [], name
 
 
@@ -199,6 +200,16 @@ def test_fig4_says_per_panel_what_its_bars_are_and_keeps_pgd_on_visible_under_pg
     sizes = [line.get_markersize() for line in lines]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3  # nested hollow markers: the one drawn first is largest
     assert all(line.get_markerfacecolor() == "none" for line in lines)
+
+
+def test_fig4s_panels_share_one_y_scale() -> None:
+    summary = figure_summary()
+    narrow = summary[summary["family"] == "subspace"].assign(dataset="digits", source="z")
+    narrow["median_norm"] = 2.0 + 0.1 * narrow["init_scale"]  # alone, 2.1 .. 3.6: a linear axis would do
+    fig = build_figures(pd.concat([summary, narrow], ignore_index=True)).drawn["fig4_norm_vs_init_scale"]
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "log"]  # the subspace panel's pgd-off spans 0.25 .. 4.9
+    alone = build_figures(pd.concat([summary[summary["family"] == "kkt"], narrow], ignore_index=True)).drawn["fig4_norm_vs_init_scale"]
+    assert [ax.get_yscale() for ax in alone.axes] == ["linear"]
 
 
 NOTES = [

@@ -67,7 +67,7 @@ def _grid(fig: Figure, ax: Axes, models: pd.DataFrame, attacks: pd.DataFrame, pe
     ax.set_yticks(range(len(order)), [f"{rank}. {a}" for rank, a in zip(attacks["rank"], order, strict=True)], fontsize=8)
     ax.tick_params(length=0)
     ax.set(title="Attacks, most optimal first: optimality per model setting", xlabel="all: over every run (the attack table); #k: the setting ranked k above")
-    fig.colorbar(image, ax=ax, label="optimality (1 = the best)", fraction=0.04, pad=0.02)
+    fig.colorbar(image, ax=ax, label="optimality", fraction=0.04, pad=0.02)
 
 
 def _leaderboard_figure(results: Results) -> Figure | str:
@@ -78,8 +78,9 @@ def _leaderboard_figure(results: Results) -> Figure | str:
     except SpecError as err:
         return str(err)
     # stacked, each panel as tall as its rows, so that every bar and every cell has the same height
-    fig = Figure(figsize=(11.0, 2.6 + 0.32 * (len(models) + len(attacks))), layout="constrained")
-    top, bottom = fig.subplots(2, 1, height_ratios=(len(models) + 1.5, len(attacks) + 2.0))
+    cells = max(len(attacks), 2)  # the grid's rows, at least as tall as the colour bar's label
+    fig = Figure(figsize=(11.0, 2.6 + 0.32 * (len(models) + cells)), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(len(models) + 1.5, cells + 2.0))
     several = models["runs"].to_numpy(int) >= 2  # a spread needs two runs
     _bars(top, [f"{r['rank']}. {setting_label(r)}" for _, r in models.iterrows()], models["median"].to_numpy(float),
           low=np.where(several, models["low"], np.nan), high=np.where(several, models["high"], np.nan),

@@ -192,6 +192,8 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
     fig = Figure(figsize=(max(5.0 * columns, 7.0), 3.8 * lines + 1.4), layout="constrained")
     fig.suptitle("Melamed et al. Fig. 4: distance to the boundary vs init divisor")
     styles = attack_styles(PROJECTED)
+    norms = rows["median_norm"][np.isfinite(rows["median_norm"])]
+    wide = norms.max() > WIDE * norms.min()  # pgd's ~2 and pgd-off's ~100: a log y-axis (on every panel) keeps both readable
     infinite: dict[str, list[str]] = {attack: [] for attack in PROJECTED}
     for i, (model, dataset) in enumerate(swept):
         ax = fig.add_subplot(lines, columns, i + 1)
@@ -204,8 +206,6 @@ def _fig4(summary: pd.DataFrame) -> Figure | str:
             note = _inf_note(part)
             infinite[attack] += [f"{panel_letter(i)} at {note}"] if note else []
         ax.set_title(f"{panel_letter(i)} {model} net, {dataset} data\n({_note(drawn)})", fontsize=10)
-        norms = panel["median_norm"][np.isfinite(panel["median_norm"])]
-        wide = norms.max() > WIDE * norms.min()  # pgd's ~2 and pgd-off's ~100: a log y-axis keeps both readable
         ax.set(xlabel="first-layer init divided by", ylabel="median verified L2 norm" + (" (log scale)" if wide else ""), yscale="log" if wide else "linear")
         if wide:
             plain_log_ticks(ax.yaxis)
