@@ -48,22 +48,22 @@ def _bars(ax: Axes, labels: list[str], values: np.ndarray, *, low: np.ndarray, h
 
 def _grid(fig: Figure, ax: Axes, models: pd.DataFrame, attacks: pd.DataFrame, per_setting: pd.DataFrame) -> None:
     """The attacks' optimality per model setting, annotated; see the module docstring."""
-    named = len(models) <= 5  # columns wide enough for the model's name
-    ranked = models.assign(column=[f"#{r['rank']}\n{r['model']}" if named else f"#{r['rank']}" for _, r in models.iterrows()])
-    cells = per_setting.merge(ranked[[*MODEL_KEY, "column"]], on=MODEL_KEY)
-    columns = ["all", *ranked["column"]]
+    cells = per_setting.merge(models[MODEL_KEY].assign(column=np.arange(1, len(models) + 1)), on=MODEL_KEY)  # column 0: all
     order = list(attacks["attack"])
-    value = cells.pivot_table(index="attack", columns="column", values="optimality", aggfunc="first").reindex(index=order, columns=columns)
-    value["all"] = attacks.set_index("attack")["optimality"].reindex(order)
-    flipped = cells.pivot_table(index="attack", columns="column", values="success", aggfunc="first").reindex(index=order, columns=columns)
-    flipped["all"] = attacks.set_index("attack")["success"].reindex(order)
+    value = cells.pivot(index="attack", columns="column", values="optimality").reindex(index=order, columns=range(len(models) + 1))
+    flipped = cells.pivot(index="attack", columns="column", values="success").reindex(index=order, columns=range(len(models) + 1))
+    value[0], flipped[0] = attacks["optimality"].to_numpy(float), attacks["success"].to_numpy(float)
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="0.95")  # not run: a pale cell
     image = ax.imshow(value.to_numpy(float), cmap=colours, vmin=0.0, vmax=1.0, aspect="auto")
-    for (row, col), v in np.ndenumerate(value.to_numpy(float)):
-        text = "" if not np.isfinite(v) else NO_FLIP if flipped.iat[row, col] == 0 else f"{v:.2f}"
-        ax.text(col, row, text, ha="center", va="center", fontsize=7, color="white" if v < 0.55 else "black")
+    if len(models) <= 16:  # room for a number in each cell
+        for (row, col), v in np.ndenumerate(value.to_numpy(float)):
+            text = "" if not np.isfinite(v) else NO_FLIP if flipped.iat[row, col] == 0 else f"{v:.2f}"
+            ax.text(col, row, text, ha="center", va="center", fontsize=7, color="white" if v < 0.55 else "black")
+    named = len(models) <= 5  # columns wide enough for the model's name
+    labels = ["all", *(f"#{r['rank']}\n{r['model']}" if named else f"#{r['rank']}" for _, r in models.iterrows())]
+    every = -(-len(models) // 16)  # at most 16 settings labelled
+    ax.set_xticks([0, *range(every, len(labels), every)], [labels[0], *labels[every::every]], fontsize=8)
     ax.axvline(0.5, color="white", lw=4)  # "all" apart from the settings
-    ax.set_xticks(range(len(columns)), columns, fontsize=8)
     ax.set_yticks(range(len(order)), [f"{rank}. {a}" for rank, a in zip(attacks["rank"], order, strict=True)], fontsize=8)
     ax.tick_params(length=0)
     ax.set(title="Attacks, most optimal first: optimality per model setting", xlabel="all: over every run (the attack table); #k: the setting ranked k above")
