@@ -11,9 +11,12 @@ Each figure is drawn only when the merged summary supports it; otherwise the rea
   d per alpha.
 - ``fig4_norm_vs_init_scale``: Melamed et al. Figure 4. The median verified norm of ``pgd-on``, ``pgd-off``
   and ``pgd`` against the factor the first layer's init is divided by (1 / ``init_scale``), one panel per
-  dataset and model (two-layer vanilla, three-layer) swept over two or more init scales, mean and standard
-  deviation over seeds; settings where over half the points were not flipped (median +inf) are named in the
-  legend instead of plotted.
+  dataset and model (two-layer vanilla, three-layer) swept over two or more init scales, lettered (a), (b), ...;
+  settings where over half the points were not flipped (median +inf) are named, by panel, in the figure's
+  legend instead of plotted. The y-axis is logarithmic on every panel where the norms span WIDE or more.
+
+Every point is the mean over its runs (seeds), with a ± std bar only where it has two or more; each panel's
+title says which. Series differ in colour and in (hollow, nested) marker; legends sit outside the axes.
 """
 
 from __future__ import annotations
