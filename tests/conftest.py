@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from marginbench.bench.cli import main
 from marginbench.bench.results.manifest import save_manifest
@@ -182,3 +184,77 @@ def degenerate_result_dir(root: Path) -> Path:
                    "n_attacked": 4, "median_norm": norm, "clean_accuracy_train": accuracy, "clean_accuracy_attacked": accuracy,
                    "run_status": "ok"})  # fmt: skip
     return write_result_dir(root, pd.DataFrame(ex), pd.DataFrame(su), preset="default", specs=[])
+
+
+def figure_summary() -> pd.DataFrame:
+    """A hand-made merged summary: kkt runs over d, alpha, width and seeds, and subspace runs over init scales."""
+    rows = []
+    for d in (16, 32, 64):
+        for alpha in (0.5, 1.0):
+            for width in (32, 128):
+                for seed in (0, 1):
+                    n = round(d**alpha)
+                    for model in ("vanilla", "robust-construction"):
+                        rows.append(
+                            {
+                                "source": "x",
+                                "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}",
+                                "family": "kkt",
+                                "dataset": "sphere",
+                                "model": model,
+                                "attack": "universal-z",
+                                "seed": seed,
+                                "d": d,
+                                "n": n,
+                                "width": width,
+                                "alpha": alpha,
+                                "init_scale": np.nan,
+                                "common_c": 0.2 * np.sqrt(d) + 0.01 * seed,
+                                "margin_fraction": 0.9 + 0.05 * seed,
+                                "median_norm": 1.0,
+                            }
+                        )
+    for scale in (1.0, 4.0, 16.0):
+        for attack, norm in (("pgd-on", 2.0), ("pgd-off", 0.3 * scale), ("pgd", 0.25 * scale)):
+            for seed in (0, 1):
+                rows.append(
+                    {
+                        "source": "y",
+                        "run_id": f"sub-{scale}-s{seed}",
+                        "family": "subspace",
+                        "dataset": "subspace",
+                        "model": "vanilla",
+                        "attack": attack,
+                        "seed": seed,
+                        "d": 64,
+                        "n": 32,
+                        "width": 100,
+                        "alpha": np.nan,
+                        "init_scale": scale,
+                        "common_c": np.nan,
+                        "margin_fraction": np.nan,
+                        "median_norm": norm + 0.1 * seed,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def layout_problems(fig: Figure) -> list[str]:
+    """What a reader would stumble on in the drawn ``fig``: a legend over an axes' data area, a legend, title
+    or axis label cut by the canvas's edge, two of them on top of each other (empty when none)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the canvas savefig draws on
+    fig.draw(renderer)
+    canvas = fig.bbox.padded(0.5)  # half a pixel: rounding
+    axes = list(fig.axes)
+    legends = [*fig.legends, *(legend for ax in axes if (legend := ax.get_legend()) is not None)]
+    labels = [label for ax in axes for label in (ax.title, ax.xaxis.label, ax.yaxis.label)]  # a colour bar is one of the axes
+    texts = [t for t in (fig._suptitle, *labels) if t is not None and t.get_text()]  # the suptitle's getter gives its text only
+    problems = []
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        problems += [f"a legend lies over the data of {ax.get_title()!r}" for ax in axes if box.overlaps(ax.get_window_extent(renderer))]
+        problems += [] if canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1) else ["a legend runs off the canvas"]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    problems += [f"{text!r} runs off the canvas" for text, box in boxes if not (canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1))]
+    problems += [f"{a!r} and {b!r} overlap" for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
+    return problems

@@ -93,6 +93,7 @@ def test_an_outside_registration_keeps_the_defaults_it_had_before_capabilities()
     assert models.entry("m").trained and models.entry("m").closed_form and models.entry("m").in_family("subspace")
     assert attacks.entry("a") == AttackEntry(factory=print)  # type: ignore[arg-type]
     assert attacks.entry("a").needs_closed_form  # the Attack interface hands attacks a TwoLayerNet
+    assert attacks.entry("a").library is None  # its own, unless it says whose attack it wraps
     assert attacks.autograd() == [] and attacks.proving(["a", "unknown"]) == set()
     with pytest.raises(SpecError, match="unknown family 'kt'; choose from: kkt, subspace"):
         models.register("n", families=("kt",))
@@ -104,6 +105,9 @@ def test_the_built_in_entries_say_what_the_side_lists_said() -> None:
     assert ATTACKS.autograd() == ["pgd", "pgd-off", "pgd-on"]
     assert ATTACKS.proving(ATTACKS.names()) == {"exact"}
     assert {n for n in ATTACKS.names() if ATTACKS.entry(n).needs_subspace} == {"subspace-z", "pgd-off", "pgd-on"}
+    assert {n: ATTACKS.entry(n).library for n in ATTACKS.names() if ATTACKS.entry(n).library} == {
+        n: "foolbox" for n in ("fb-boundary", "fb-brendel-bethge", "fb-cw", "fb-ddn", "fb-deepfool", "fb-fmn")
+    }
     assert MODELS.constructed(MODELS.names()) == {"robust-construction"}
     assert [n for n in MODELS.names() if not MODELS.entry(n).closed_form] == ["three-layer"]
     assert [n for n in MODELS.names() if MODELS.entry(n).follows_recipe] == ["small-init", "vanilla"]

@@ -20,13 +20,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.colors import same_color
 from matplotlib.lines import Line2D
 
 from conftest import COMMIT, degenerate_result_dir, known_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.registry.provenance import library_versions
 from marginbench.bench.report.leaderboard import attack_table, model_table
-from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures, not_flipped
+from marginbench.bench.report.leaderboard_figures import build_leaderboard_figures
+from marginbench.bench.report.security_curves import not_flipped
 from marginbench.bench.results.readback import read_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,10 +50,10 @@ def test_security_curves_have_one_panel_per_model_setting_and_a_line_per_attack_
     figures = build_leaderboard_figures(read_results([known_result_dir(tmp_path / "r")]))
     assert set(figures.drawn) == {"security_curves", "leaderboard"} and figures.skipped == {}
     axes = figures.drawn["security_curves"].axes
-    assert [ax.get_title().splitlines()[0] for ax in axes] == [f"{m} (sphere, d=4, n=4, width=8)" for m in ("strong", "weak")]
+    assert [ax.get_title().splitlines()[0] for ax in axes] == [f"({p}) {m} (sphere, d=4, n=4, width=8)" for p, m in (("a", "strong"), ("b", "weak"))]
     weak = axes[1]
-    assert set(weak.get_legend_handles_labels()[1]) == {"best", "a", "b", "c"}
-    assert weak.get_xlabel() == "ε / √d"
+    assert set(weak.get_legend_handles_labels()[1]) == {"best", "a", "b", "c", "√d"}
+    assert weak.get_xlabel() == "ε / √d (log scale)"  # strong's b reaches 13 times the sqrt(d) line: every panel is logarithmic
     # weak pools two seeds of 4 examples: a's norms (1..4) x (1, 1.1), over sqrt(d) = 2; best = a
     best = _lines(weak)["best"]
     x, y = np.asarray(best.get_xdata(), float), np.asarray(best.get_ydata(), float)
@@ -67,9 +69,9 @@ def test_an_exact_attack_is_drawn_dashed_with_the_band_its_lower_bounds_leave(tm
     labels = ax.get_legend_handles_labels()[1]
     assert "exact" in labels and "minimal norm lies here (lower bound .. best)" in labels
     line = _lines(ax)["exact"]
-    assert line.get_linestyle() == "--" and line.get_color() == "black"
+    assert line.get_linestyle() == "--" and same_color(line.get_color(), "black")
     # the panel pools two seeds: exact's norm is proved minimal on examples 0..2 of each, not on example 3
-    assert ax.get_title().endswith("2 run(s), 8 examples; exact proved minimal on 6/8")
+    assert ax.get_title().endswith("2 runs, 8 examples; exact proved minimal on 6/8")
 
 
 def test_several_model_settings_continue_on_further_figures(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import degenerate_result_dir, known_result_dir, write_result_dir
+from conftest import degenerate_result_dir, figure_summary, known_result_dir, write_result_dir
 from marginbench.bench.cli import main
 from marginbench.bench.report.check import compare, make_baseline, read_baseline, write_baseline
 from marginbench.bench.report.leaderboard import attack_table, leaderboard_text, model_table
@@ -103,101 +103,50 @@ def test_check_reports_missing_rows_and_infinite_values(tmp_path: Path) -> None:
     assert list(drifted["run_id"]) == ["gone"] and math.isnan(drifted["value"].iloc[0])
 
 
-def _figure_summary() -> pd.DataFrame:
-    """A hand-made merged summary: kkt runs over d, alpha, width and seeds, and subspace runs over init scales."""
-    rows = []
-    for d in (16, 32, 64):
-        for alpha in (0.5, 1.0):
-            for width in (32, 128):
-                for seed in (0, 1):
-                    n = round(d**alpha)
-                    for model in ("vanilla", "robust-construction"):
-                        rows.append(
-                            {
-                                "source": "x",
-                                "run_id": f"kkt-d{d}-n{n}-w{width}-{model}-s{seed}",
-                                "family": "kkt",
-                                "dataset": "sphere",
-                                "model": model,
-                                "attack": "universal-z",
-                                "seed": seed,
-                                "d": d,
-                                "n": n,
-                                "width": width,
-                                "alpha": alpha,
-                                "init_scale": np.nan,
-                                "common_c": 0.2 * np.sqrt(d) + 0.01 * seed,
-                                "margin_fraction": 0.9 + 0.05 * seed,
-                                "median_norm": 1.0,
-                            }
-                        )
-    for scale in (1.0, 4.0, 16.0):
-        for attack, norm in (("pgd-on", 2.0), ("pgd-off", 0.3 * scale), ("pgd", 0.25 * scale)):
-            for seed in (0, 1):
-                rows.append(
-                    {
-                        "source": "y",
-                        "run_id": f"sub-{scale}-s{seed}",
-                        "family": "subspace",
-                        "dataset": "subspace",
-                        "model": "vanilla",
-                        "attack": attack,
-                        "seed": seed,
-                        "d": 64,
-                        "n": 32,
-                        "width": 100,
-                        "alpha": np.nan,
-                        "init_scale": scale,
-                        "common_c": np.nan,
-                        "margin_fraction": np.nan,
-                        "median_norm": norm + 0.1 * seed,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
 EXPECTED_LABELS = {
     "fig1a_common_c_vs_d": {"n = d^0.5", "n = d^1", "√d"},
     "fig1b_common_c_vs_width": {"width 32", "width 128", "√d"},
     "fig2a_margin_fraction": {"n = d^0.5", "n = d^1"},
     "fig2b_not_on_margin": {"n = d^0.5", "n = d^1"},
-    "fig4_norm_vs_init_scale": {"pgd-on (projected on P)", "pgd-off (projected on P⊥)", "pgd (no projection)"},
+    "fig4_norm_vs_init_scale": {"pgd-on", "pgd-off", "pgd"},  # the figure's legend says what each projects on
 }
 
 
 def test_every_figure_is_drawn_with_its_series_and_saved_as_png(tmp_path: Path) -> None:
-    figures = build_figures(_figure_summary())
+    figures = build_figures(figure_summary())
     assert figures.skipped == {} and set(figures.drawn) == set(FIGURES)
     for name, fig in figures.drawn.items():
         ax = fig.axes[0]
         labels = set(ax.get_legend_handles_labels()[1])
         assert labels == EXPECTED_LABELS[name], name
-        assert "√d" not in labels or max(ax.lines[-1].get_ydata()) == pytest.approx(8.0)  # sqrt(64)
+        sqrt_d = [line for line in ax.lines if line.get_label() == "√d"]
+        assert "√d" not in labels or max(sqrt_d[0].get_ydata()) == pytest.approx(8.0)  # sqrt(64)
     for path in save_figures(figures, tmp_path / "figs"):
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
 
 
 def test_fig4_has_one_panel_per_dataset_and_model_and_names_settings_where_most_points_did_not_flip() -> None:
-    summary = _figure_summary()
+    summary = figure_summary()
     digits = summary[summary["family"] == "subspace"].assign(dataset="digits", source="z")
     digits.loc[(digits["attack"] == "pgd-off") & (digits["init_scale"] == 16.0), "median_norm"] = np.inf
     fig = build_figures(pd.concat([summary, digits], ignore_index=True)).drawn["fig4_norm_vs_init_scale"]
     models = sorted(summary.loc[summary["family"] == "subspace", "model"].unique())
-    assert [ax.get_title() for ax in fig.axes] == [f"{m} net, {d} data (mean ± std over seeds)" for m in models for d in ("digits", "subspace")]
-    labels = fig.axes[0].get_legend_handles_labels()[1]
-    assert "pgd-off (projected on P⊥); median inf (over half not flipped) at 0.0625" in labels
+    panels = [f"({p}) {m} net, {d} data" for p, (m, d) in zip("abcd", [(m, d) for m in models for d in ("digits", "subspace")], strict=False)]
+    assert [ax.get_title().splitlines()[0] for ax in fig.axes] == panels
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert "pgd-off (projected on P⊥); median inf (over half not flipped): (a) at 0.0625" in labels
     assert sorted(fig.axes[1].containers[0].lines[0].get_xdata()) == [0.0625, 0.25, 1.0]  # 1 / init_scale
 
 
 def test_fig1a_averages_seeds_with_error_bars() -> None:
-    fig = build_figures(_figure_summary()).drawn["fig1a_common_c_vs_d"]
+    fig = build_figures(figure_summary()).drawn["fig1a_common_c_vs_d"]
     container = fig.axes[0].containers[0]  # the first errorbar series: n = d^0.5
     y = container.lines[0].get_ydata()
     assert list(y) == pytest.approx([0.2 * np.sqrt(d) + 0.005 for d in (16, 32, 64)])
 
 
 def test_plot_says_what_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = _figure_summary()
+    summary = figure_summary()
     kkt_one_d = summary[(summary["family"] == "kkt") & (summary["d"] == 16)]
     root = write_result_dir(
         tmp_path / "r", pd.DataFrame({"run_id": [], "attack": [], "index": [], "norm": []}), kkt_one_d.drop(columns=["source", "alpha", "init_scale"])

@@ -216,21 +216,24 @@ examples:
 Figures (each drawn only when the data supports it; the others are listed with the reason):
   security_curves           for every result directory with examples.csv: one panel per model setting
                             (model, dataset, d, n, width; its runs/seeds pooled), the fraction of examples
-                            not flipped within eps (norm > eps) against eps/sqrt(d), one line per attack and
-                            best (per example, the minimum over them): the curve whose area AttackBench's
-                            optimality compares. An attack named exact is drawn black dashed ("exact
-                            (proved)"); a lower_bound column shades where the true curve lies. The x-axis is
-                            logarithmic where some attack's norms reach 10x the best's; more than 6 settings
-                            continue in security_curves_2, ...
-  leaderboard               the leaderboard as bars: models by median best/sqrt(d) (min..max over runs),
-                            attacks by optimality
+                            not flipped within eps (norm > eps) against eps/sqrt(d), one line per attack (its
+                            own colour and marker; Foolbox's dashed) and best (per example, the minimum over
+                            them): the curve whose area AttackBench's optimality compares. An attack that
+                            flips nothing in a panel is listed in the legend as "no flip" instead; exact is
+                            black dashed; certified lower bounds shade where the true curve lies; dotted:
+                            sqrt(d); dash-dotted: Theorem 3.1's radius on a construction. One x-scale for all
+                            panels, logarithmic where one spans 10x; more than 6 settings continue in
+                            security_curves_2, ...
+  leaderboard               models by median best/sqrt(d) as bars (min..max where two or more runs), and
+                            each attack's optimality per model setting as a grid beside the pooled value
   fig1a_common_c_vs_d       Vardi et al. Fig. 1a: universal-z's common c vs d per alpha, sqrt(d) line
   fig1b_common_c_vs_width   Vardi et al. Fig. 1b: the same for n = d, one line per width
   fig2a_margin_fraction     Vardi et al. Fig. 2a: fraction of the training set on the margin vs d
   fig2b_not_on_margin       Vardi et al. Fig. 2b: number of examples not on the margin vs d
   fig4_norm_vs_init_scale   Melamed et al. Fig. 4: pgd-on / pgd-off / pgd norms vs the init-scale factor
-Error bars of the papers' figures are standard deviations over seeds. `marginbench run` draws the first two
-into DIR/figures after every sweep, and a paper's preset its figures too.
+Error bars of the papers' figures are standard deviations over seeds, drawn only at points with two or
+more (each title says which). `marginbench run` draws the first two into DIR/figures after every sweep, and
+a paper's preset its figures too.
 """
 
 THROUGHPUT_EPILOG = (

@@ -75,12 +75,15 @@ class AttackEntry:
         needs_subspace: needs the data's subspace basis P; unavailable on data without one.
         proves_optimum: its finite norms are proved minimal (a lower bound on every attack's): reports draw
             and label it as the ground truth.
+        library: the outside library whose attack it wraps (e.g. "foolbox"); None for marginbench's own. Figures
+            draw a wrapper apart from a native attack of the same idea.
     """
 
     factory: AttackFactory
     needs_closed_form: bool = True
     needs_subspace: bool = False
     proves_optimum: bool = False
+    library: str | None = None
 
 
 F = TypeVar("F")
@@ -165,12 +168,14 @@ class AttackRegistry(EntryRegistry[AttackFactory, AttackEntry]):
         super().__init__("attack", lambda factory: AttackEntry(factory=factory), entries)
 
     def register(  # type: ignore[override]  # the same call, with keyword-only capabilities that have defaults
-        self, name: str, *, needs_closed_form: bool = True, needs_subspace: bool = False, proves_optimum: bool = False
+        self, name: str, *, needs_closed_form: bool = True, needs_subspace: bool = False, proves_optimum: bool = False, library: str | None = None
     ) -> Callable[[AttackFactory], AttackFactory]:
         """The decorator that registers its factory under ``name``, with the capabilities of ``AttackEntry``."""
         return self._register_entry(
             name,
-            lambda factory: AttackEntry(factory=factory, needs_closed_form=needs_closed_form, needs_subspace=needs_subspace, proves_optimum=proves_optimum),
+            lambda factory: AttackEntry(
+                factory=factory, needs_closed_form=needs_closed_form, needs_subspace=needs_subspace, proves_optimum=proves_optimum, library=library
+            ),
         )
 
     def autograd(self) -> list[str]:

@@ -58,6 +58,7 @@ MODELS = ModelRegistry(
         ),
     }
 )
+FOOLBOX = "foolbox"  # the library that the fb-* attacks wrap (foolbox_adapter)
 # pgd and its projections need only N(x) and autograd's input gradient: they take nets without a closed form.
 ATTACKS = AttackRegistry(
     {
@@ -70,12 +71,12 @@ ATTACKS = AttackRegistry(
         "boundary-walk": AttackEntry(factory=recipes.seeded(BoundaryWalk)),
         "region-walk": AttackEntry(factory=recipes.seeded(RegionWalk)),
         "exact": AttackEntry(factory=recipes.exact, proves_optimum=True),
-        "fb-fmn": AttackEntry(factory=recipes.seeded(FbFMN)),
-        "fb-ddn": AttackEntry(factory=recipes.seeded(FbDDN)),
-        "fb-deepfool": AttackEntry(factory=recipes.seeded(FbDeepFool)),
-        "fb-cw": AttackEntry(factory=recipes.seeded(FbCW)),
-        "fb-boundary": AttackEntry(factory=recipes.seeded(FbBoundary)),
-        "fb-brendel-bethge": AttackEntry(factory=recipes.seeded(FbBrendelBethge)),
+        "fb-fmn": AttackEntry(factory=recipes.seeded(FbFMN), library=FOOLBOX),
+        "fb-ddn": AttackEntry(factory=recipes.seeded(FbDDN), library=FOOLBOX),
+        "fb-deepfool": AttackEntry(factory=recipes.seeded(FbDeepFool), library=FOOLBOX),
+        "fb-cw": AttackEntry(factory=recipes.seeded(FbCW), library=FOOLBOX),
+        "fb-boundary": AttackEntry(factory=recipes.seeded(FbBoundary), library=FOOLBOX),
+        "fb-brendel-bethge": AttackEntry(factory=recipes.seeded(FbBrendelBethge), library=FOOLBOX),
     }
 )
 

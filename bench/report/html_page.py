@@ -146,7 +146,7 @@ def _caption(name: str) -> str:
                 "the per-example best; the lower the curve, the stronger the attack. "
                 "AttackBench's optimality is the ratio of the areas under best's and an attack's.")  # fmt: skip
     if name == "leaderboard":
-        return "leaderboard: the two tables above as bars (models: median over runs, min..max as error bars; attacks: optimality)."
+        return "leaderboard: the models as bars (median over runs, min..max where two or more), and each attack's optimality per model setting."
     return f"{name}: one of the papers' figures (see marginbench plot --help)."
 
 

@@ -212,6 +212,17 @@ def attack_table(results: Results) -> pd.DataFrame:
     return table.sort_values(["rank", "best_on", "attack"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
 
 
+def setting_optimality(results: Results) -> pd.DataFrame:
+    """Per model setting (MODEL_KEY) and attack: ``optimality``, the mean over the setting's runs (the attack
+    table's is over every run, all settings pooled), and ``success``, the fraction of its examples flipped."""
+    rows = scored_examples(results)
+    per_run = [_optimality(run).rename("optimality").rename_axis("attack").reset_index().assign(**run.iloc[0][MODEL_KEY]) for _, run in rows.groupby(RUN_KEY)]
+    key = [*MODEL_KEY, "attack"]
+    optimality = pd.concat(per_run).groupby(key)["optimality"].mean()
+    success = rows.groupby(key)["norm"].apply(lambda s: float(np.isfinite(s).mean())).rename("success")
+    return pd.concat([optimality, success], axis=1).reset_index()
+
+
 MODEL_HEADERS = {
     "rank": "rank", "model": "model", "dataset": "dataset", "d": "d", "n": "n", "width": "width", "init_scale": "init",
     "median": "best/√d (median)", "low": "min", "high": "max", "runs": "runs", "seeds": "seeds", "flipped": "flipped",
