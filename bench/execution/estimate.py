@@ -162,7 +162,8 @@ class SweepCost:
         """The line printed before the sweep starts."""
         work = f"{self.gflop / 1e3:.3g} TFLOP" if self.gflop >= 1e3 else f"{self.gflop:.3g} GFLOP"
         line = (
-            f"sweep: {self.runs} run{'s' * (self.runs != 1)}, {self.trainings} training{'s' * (self.trainings != 1)}, ~{work} of training: {self.when()} estimated from "
+            f"sweep: {self.runs} run{'s' * (self.runs != 1)}, {self.trainings} training{'s' * (self.trainings != 1)}, ~{work} of training: "
+            f"{self.when()} estimated from "
             f"this machine's matmul rate ({rates_text(self.rates)}; lower bounds included, attacks not counted)"
         )
         for cap, count in sorted(self.capped.items()):
