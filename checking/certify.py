@@ -47,12 +47,16 @@ def _terms(W_norm: Tensor, Z: Tensor, a: Tensor, r: Tensor) -> tuple[Tensor, Ten
     return fixed_slope, fixed_const, torch.where(unstable & (a > 0), a, 0.0)
 
 
-def _bound(W: Tensor, Z: Tensor, r: Tensor, terms: tuple[Tensor, Tensor, Tensor], alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """C(alpha) - r ||g(alpha)|| per row, and the affine part's gradient g: (n, d)."""
-    fixed_slope, fixed_const, free = terms
-    slope = torch.addcmul(fixed_slope, free, alpha)  # (n, width): s N >= sum_j slope_j z_j + const
-    g = slope @ W  # (n, d)
-    return (slope * Z).sum(1) + fixed_const - r * g.norm(dim=1), g
+def _slope(terms: tuple[Tensor, Tensor, Tensor], alpha: Tensor) -> Tensor:
+    """(n, width) the slopes at alpha: s N(x + delta) >= sum_j slope_j z_j(x + delta) + fixed_const."""
+    fixed_slope, _, free = terms
+    return torch.addcmul(fixed_slope, free, alpha)
+
+
+def _bound(W: Tensor, Z: Tensor, r: Tensor, terms: tuple[Tensor, Tensor, Tensor], alpha: Tensor) -> Tensor:
+    """C(alpha) - r ||g(alpha)|| per row, with g = slope @ W: (n, d) the affine part's gradient in delta."""
+    slope = _slope(terms, alpha)
+    return (slope * Z).sum(1) + terms[1] - r * (slope @ W).norm(dim=1)
 
 
 def _ascend(W: Tensor, Z: Tensor, a: Tensor, r: Tensor, alpha: Tensor, steps: int) -> Tensor:
@@ -64,7 +68,7 @@ def _ascend(W: Tensor, Z: Tensor, a: Tensor, r: Tensor, alpha: Tensor, steps: in
     alpha = alpha.to(Z.dtype).clone()
     optimizer = torch.optim.Adam([alpha], lr=0.1, maximize=True, fused=True)
     for _ in range(steps):
-        _, g = _bound(W, Z, r, terms, alpha)
+        g = _slope(terms, alpha) @ W  # (n, d); the bound's value itself is not needed here
         direction = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)  # (n, d)
         alpha.grad = torch.addcmul(free_z, free_r, direction @ W.T, value=-1.0)
         optimizer.step()
@@ -93,8 +97,7 @@ def relaxation_bound(
     if steps > 0:
         W_a, Z_a = ascent if ascent is not None else (net.W, Z)
         alpha = _ascend(W_a, Z_a, a.to(Z_a.dtype), r.to(Z_a.dtype), alpha, steps).to(Z.dtype)
-    bound, _ = _bound(net.W, Z, r, _terms(W_norm, Z, a, r), alpha)
-    return bound, alpha
+    return _bound(net.W, Z, r, _terms(W_norm, Z, a, r), alpha), alpha
 
 
 def certified_radius(net: TwoLayerNet, X: Tensor, r_max: Tensor, *, steps: int = BISECTION_STEPS) -> Tensor:

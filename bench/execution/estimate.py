@@ -70,7 +70,7 @@ LOWER_BOUND_ELEMENT_FLOPS = 45_000
 
 def lower_bound_seconds(run: RunSpec, float32_rate: float, float64_rate: float) -> float:
     """Rough seconds of the certified lower bounds of ``run`` (a two-layer net's) at the given matmul rates (GFLOP/s)."""
-    cells = (BISECTION_STEPS + 1) * (run.n_eval or run.n) * run.width  # (example, neuron) pairs, over the radii
+    cells = (BISECTION_STEPS + 1) * run.n_attacked * run.width  # (example, neuron) pairs, over the radii
     float32_gflop = cells * (4 * ALPHA_STEPS * run.d + LOWER_BOUND_ELEMENT_FLOPS) * 1e-9
     return float32_gflop / float32_rate + cells * 2 * run.d * 1e-9 / float64_rate
 

@@ -109,11 +109,16 @@ class RunSpec:
         return self.experiment.family_spec
 
     @property
+    def n_attacked(self) -> int:
+        """The points the attacks (and the lower bounds) take: the held-out n_eval on a subspace, else the n training points."""
+        return self.n_eval or self.n
+
+    @property
     def attack_seconds_limit(self) -> float:
         """Each attack's time limit: attack_timeout, or ATTACK_TIMEOUT (3x exact's budget where that is longer)."""
         if self.attack_timeout is not None:
             return self.attack_timeout
-        return max(ATTACK_TIMEOUT, 3 * self.exact_seconds * (self.n_eval or self.n))
+        return max(ATTACK_TIMEOUT, 3 * self.exact_seconds * self.n_attacked)
 
     @property
     def run_id(self) -> str:
