@@ -29,6 +29,7 @@ from marginbench.models.train_spec import (
     TrainSpec,
     log_loss_terms,
     log_neg_loss_derivative,
+    log_reduction,
     normalized_schedule,
 )
 from marginbench.models.train_state import Batch, Examples, Finite, Pass, Run, StepSize
@@ -128,7 +129,8 @@ def _full_pass(batch: Batch, spec: TrainSpec) -> dict[int, Pass]:
         batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
         q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
     batch.s = log_neg_loss_derivative(q, spec.loss)  # (S, n)
-    columns = [torch.logsumexp(log_loss_terms(q, spec.loss), 1), torch.logsumexp(batch.s, 1), q.abs().amax(1), q.amin(1)]
+    divisor = log_reduction(spec, q.shape[1])  # the mean loss: L and its gradient / n
+    columns = [torch.logsumexp(log_loss_terms(q, spec.loss), 1) - divisor, torch.logsumexp(batch.s, 1) - divisor, q.abs().amax(1), q.amin(1)]
     if spec.target_normalized_margin is not None:
         columns.append(batch.W.square().sum((1, 2)) + batch.b.square().sum(1) + batch.v.square().sum(1))
     return {i: Pass(*values) for i, values in zip(batch.ids, torch.stack(columns, 1).tolist(), strict=True)}
@@ -241,7 +243,7 @@ def _examples(run: Run, batch: Batch, training: dict[int, Pass]) -> Examples:
     else:
         H = torch.relu(preactivations(X, batch.W, batch.b))
         s = log_neg_loss_derivative(y * outputs(H, batch.v), run.spec.loss)
-    log_scale = [value + math.log(run.n / rows.shape[1]) for value in torch.logsumexp(s, 1).tolist()]
+    log_scale = [value + math.log(run.n / rows.shape[1]) - log_reduction(run.spec, run.n) for value in torch.logsumexp(s, 1).tolist()]
     XaT = Xa.transpose(1, 2).contiguous() if Xa is not None else None
     return Examples(H, y, s, X, dict(zip(batch.ids, log_scale, strict=True)), XaT=XaT)
 

@@ -32,6 +32,8 @@ from marginbench.models.precision import PRECISIONS, Precision
 LossName = Literal["exp", "logistic"]
 LOSSES: tuple[str, ...] = ("exp", "logistic")
 Layers = Literal["all", "first"]
+Reduction = Literal["sum", "mean"]
+REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 Schedule = Literal["paper", "normalized", "arc"]
 SCHEDULES: tuple[str, ...] = ("paper", "normalized", "arc")
 StopReason = Literal["target_loss", "target_margin", "target_normalized_margin", "stationary", "max_iters", "max_seconds", "nonfinite", "dead", "stalled"]
@@ -60,6 +62,10 @@ class TrainSpec:
     """How to train; the defaults are Vardi et al.'s schedule (Section 6). See ``SUBSPACE_TRAIN`` for Melamed et al.'s."""
 
     loss: LossName = "exp"  # exp: e^{-q}; logistic: log(1 + e^{-q})
+    # sum: L = sum_i loss(q_i), Vardi et al. eq. (1); mean: L / n (PyTorch's default reduction), i.e. the sum's
+    # schedule at lr / n stopped at n * target_loss. The paper schedule's lr 1e-5 on the sum diverges once
+    # n ||x||^2 is large (d = 300, n = d^1.5: at step 14), where the mean's does not.
+    reduction: Reduction = "sum"
     schedule: Schedule = "paper"  # paper: step lr_t grad L; normalized: lr_t grad L / L; arc: lr ||theta|| along -grad L (full batch)
     lr: float = 1e-5  # initial learning rate
     lr_growth: float = 1.1  # the learning rate is multiplied by this ...
@@ -86,6 +92,10 @@ class TrainSpec:
             raise ValueError("learning rate must be > 0, its growth factor >= 1 and growth_every >= 1")
         if self.target_loss is not None and not (0 < self.target_loss < math.inf):
             raise ValueError(f"target loss must be a positive number, got {self.target_loss}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"unknown loss reduction {self.reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+        if self.reduction == "mean" and self.l2 > 0:
+            raise ValueError("the mean loss is for Vardi et al.'s schedule; l2 (Melamed et al. Section 6.2) regularizes the summed loss")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.schedule != "paper" and self.batch_size is not None:
@@ -135,10 +145,16 @@ class TrainSpec:
         return self.max_iters if self.max_iters is not None else MAX_ITERS
 
 
-def flow_time_needed(spec: TrainSpec) -> float:
-    """The paper schedule's gradient-flow time sum_t lr_t to spec.target_loss (FLOW_TIMES_LOSS / target)."""
+def flow_time_needed(spec: TrainSpec, n: int = 1) -> float:
+    """The paper schedule's gradient-flow time sum_t lr_t to spec.target_loss (FLOW_TIMES_LOSS / target) on n
+    examples: the mean loss's flow runs n times slower (its gradient is the sum's / n)."""
     assert spec.target_loss is not None, "a loss target"
-    return FLOW_TIMES_LOSS / spec.target_loss
+    return FLOW_TIMES_LOSS / spec.target_loss * (n if spec.reduction == "mean" else 1)
+
+
+def log_reduction(spec: TrainSpec, n: int) -> float:
+    """log of the divisor of the summed loss (and of its gradient) under spec.reduction: 0 (sum) or log n (mean)."""
+    return math.log(n) if spec.reduction == "mean" else 0.0
 
 
 def log_flow_time(spec: TrainSpec, iterations: int) -> float:
@@ -152,10 +168,10 @@ def log_flow_time(spec: TrainSpec, iterations: int) -> float:
     return math.log(spec.lr * every / (g - 1)) + grown
 
 
-def paper_steps(spec: TrainSpec) -> float:
-    """The paper schedule's iterations to spec.target_loss by the flow-time rule (FLOW_TIMES_LOSS; ~72,700 for its
-    own schedule), whatever the spec's iteration cap."""
-    need = flow_time_needed(spec)
+def paper_steps(spec: TrainSpec, n: int = 1) -> float:
+    """The paper schedule's iterations to spec.target_loss on n examples by the flow-time rule (FLOW_TIMES_LOSS;
+    ~72,700 for its own schedule; the mean loss ~100 ln(n) / ln(1.1) more), whatever the spec's iteration cap."""
+    need = flow_time_needed(spec, n)
     g, every = spec.lr_growth, spec.growth_every
     if g == 1:
         steps = need / spec.lr

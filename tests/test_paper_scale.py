@@ -158,6 +158,38 @@ def test_a_twin_that_differs_is_marked_and_reported_at_the_end(tmp_path: Path, m
     assert all("common c" in line and "normalized margin" in line for line in lines)
 
 
+def test_the_mean_loss_is_the_summed_losss_schedule_at_lr_over_n_stopped_at_n_times_the_target() -> None:
+    """Vardi et al.'s eq. (1) sums the loss; the mean divides L and its gradient by n, nothing else (float64)."""
+    data = sphere(d=6, n=40, seed=0)
+    net = pytorch_default_init(6, 12, generator=torch.Generator().manual_seed(1))
+    n, fast = 40, {"lr": 1e-3, "lr_growth": 1.05, "growth_every": 10, "target_loss": 1e-6}
+    mean_net, mean = train(net, data.X, data.y, TrainSpec(**fast, reduction="mean"))
+    sum_net, summed = train(net, data.X, data.y, TrainSpec(**{**fast, "lr": fast["lr"] / n, "target_loss": fast["target_loss"] * n}))
+    assert mean.stop_reason == summed.stop_reason == "target_loss" and mean.iterations == summed.iterations > 100
+    assert mean.log10_loss == pytest.approx(summed.log10_loss - math.log10(n), abs=1e-9)
+    for a, b in zip((mean_net.W, mean_net.b, mean_net.v), (sum_net.W, sum_net.b, sum_net.v), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="mean loss"):
+        TrainSpec(reduction="mean", lr_growth=1.0, l2=0.1)
+    # the estimate: the mean loss's flow is n times slower, ~100 ln(n) / ln(1.1) more steps of the paper's schedule
+    paper, mean_paper = TrainSpec(), TrainSpec(reduction="mean")
+    extra = steps_estimate(mean_paper, 5196, 300) - steps_estimate(paper, 5196, 300)
+    assert extra == pytest.approx(100 * math.log(5196) / math.log(1.1), rel=0.01)
+
+
+def test_twin_paper_mean_in_float32_records_what_it_trained(tmp_path: Path) -> None:
+    out = tmp_path / "mean"
+    args = [
+        "run", "--d", "8", "--width", "16", "--schedule", "arc", "--twin", "paper-mean", "--twin-precision", "float32",
+        "--models", "vanilla", "--attacks", "universal-z", "--target-loss", "1e-6", "--out", str(out), "--no-progress",
+    ]
+    assert run_cli(args) == 0
+    row = pd.read_csv(out / "summary.csv").query("attack == 'universal-z'").iloc[0]
+    assert (row["twin_schedule"], row["twin_precision"], row["twin_stop_reason"]) == ("paper-mean", "float32", "target_loss")
+    assert row["twin_status"] in ("ok", "differs") and math.isfinite(row["twin_common_c_rel_diff"])  # 1e-6: not yet on one path
+    assert read_json(out / "manifest.json")["specs"][0]["twin_precision"] == "float32"
+
+
 def test_twin_report_and_relative_difference() -> None:
     row = {
         "twin_status": "differs",

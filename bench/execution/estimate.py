@@ -94,7 +94,7 @@ def steps_to_target(train: TrainSpec, n: int, d: int) -> float | None:
     if train.schedule == "normalized":
         return NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
     if train.target_loss is not None and (train.lr_growth > 1 or train.target_margin is None) and train.l2 == 0:
-        return paper_steps(train)
+        return paper_steps(train, n)
     if train.target_margin is not None and train.l2 == 0:
         return MARGIN_STEPS
     return None
@@ -123,9 +123,13 @@ def run_gflop(run: RunSpec, trained: bool) -> float:
         return 0.0
     entry = MODELS.entry(run.model)
     step = entry.step_gflop(run) if entry.step_gflop is not None else step_gflop(run)
-    twin = steps_estimate(twin_spec(run), run.n, run.d) if run.twin is not None else 0
     steps = entry.training_steps(run) if entry.training_steps is not None else steps_estimate(run.train, run.n, run.d)
-    return step * (steps + twin)
+    return step * steps + twin_gflop(run, trained)
+
+
+def twin_gflop(run: RunSpec, trained: bool) -> float:
+    """GFLOPs of a run's --twin (the paper's schedule; 0 without one or for a construction), in its own precision."""
+    return step_gflop(run) * steps_estimate(twin_spec(run), run.n, run.d) if trained and run.twin is not None else 0.0
 
 
 RATE_SAMPLES = 15  # timed products per rate, after RATE_WARMUP: their median, so that a moment of load on a shared machine does not set it
@@ -188,9 +192,12 @@ def sweep_cost(sweep: Sweep, threads: int | None = None) -> tuple[SweepCost, lis
     rate_kinds = set(kinds) | {(dtype, count) for _, count in bounded for dtype in ("float32", "float64")}
     rates = {kind: machine_gflops(runs[0].device, *kind) for kind in sorted(rate_kinds)}
     steps = [step_gflop(run) for run in runs]  # the step size sets its share of the matmul rate
+    twins = [(twin_gflop(run, t), (run.experiment.twin_precision, count)) for run, t, (_, count) in zip(runs, trained, kinds, strict=True)]
+    rates.update({kind: machine_gflops(runs[0].device, *kind) for gflop, kind in twins if gflop > 0 and kind not in rates})
+    work = [(gflop - twin, kind) for gflop, (twin, _), kind in zip(per_run, twins, kinds, strict=True)] + twins  # the run's own, then its twin's
     seconds = sum(
         max(gflop / (step_efficiency(step, kind[0]) * rates[kind]), gflop / step * STEP_SECONDS_FLOOR)
-        for gflop, step, kind in zip(per_run, steps, kinds, strict=True)
+        for (gflop, kind), step in zip(work, steps + steps, strict=True)
         if gflop > 0
     )
     seconds += sum(lower_bound_seconds(run, rates["float32", count], rates["float64", count]) for run, count in bounded)

@@ -1,5 +1,7 @@
 """The certification twin (``--twin paper``): a run's network trained a second time, from the same init, with
 Vardi et al.'s own schedule (Section 6: lr 1e-5 x1.1 every 100 iterations, float64), and the two compared.
+``--twin paper-mean`` takes that schedule on the mean loss L / n, where the summed loss's steps diverge;
+``--twin-precision float32`` trains the twin in float32 where float64 would not finish.
 
 A fast schedule (normalized, arc, float32) claims to land on the paper schedule's network; the twin checks
 the claim run by run on what Figures 1-2 read off the network: universal-z's common c (the scale along
@@ -30,8 +32,13 @@ COMPARED = ("common_c", "normalized_margin", "margin_fraction")
 
 
 def twin_spec(run: RunSpec) -> TrainSpec:
-    """The paper's schedule with the run's stopping loss, in the dtype of the run's nets (float64)."""
-    return TrainSpec(target_loss=run.train.target_loss)
+    """The paper's schedule with the run's stopping loss, on the summed loss (twin "paper") or the mean
+    ("paper-mean"), in the spec's twin precision (float64, the run's nets' dtype, unless it says float32)."""
+    return TrainSpec(
+        target_loss=run.train.target_loss,
+        reduction="mean" if run.twin == "paper-mean" else "sum",
+        precision="float32" if run.experiment.twin_precision == "float32" else None,
+    )
 
 
 def _readings(net: TwoLayerNet, data: Dataset) -> dict[str, float]:
@@ -60,7 +67,13 @@ def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunConte
         built.init.to(context.device), data.X, data.y, twin_spec(run), seed=run.seed, progress=context.progress, description=f"{run.run_id} twin"
     )
     fast, twin = _readings(built.net, data), _readings(twin_net, data)
-    facts: dict[str, Any] = {"twin_iterations": report.iterations, "twin_seconds": report.seconds, "twin_stop_reason": report.stop_reason}
+    facts: dict[str, Any] = {
+        "twin_schedule": run.twin,
+        "twin_precision": run.experiment.twin_precision,
+        "twin_iterations": report.iterations,
+        "twin_seconds": report.seconds,
+        "twin_stop_reason": report.stop_reason,
+    }
     for key in COMPARED:
         facts[f"twin_{key}"] = twin[key]
         facts[f"twin_{key}_rel_diff"] = relative_difference(fast[key], twin[key])

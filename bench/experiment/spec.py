@@ -29,7 +29,10 @@ from marginbench.models.train_spec import on_schedule
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes no more
 MAX_EXAMPLES = 10**12  # n = round(d ** alpha) beyond this is a typo, not an experiment (and overflows a float)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-TWINS: tuple[str, ...] = ("paper",)  # --twin: the schedules a fast-trained net can be certified against
+# --twin: the schedules a fast-trained net can be certified against: Vardi et al.'s (Section 6) on their summed
+# loss (eq. 1), or on the mean loss, where the summed loss's first steps at lr 1e-5 diverge (large n ||x||^2)
+TWINS: tuple[str, ...] = ("paper", "paper-mean")
+TWIN_PRECISIONS: tuple[str, ...] = ("float64", "float32")  # the twin's dtype: the paper's float64, or float32 where that cannot finish
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,7 @@ class ExperimentSpec:
     device: str = "cpu"
     train: TrainSpec | None = None  # None: the family's recipe (Vardi et al.'s schedule / SUBSPACE_TRAIN)
     twin: str | None = None  # "paper": every trained net again with Vardi et al.'s schedule, compared (kkt only)
+    twin_precision: str = "float64"  # what the twin trains in (TWIN_PRECISIONS)
     exact_seconds: float = EXACT_SECONDS  # the exact attack's time limit per example (SCIP); beyond it a certified bound only
     attack_timeout: float | None = None  # each attack's wall-time limit in seconds (None: ATTACK_TIMEOUT); past it the attack fails
 
@@ -106,6 +110,8 @@ class ExperimentSpec:
             raise SpecError(f"seeds must be non-negative integers below 2^64, got {', '.join(map(str, self.seeds))}")
         if self.twin is not None and self.twin not in TWINS:
             raise field_error("twin", f"{self.twin!r} is unknown; choose one of: {', '.join(TWINS)}")
+        if self.twin_precision not in TWIN_PRECISIONS:
+            raise field_error("twin_precision", f"{self.twin_precision!r} is unknown; choose one of: {', '.join(TWIN_PRECISIONS)}")
         if self.twin is not None and family is not KKT:
             raise field_error("twin", f"applies to the kkt family only (the {family.name} family trains with its paper's own constant step)")
         if not (math.isfinite(self.exact_seconds) and self.exact_seconds > 0):
