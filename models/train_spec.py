@@ -145,11 +145,11 @@ class TrainSpec:
         return self.max_iters if self.max_iters is not None else MAX_ITERS
 
 
-def flow_time_needed(spec: TrainSpec, n: int = 1) -> float:
-    """The paper schedule's gradient-flow time sum_t lr_t to spec.target_loss (FLOW_TIMES_LOSS / target) on n
-    examples: the mean loss's flow runs n times slower (its gradient is the sum's / n)."""
+def flow_time_needed(spec: TrainSpec) -> float:
+    """The paper schedule's gradient-flow time sum_t lr_t to spec.target_loss (FLOW_TIMES_LOSS / target), for the
+    sum or the mean alike: the mean's flow is the sum's slowed n times, L/n * n t = L t."""
     assert spec.target_loss is not None, "a loss target"
-    return FLOW_TIMES_LOSS / spec.target_loss * (n if spec.reduction == "mean" else 1)
+    return FLOW_TIMES_LOSS / spec.target_loss
 
 
 def log_reduction(spec: TrainSpec, n: int) -> float:
@@ -168,10 +168,10 @@ def log_flow_time(spec: TrainSpec, iterations: int) -> float:
     return math.log(spec.lr * every / (g - 1)) + grown
 
 
-def paper_steps(spec: TrainSpec, n: int = 1) -> float:
-    """The paper schedule's iterations to spec.target_loss on n examples by the flow-time rule (FLOW_TIMES_LOSS;
-    ~72,700 for its own schedule; the mean loss ~100 ln(n) / ln(1.1) more), whatever the spec's iteration cap."""
-    need = flow_time_needed(spec, n)
+def paper_steps(spec: TrainSpec) -> float:
+    """The paper schedule's iterations to spec.target_loss by the flow-time rule (FLOW_TIMES_LOSS; ~72,700 for its
+    own schedule), whatever the spec's iteration cap."""
+    need = flow_time_needed(spec)
     g, every = spec.lr_growth, spec.growth_every
     if g == 1:
         steps = need / spec.lr

@@ -94,7 +94,7 @@ def steps_to_target(train: TrainSpec, n: int, d: int) -> float | None:
     if train.schedule == "normalized":
         return NORMALIZED_STEPS_AT_R1 * growth * NORMALIZED_LR / train.lr
     if train.target_loss is not None and (train.lr_growth > 1 or train.target_margin is None) and train.l2 == 0:
-        return paper_steps(train, n)
+        return paper_steps(train)
     if train.target_margin is not None and train.l2 == 0:
         return MARGIN_STEPS
     return None

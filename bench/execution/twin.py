@@ -32,11 +32,14 @@ COMPARED = ("common_c", "normalized_margin", "margin_fraction")
 
 
 def twin_spec(run: RunSpec) -> TrainSpec:
-    """The paper's schedule with the run's stopping loss, on the summed loss (twin "paper") or the mean
-    ("paper-mean"), in the spec's twin precision (float64, the run's nets' dtype, unless it says float32)."""
+    """The paper's schedule on the summed loss (twin "paper") or the mean ("paper-mean"), stopped where the run
+    stops (its summed loss below its target: the mean below target / n, the same point of the flow's path, ~100
+    ln(n) / ln(1.1) more steps), in the spec's twin precision (float64, the run's nets' dtype, unless float32)."""
+    target = run.train.target_loss
+    mean = run.twin == "paper-mean"
     return TrainSpec(
-        target_loss=run.train.target_loss,
-        reduction="mean" if run.twin == "paper-mean" else "sum",
+        target_loss=target / run.n if mean and target is not None else target,
+        reduction="mean" if mean else "sum",
         precision="float32" if run.experiment.twin_precision == "float32" else None,
     )
 
