@@ -190,6 +190,44 @@ def test_twin_paper_mean_in_float32_records_what_it_trained(tmp_path: Path) -> N
     assert read_json(out / "manifest.json")["specs"][0]["twin_precision"] == "float32"
 
 
+def test_a_killed_twin_resumes_from_its_checkpoint_onto_the_unbroken_twins_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper schedule in pieces (checkpoints every 500 iterations here): the same net, bit for bit, killed or not."""
+    data = sphere(d=8, n=20, seed=0)
+    init = pytorch_default_init(8, 16, generator=torch.Generator().manual_seed(0))
+    spec = TrainSpec(lr=1e-3, lr_growth=1.05, growth_every=10, target_loss=1e-6, precision="float32")
+    whole, whole_report = train(init, data.X, data.y, spec)
+    assert whole_report.stop_reason == "target_loss" and whole_report.iterations > 1500
+    monkeypatch.setattr(twin_module, "CHECKPOINT_EVERY", 500)
+    checkpoint = tmp_path / "runs" / "r" / "twin.checkpoint.pt"
+    pieces: list[int] = []
+
+    def killed_after_two(net, X, y, piece, **options):  # noqa: ANN001, ANN202
+        if len(pieces) == 2:
+            raise KeyboardInterrupt
+        pieces.append(piece.max_iters)
+        return train(net, X, y, piece, **options)
+
+    monkeypatch.setattr(twin_module, "train", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        twin_module.train_twin(init, data, spec, checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["iterations"] == 1000
+    monkeypatch.setattr(twin_module, "train", train)
+    resumed, report = twin_module.train_twin(init, data, spec, checkpoint)
+    assert (report.iterations, report.stop_reason) == (whole_report.iterations, "target_loss") and not checkpoint.exists()
+    for a, b in zip((resumed.W, resumed.b, resumed.v), (whole.W, whole.b, whole.v), strict=True):
+        assert torch.equal(a, b)
+    # another init (or spec) does not take that checkpoint: it starts over
+    twin_module.train_twin(init, data, spec, checkpoint)  # leaves none
+    other = pytorch_default_init(8, 16, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(twin_module, "train", killed_after_two)
+    pieces.clear()
+    with pytest.raises(KeyboardInterrupt):
+        twin_module.train_twin(init, data, spec, checkpoint)
+    monkeypatch.setattr(twin_module, "train", train)
+    other_net, _ = twin_module.train_twin(other, data, spec, checkpoint)
+    assert torch.equal(other_net.W, train(other, data.X, data.y, spec)[0].W)
+
+
 def test_twin_report_and_relative_difference() -> None:
     row = {
         "twin_status": "differs",

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ class RunTask:
     progress: bool  # tqdm bars (in this process only)
     plugins: tuple[str, ...] = ()  # --plugin modules and files, loaded again by a worker process
     threads: int | None = None  # --threads: torch's intra-op threads for every run (None: bench/performance/threads.py's rule)
+    run_dir: str | None = None  # the run's directory in the result store: where a long --twin keeps its checkpoint
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
     diagnostics, per_example = theory_diagnostics(run, data, built)
     row.update(diagnostics)
     seconds["diagnostics"] = time.perf_counter() - start
-    twin, seconds["twin"] = clocked(lambda: twin_facts(run, data, built, context), task.device)
+    twin, seconds["twin"] = clocked(lambda: twin_facts(run, data, built, context, Path(task.run_dir) if task.run_dir else None), task.device)
     row.update(twin)
     if "twin_iterations" in twin:
         diffs = ", ".join(f"{key.replace('_', ' ')} {100 * twin[f'twin_{key}_rel_diff']:+.2f}%" for key in COMPARED)

@@ -214,6 +214,7 @@ def run_sweep(
                 progress=progress,
                 plugins=loaded_plugins(),
                 threads=executor.threads,
+                run_dir=str(session.store.run_dir(run.run_id)),
             )
             for i, (run, attacks) in enumerate(planned)
             if i not in finished

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from marginbench.attacks.closed_form import UniversalZ
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext
 from marginbench.bench.experiment.spec import RunSpec
 from marginbench.bench.registry.registries import MODELS
+from marginbench.bench.results.store import TWIN_CHECKPOINT, atomic_write
 from marginbench.checking.verify import verify_shared
 from marginbench.models.datasets import Dataset
 from marginbench.models.diagnostics import margin_set, normalized_margin
-from marginbench.models.train import TrainSpec, train
+from marginbench.models.train import TrainReport, TrainSpec, train
 from marginbench.models.two_layer import TwoLayerNet
 
 TWIN_TOLERANCE = 0.01  # the issue's bar: the fast path is "the same network" within 1%
@@ -58,7 +63,40 @@ def relative_difference(fast: float, twin: float) -> float:
     return (fast - twin) / abs(twin)
 
 
-def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunContext) -> dict[str, Any]:
+CHECKPOINT_EVERY = 10_000  # twin iterations between checkpoints (a multiple of the paper schedule's growth_every)
+
+
+def train_twin(init: TwoLayerNet, data: Dataset, spec: TrainSpec, checkpoint: Path | None, **train_options: Any) -> tuple[TwoLayerNet, TrainReport]:
+    """``train(init, ...)`` on the paper's schedule, in pieces of CHECKPOINT_EVERY iterations, each piece's net
+    saved to ``checkpoint`` so that a killed twin (hours at d = 300) resumes where it was; None: one piece.
+
+    The schedule's step is lr g^(t // every) at iteration t and a step depends on nothing but the net and its lr,
+    so a piece that starts at t (a multiple of every) from the net of iteration t with lr g^(t // every) takes
+    the very steps an unbroken run takes: the same net, bit for bit (tests/test_paper_scale.py checks it). A
+    checkpoint is used only for the same init and spec (its fingerprint), and removed once the twin is done.
+    """
+    if checkpoint is None or spec.iteration_cap <= CHECKPOINT_EVERY or CHECKPOINT_EVERY % spec.growth_every:
+        return train(init, data.X, data.y, spec, **train_options)
+    fingerprint = {"spec": repr(spec), "init": [tensor.double().sum().item() for tensor in (init.W, init.b, init.v)], "dtype": str(init.W.dtype)}
+    net, done, seconds = init, 0, 0.0
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=init.W.device, weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            net, done, seconds = TwoLayerNet(W=saved["W"], b=saved["b"], v=saved["v"]), int(saved["iterations"]), float(saved["seconds"])
+    while True:
+        piece = replace(spec, lr=spec.lr * spec.lr_growth ** (done // spec.growth_every), max_iters=min(CHECKPOINT_EVERY, spec.iteration_cap - done))
+        net, report = train(net, data.X, data.y, piece, **train_options)
+        done, seconds = done + report.iterations, seconds + report.seconds
+        if report.stop_reason != "max_iters" or done >= spec.iteration_cap:
+            break
+        state = {"fingerprint": fingerprint, "W": net.W, "b": net.b, "v": net.v, "iterations": done, "seconds": seconds}
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(checkpoint, lambda handle, state=state: torch.save(state, handle))
+    checkpoint.unlink(missing_ok=True)
+    return net, replace(report, iterations=done, seconds=seconds)
+
+
+def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunContext, run_dir: Path | None = None) -> dict[str, Any]:
     """summary.csv's twin columns for one run: the twin's readings, their relative differences from the run's
     net, the twin's training, and twin_status ("ok", "differs", or "does not apply": a construction, or a model
     whose entry does not follow the recipe, such as l2, which trains to a rest point, not along a path)."""
@@ -66,8 +104,9 @@ def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunConte
         return {}
     if built.init is None or built.train is None or not MODELS.entry(run.model).follows_recipe:
         return {"twin_status": "does not apply"}
-    twin_net, report = train(
-        built.init.to(context.device), data.X, data.y, twin_spec(run), seed=run.seed, progress=context.progress, description=f"{run.run_id} twin"
+    checkpoint = run_dir / TWIN_CHECKPOINT if run_dir is not None else None
+    twin_net, report = train_twin(
+        built.init.to(context.device), data, twin_spec(run), checkpoint, seed=run.seed, progress=context.progress, description=f"{run.run_id} twin"
     )
     fast, twin = _readings(built.net, data), _readings(twin_net, data)
     facts: dict[str, Any] = {

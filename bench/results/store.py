@@ -41,6 +41,7 @@ RESULT_FILES = ("manifest.json", "summary.csv", "examples.csv")
 ARRAY_FILES = ("model.pt", "data.npz", "perturbations.npz")
 ROW_FILES = ("examples.csv", "run.json")
 MARKER = "COMPLETE"
+TWIN_CHECKPOINT = "twin.checkpoint.pt"  # a --twin's state while it trains (bench/execution/twin.py), kept by a resume
 STAGED = ".next"  # suffix of a finished run's replacement files until they are committed (``rewrite_rows``)
 
 
@@ -118,6 +119,7 @@ class ResultStore:
                     (run_dir / name).unlink(missing_ok=True)
                 for staged in run_dir.glob(f"*{STAGED}"):
                     staged.unlink(missing_ok=True)
+                (run_dir / TWIN_CHECKPOINT).unlink(missing_ok=True)  # --overwrite starts over
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()
 
