@@ -23,9 +23,9 @@ from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.bench.registry.presets import FAST_TRAIN, PRESETS
 from marginbench.models.datasets import sphere
 from marginbench.models.precision import choose_precision
-from marginbench.models.train import TrainSpec, train
+from marginbench.models.train import TrainReport, TrainSpec, train
 from marginbench.models.train_spec import ARC_LATE_STEP, arc_schedule
-from marginbench.models.two_layer import pytorch_default_init
+from marginbench.models.two_layer import TwoLayerNet, pytorch_default_init
 
 # --- float32 training -------------------------------------------------------------------------------------
 
@@ -201,11 +201,11 @@ def test_a_killed_twin_resumes_from_its_checkpoint_onto_the_unbroken_twins_net(t
     checkpoint = tmp_path / "runs" / "r" / "twin.checkpoint.pt"
     pieces: list[int] = []
 
-    def killed_after_two(net, X, y, piece, **options):  # noqa: ANN001, ANN202
+    def killed_after_two(net: TwoLayerNet, X: torch.Tensor, y: torch.Tensor, piece: TrainSpec, **options: object) -> tuple[TwoLayerNet, TrainReport]:
         if len(pieces) == 2:
             raise KeyboardInterrupt
         pieces.append(piece.max_iters)
-        return train(net, X, y, piece, **options)
+        return train(net, X, y, piece, **options)  # the options are train()'s own
 
     monkeypatch.setattr(twin_module, "train", killed_after_two)
     with pytest.raises(KeyboardInterrupt):

@@ -273,7 +273,8 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
     row.update(twin)
     if "twin_iterations" in twin:
         diffs = ", ".join(f"{key.replace('_', ' ')} {100 * twin[f'twin_{key}_rel_diff']:+.2f}%" for key in COMPARED)
-        log(f"  twin ({run.twin} schedule, {run.experiment.twin_precision}): {twin['twin_iterations']} iterations in {twin['twin_seconds']:.1f} s; {diffs}: {twin['twin_status']}")
+        how = f"{run.twin} schedule, {run.experiment.twin_precision}"
+        log(f"  twin ({how}): {twin['twin_iterations']} iterations in {twin['twin_seconds']:.1f} s; {diffs}: {twin['twin_status']}")
     keys = RunKeys.of(run)
     frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, keys, context, data, built, per_example, log)
     status, error = "ok", ""
