@@ -205,7 +205,7 @@ def test_a_killed_twin_resumes_from_its_checkpoint_onto_the_unbroken_twins_net(t
         if len(pieces) == 2:
             raise KeyboardInterrupt
         pieces.append(piece.max_iters)
-        return train(net, X, y, piece, **options)  # the options are train()'s own
+        return train(net, X, y, piece, **options)
 
     monkeypatch.setattr(twin_module, "train", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
