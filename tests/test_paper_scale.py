@@ -21,6 +21,7 @@ from marginbench.bench.execution.executors import ExecutorSpec
 from marginbench.bench.execution.twin import TWIN_TOLERANCE, relative_difference, twin_report
 from marginbench.bench.experiment.spec import ExperimentSpec
 from marginbench.bench.registry.presets import FAST_TRAIN, PRESETS
+from marginbench.bench.results.store import atomic_write
 from marginbench.models.datasets import sphere
 from marginbench.models.precision import choose_precision
 from marginbench.models.train import TrainReport, TrainSpec, train
@@ -177,8 +178,11 @@ def test_the_mean_loss_is_the_summed_losss_schedule_at_lr_over_n_stopped_at_n_ti
     assert extra == pytest.approx(100 * math.log(5196) / math.log(1.1), rel=0.01)
 
 
-def test_twin_paper_mean_in_float32_records_what_it_trained(tmp_path: Path) -> None:
+def test_twin_paper_mean_in_float32_records_what_it_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "mean"
+    monkeypatch.setattr(twin_module, "CHECKPOINT_EVERY", 2000)
+    saved: list[Path] = []
+    monkeypatch.setattr(twin_module, "atomic_write", lambda path, write: (saved.append(path), atomic_write(path, write)))
     args = [
         "run", "--d", "8", "--width", "16", "--schedule", "arc", "--twin", "paper-mean", "--twin-precision", "float32",
         "--models", "vanilla", "--attacks", "universal-z", "--target-loss", "1e-6", "--out", str(out), "--no-progress",
@@ -188,6 +192,8 @@ def test_twin_paper_mean_in_float32_records_what_it_trained(tmp_path: Path) -> N
     assert (row["twin_schedule"], row["twin_precision"], row["twin_stop_reason"]) == ("paper-mean", "float32", "target_loss")
     assert row["twin_status"] in ("ok", "differs") and math.isfinite(row["twin_common_c_rel_diff"])  # 1e-6: not yet on one path
     assert read_json(out / "manifest.json")["specs"][0]["twin_precision"] == "float32"
+    # the twin kept its checkpoint in its run's directory, and removed it when done
+    assert saved and set(saved) == {out / "runs" / row["run_id"] / "twin.checkpoint.pt"} and not saved[0].exists()
 
 
 def test_a_killed_twin_resumes_from_its_checkpoint_onto_the_unbroken_twins_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
