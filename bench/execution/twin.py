@@ -13,6 +13,7 @@ end of the sweep.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -77,7 +78,8 @@ def train_twin(init: TwoLayerNet, data: Dataset, spec: TrainSpec, checkpoint: Pa
     """
     if checkpoint is None or spec.iteration_cap <= CHECKPOINT_EVERY or CHECKPOINT_EVERY % spec.growth_every:
         return train(init, data.X, data.y, spec, **train_options)
-    fingerprint = {"spec": repr(spec), "init": [tensor.double().sum().item() for tensor in (init.W, init.b, init.v)], "dtype": str(init.W.dtype)}
+    init_bytes = b"".join(tensor.detach().cpu().numpy().tobytes() for tensor in (init.W, init.b, init.v))
+    fingerprint = {"spec": repr(spec), "init": hashlib.sha256(init_bytes).hexdigest(), "dtype": str(init.W.dtype)}
     net, done, seconds = init, 0, 0.0
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=init.W.device, weights_only=True)
