@@ -23,7 +23,7 @@ from marginbench.attacks.base import AttackUnavailable
 from marginbench.bench.errors import SpecError
 from marginbench.bench.execution.estimate import run_threads, step_gflop
 from marginbench.bench.execution.time_limit import AttackTimeout, time_limit
-from marginbench.bench.execution.twin import COMPARED, twin_facts
+from marginbench.bench.execution.twin import twin_facts, twin_line
 from marginbench.bench.experiment.families import KKT
 from marginbench.bench.experiment.recipes import BuiltModel, RunContext, no_subspace
 from marginbench.bench.experiment.spec import RunSpec
@@ -272,9 +272,7 @@ def execute_run(task: RunTask, log: Log, prebuilt: Prebuilt | None = None) -> Ru
     twin, seconds["twin"] = clocked(lambda: twin_facts(run, data, built, context, Path(task.run_dir) if task.run_dir else None), task.device)
     row.update(twin)
     if "twin_iterations" in twin:
-        diffs = ", ".join(f"{key.replace('_', ' ')} {100 * twin[f'twin_{key}_rel_diff']:+.2f}%" for key in COMPARED)
-        how = f"{run.twin} schedule, {run.experiment.twin_precision}"
-        log(f"  twin ({how}): {twin['twin_iterations']} iterations in {twin['twin_seconds']:.1f} s; {diffs}: {twin['twin_status']}")
+        log(twin_line(twin))
     keys = RunKeys.of(run)
     frames, attack_rows, perturbations, seconds["attacks"] = _attack_all(task, keys, context, data, built, per_example, log)
     status, error = "ok", ""
@@ -325,9 +323,8 @@ def compute_run(task: RunTask, echo: Log | None = None, prebuilt: Prebuilt | Non
     except Exception as err:  # a failed run is recorded and the sweep goes on
         error = str(err) if isinstance(err, TrainingStuck) else one_line(err)
         log(f"  failed: {error}")
-        keys = RunKeys.of(run)
         manifest = {"wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), "run_status": "failed", "error": error}
-        return failed_record(task.index, keys, {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
+        return failed_record(task.index, RunKeys.of(run), {"d": run.d, "n": run.n, "width": run.width}, task.attacks, error, manifest, lines)
     status = {"run_status": record.run_row["run_status"], "error": record.run_row["run_error"]}
     manifest = {**record.manifest, "wall_seconds": time.perf_counter() - start, "threads": threads.as_json(), **status}
     return dataclasses.replace(record, manifest=manifest, log=tuple(lines))

@@ -126,6 +126,13 @@ def twin_facts(run: RunSpec, data: Dataset, built: BuiltModel, context: RunConte
     return facts
 
 
+def twin_line(facts: Mapping[str, Any]) -> str:
+    """The run's log line for its twin (``twin_facts`` of a twin that trained)."""
+    diffs = ", ".join(f"{key.replace('_', ' ')} {100 * facts[f'twin_{key}_rel_diff']:+.2f}%" for key in COMPARED)
+    how = f"{facts['twin_schedule']} schedule, {facts['twin_precision']}"
+    return f"  twin ({how}): {facts['twin_iterations']} iterations in {facts['twin_seconds']:.1f} s; {diffs}: {facts['twin_status']}"
+
+
 def twin_report(run_id: str, row: Mapping[str, Any]) -> str | None:
     """One line for a twin that differs (None otherwise): each reading's relative difference."""
     if row.get("twin_status") != "differs":
