@@ -8,6 +8,8 @@ checks the gradient against autograd, tests/test_reference.py the trained nets a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -65,13 +67,27 @@ def _fused_linear_relu(x: Tensor, w: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "relu", [], "")
 
 
+@functools.cache
+def fused_relu_available() -> bool:
+    """Whether oneDNN has the bf16 matmul with a relu post-op here: on AVX-512 and AMX CPUs it does; where its
+    kernels stop at AVX2 it cannot build that primitive (the plain bf16 product still works)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = torch.ones(2, BF16_COLUMNS, dtype=torch.bfloat16)
+        _fused_linear_relu(probe, probe)
+    except RuntimeError:
+        return False
+    return True
+
+
 def hidden_bf16(Xa: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """Xa: (S, n, D) of ``bf16_inputs``, W: (S, width, d), b: (S, width) -> (S, n, width + 1) bf16: relu(X W^T + b)
     from bf16 factors with float32 accumulation, rounded to bf16, and a last column of zeros (``outputs_bf16``'s)."""
     S, width, d = W.shape
     Wa = W.new_zeros((S, width + 1, Xa.shape[2]), dtype=torch.bfloat16)  # row width stays 0: the spare column
     Wa[:, :width, :d], Wa[:, :width, d] = W, b
-    if Xa.device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if Xa.device.type == "cpu" and fused_relu_available():
         if S == 1:
             return _fused_linear_relu(Xa[0], Wa[0])[None]
         return torch.stack([_fused_linear_relu(x, w) for x, w in zip(Xa, Wa, strict=True)])

@@ -43,6 +43,18 @@ def test_leaderboard_orders_a_known_case(tmp_path: Path) -> None:
     assert attacks.loc["b", "forward_per_example"] == pytest.approx(10.0)
 
 
+def test_best_on_counts_a_last_bits_tie_as_best_and_a_real_gap_not(tmp_path: Path) -> None:
+    """Two attacks on one minimal flip differ in the last bits, which bits being the CPU's: a tie to BEST_TIE."""
+    root = known_result_dir(tmp_path / "r")
+    examples = pd.read_csv(root / "examples.csv")
+    c_rows = examples.index[(examples["attack"] == "c") & np.isfinite(examples["norm"])]
+    examples.loc[c_rows[:1], "norm"] *= 1 + 1e-12  # one of c's ties with a, a rounding apart: still best
+    examples.loc[c_rows[1:2], "norm"] *= 1 + 1e-3  # the other, a real gap: not
+    write_result_dir(root, examples, pd.read_csv(root / "summary.csv"))
+    attacks = attack_table(read_results([root])).set_index("attack")
+    assert attacks.loc["c", "best_on"] == pytest.approx(7 / 16) and attacks.loc["a", "best_on"] == 1.0  # c tied on 8 of 16, one gap
+
+
 def test_equal_scores_share_a_rank(tmp_path: Path) -> None:
     root = known_result_dir(tmp_path / "r")
     examples = pd.read_csv(root / "examples.csv")

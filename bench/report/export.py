@@ -38,7 +38,7 @@ COLUMNS = {
     "flipped": "fraction of examples some attack flipped",
     "attack": "attack name",
     "optimality": "AttackBench's optimality: per run, area under the best's robust-accuracy curve / the attack's (1 = the best); mean over runs",
-    "best_on": "fraction of examples where the attack attains the best norm (ties count for each)",
+    "best_on": "fraction of examples where the attack attains the best norm, to 1e-6 relative (ties count for each)",
     "median_ratio": "median over examples of the attack's norm / the best norm",
     "success": "fraction of examples the attack flipped",
     "ms_per_example": "median over runs of the attack's milliseconds per example",
