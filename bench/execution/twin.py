@@ -71,27 +71,29 @@ def train_twin(init: TwoLayerNet, data: Dataset, spec: TrainSpec, checkpoint: Pa
     """``train(init, ...)`` on the paper's schedule, in pieces of CHECKPOINT_EVERY iterations, each piece's net
     saved to ``checkpoint`` so that a killed twin (hours at d = 300) resumes where it was; None: one piece.
 
-    The schedule's step is lr g^(t // every) at iteration t and a step depends on nothing but the net and its lr,
-    so a piece that starts at t (a multiple of every) from the net of iteration t with lr g^(t // every) takes
-    the very steps an unbroken run takes: the same net, bit for bit (tests/test_paper_scale.py checks it). A
-    checkpoint is used only for the same init and spec (its fingerprint), and removed once the twin is done.
+    A step depends on nothing but the net and the learning rate, which the trainer grows by g every ``every``
+    iterations; so a piece that starts at iteration t (a multiple of every) from the net of iteration t, with the
+    learning rate the last piece ended on (its report's final_lr: the same product of g's, not lr g^k, which
+    rounds otherwise), takes the very steps an unbroken run takes: the same net, bit for bit
+    (tests/test_paper_scale.py checks it in float64). A checkpoint is used only for the same init and spec (its
+    fingerprint), and removed once the twin is done.
     """
     if checkpoint is None or spec.iteration_cap <= CHECKPOINT_EVERY or CHECKPOINT_EVERY % spec.growth_every:
         return train(init, data.X, data.y, spec, **train_options)
     init_bytes = b"".join(tensor.detach().cpu().numpy().tobytes() for tensor in (init.W, init.b, init.v))
     fingerprint = {"spec": repr(spec), "init": hashlib.sha256(init_bytes).hexdigest(), "dtype": str(init.W.dtype)}
-    net, done, seconds = init, 0, 0.0
+    net, done, lr, seconds = init, 0, spec.lr, 0.0
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=init.W.device, weights_only=True)
         if saved.get("fingerprint") == fingerprint:
-            net, done, seconds = TwoLayerNet(W=saved["W"], b=saved["b"], v=saved["v"]), int(saved["iterations"]), float(saved["seconds"])
+            net = TwoLayerNet(W=saved["W"], b=saved["b"], v=saved["v"])
+            done, lr, seconds = int(saved["iterations"]), float(saved["lr"]), float(saved["seconds"])
     while True:
-        piece = replace(spec, lr=spec.lr * spec.lr_growth ** (done // spec.growth_every), max_iters=min(CHECKPOINT_EVERY, spec.iteration_cap - done))
-        net, report = train(net, data.X, data.y, piece, **train_options)
-        done, seconds = done + report.iterations, seconds + report.seconds
+        net, report = train(net, data.X, data.y, replace(spec, lr=lr, max_iters=min(CHECKPOINT_EVERY, spec.iteration_cap - done)), **train_options)
+        done, lr, seconds = done + report.iterations, report.final_lr, seconds + report.seconds
         if report.stop_reason != "max_iters" or done >= spec.iteration_cap:
             break
-        state = {"fingerprint": fingerprint, "W": net.W, "b": net.b, "v": net.v, "iterations": done, "seconds": seconds}
+        state = {"fingerprint": fingerprint, "W": net.W, "b": net.b, "v": net.v, "iterations": done, "lr": lr, "seconds": seconds}
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(checkpoint, lambda handle, state=state: torch.save(state, handle))
     checkpoint.unlink(missing_ok=True)
