@@ -37,8 +37,17 @@ def normalized_margin(net: TwoLayerNet, q: Tensor) -> float:
     return float(q.min()) / net.sq_norm()
 
 
+# Above this many examples the n x n float64 Gram matrix of ``kkt_multipliers`` (and its Cholesky copy) is not
+# formed: at n = 18,520 (2.7 GB each) scipy's bundled OpenBLAS crashed the process in the solve (a segfault, twice,
+# on the full Figure 1a grid's α = 1.5 column), at n = 31,623 they would take 16 GB; n = 14,697 (1.7 GB) ran.
+MAX_GRAM_EXAMPLES = 15_000
+
+
 def kkt_residual(net: TwoLayerNet, X: Tensor, y: Tensor) -> float:
-    """See ``kkt_multipliers``: the residual of the best nonnegative multipliers, over ||theta||."""
+    """See ``kkt_multipliers``: the residual of the best nonnegative multipliers, over ||theta||; NaN for more than
+    MAX_GRAM_EXAMPLES examples."""
+    if X.shape[0] > MAX_GRAM_EXAMPLES:
+        return math.nan
     return kkt_multipliers(net, X, y)[1]
 
 

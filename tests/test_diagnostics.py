@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import nnls
 
 from conftest import Trained, random_net
+import marginbench.models.diagnostics as diagnostics
 from marginbench.models.diagnostics import _nnls_eig, kkt_residual, margin_set, nnls_gram, normalized_margin
 from marginbench.models.two_layer import TwoLayerNet
 
@@ -61,6 +64,17 @@ def test_kkt_residual_is_zero_at_a_kkt_point() -> None:
     assert kkt_residual(net, X, y) == pytest.approx(0.0, abs=1e-6)
     moved = TwoLayerNet(W=net.W, b=net.b, v=1.5 * net.v)  # off the KKT point: the residual must see it
     assert kkt_residual(moved, X, y) > 1e-2
+
+
+def test_kkt_residual_is_empty_where_its_gram_matrix_would_be_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_GRAM_EXAMPLES the n x n Gram matrix is not formed (scipy's OpenBLAS crashed at n = 18,520): NaN."""
+    net = random_net(d=5, width=8, seed=0)
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    assert math.isfinite(kkt_residual(net, X, y))
+    monkeypatch.setattr(diagnostics, "MAX_GRAM_EXAMPLES", 11)
+    monkeypatch.setattr(diagnostics, "kkt_multipliers", lambda *_: pytest.fail("the Gram matrix was formed"))
+    assert math.isnan(kkt_residual(net, X, y))
 
 
 @pytest.mark.slow
