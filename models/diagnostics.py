@@ -39,7 +39,7 @@ def normalized_margin(net: TwoLayerNet, q: Tensor) -> float:
 
 # Above this many examples the n x n float64 Gram matrix of ``kkt_multipliers`` (and its Cholesky copy) is not
 # formed: at n = 18,520 (2.7 GB each) scipy's bundled OpenBLAS crashed the process in the solve (a segfault, twice,
-# on the full Figure 1a grid's α = 1.5 column), at n = 31,623 they would take 16 GB; n = 14,697 (1.7 GB) ran.
+# on the full Figure 1a grid's alpha = 1.5 column), at n = 31,623 they would take 16 GB; n = 14,697 (1.7 GB) ran.
 MAX_GRAM_EXAMPLES = 15_000
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
-from conftest import Trained, random_net
 import marginbench.models.diagnostics as diagnostics
+from conftest import Trained, random_net
 from marginbench.models.diagnostics import _nnls_eig, kkt_residual, margin_set, nnls_gram, normalized_margin
 from marginbench.models.two_layer import TwoLayerNet
 
