@@ -45,10 +45,10 @@ def outputs(H: Tensor, v: Tensor) -> Tensor:
 
 
 # The bf16 products (precision bf16): bf16 inputs, float32 accumulation, on the CPU's AMX / AVX512_BF16 units
-# (oneDNN) or CUDA tensor cores. The elementwise passes over the (n x width) matrices cost as much as the
-# products once those are fast, so the layout saves passes: the bias rides in the product (a ones column of X),
-# relu is fused into it (oneDNN post-op on the CPU), the mask is one comparison written as bf16 0/1, and
-# dv comes out of the gradient product instead of its own pass over relu(Z).
+# (oneDNN) or CUDA tensor cores. The passes over the (n x C) matrices cost as much as the products once those are
+# fast, so the layout saves passes: the bias rides in the product (a ones column of X), relu is fused into it
+# (oneDNN post-op on the CPU), the outputs and the weighted mask are one pass each over H on the CPU
+# (``fused_pass``), and dv comes out of the gradient product instead of its own pass over relu(Z).
 BF16_COLUMNS = 32  # the bf16 inputs' columns are padded to a multiple of this (one AMX tile row: 32 bf16)
 
 
@@ -82,10 +82,12 @@ def fused_relu_available() -> bool:
 
 
 def hidden_bf16(Xa: Tensor, W: Tensor, b: Tensor) -> Tensor:
-    """Xa: (S, n, D) of ``bf16_inputs``, W: (S, width, d), b: (S, width) -> (S, n, width + 1) bf16: relu(X W^T + b)
-    from bf16 factors with float32 accumulation, rounded to bf16, and a last column of zeros (``outputs_bf16``'s)."""
+    """Xa: (S, n, D) of ``bf16_inputs``, W: (S, width, d), b: (S, width) -> (S, n, C) bf16: relu(X W^T + b) from
+    bf16 factors with float32 accumulation, rounded to bf16, in the first width columns; C is width + 1 rounded up to
+    BF16_COLUMNS (whole AMX tiles: 2.05 against 2.42 ms at width 1000, n = 5196), the columns past width are 0 (the
+    last is ``outputs_bf16``'s spare)."""
     S, width, d = W.shape
-    Wa = W.new_zeros((S, width + 1, Xa.shape[2]), dtype=torch.bfloat16)  # row width stays 0: the spare column
+    Wa = W.new_zeros((S, -(-(width + 1) // BF16_COLUMNS) * BF16_COLUMNS, Xa.shape[2]), dtype=torch.bfloat16)
     Wa[:, :width, :d], Wa[:, :width, d] = W, b
     if Xa.device.type == "cpu" and fused_relu_available():
         if S == 1:
@@ -94,17 +96,27 @@ def hidden_bf16(Xa: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(Xa, Wa.transpose(1, 2)).relu_()
 
 
+def outputs_of_hidden_bf16(H: Tensor, v: Tensor) -> Tensor:
+    """H: (S, n, C) of ``hidden_bf16``, v: (S, width) -> N(x_i) of each net: (S, n) in float32. On the CPU one pass
+    over H with float32 products and sums (``fused_pass``); elsewhere ``outputs_bf16``."""
+    if H.device.type == "cpu":
+        from marginbench.models.fused_pass import outputs_cpu  # imports numba: bf16 on a CPU only
+
+        return outputs_cpu(H, v)
+    return outputs_bf16(H, v)
+
+
 def outputs_bf16(H: Tensor, v: Tensor) -> Tensor:
-    """H: (S, n, width + 1) of ``hidden_bf16``, v: (S, width) -> N(x_i) of each net: (S, n) in float32.
+    """H: (S, n, C) of ``hidden_bf16``, v: (S, width) -> N(x_i) of each net: (S, n) in float32.
 
     A bf16 product rounds its result to bf16 (8 bits: steps of 0.5 at a margin of 70), so it is taken twice:
-    N0 = bf16(H v), then H v - N0 with N0 in H's spare column and -1 in v's, whose rounding is 2^-9 of the
+    N0 = bf16(H v), then H v - N0 with N0 in H's spare (last) column and -1 in v's, whose rounding is 2^-9 of the
     difference; N0 + that difference in float32 is the float32 sum of the bf16 H and v. On trained nets (arc,
     loss 1e-30; d = 64 and 100, margins 72 ... 98) the largest error against float64 is 0.19 ... 0.23 so, the
     bf16 inputs' own, against 0.36 ... 0.39 from one rounded product."""
     S, _, columns = H.shape
     u = H.new_zeros((S, columns, 1))
-    u[:, :-1, 0] = v
+    u[:, : v.shape[1], 0] = v
     first = torch.bmm(H, u)  # (S, n, 1) bf16
     H[:, :, -1:] = first
     u[:, -1, 0] = -1
@@ -114,16 +126,21 @@ def outputs_bf16(H: Tensor, v: Tensor) -> Tensor:
 
 
 def margin_gradient_step_bf16(H: Tensor, XaT: Tensor, W: Tensor, b: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``margin_gradient_step`` from bf16 products: H (S, n, width + 1) of ``hidden_bf16``, XaT (S, D, n) of
-    ``bf16_inputs``, W, b, v, weights float32 -> dW: (S, width, d), db, dv: (S, width) in float32. H becomes
-    the mask 1[Z > 0] in place (no fresh (n x width) buffer: -7% a step at d = 300, n = 5196, width 1000).
+    """``margin_gradient_step`` from bf16 products: H (S, n, C) of ``hidden_bf16``, XaT (S, D, n) of ``bf16_inputs``,
+    W, b, v, weights float32 -> dW: (S, width, d), db, dv: (S, width) in float32. H becomes weights_i 1[z_ij > 0]
+    in place (no fresh (n x C) buffer; on the CPU one pass, ``fused_pass.weighted_mask_cpu``).
 
-    One product P = [X | 1]^T diag(weights) 1[Z > 0]: (S, D, width), i.e. G_j = sum_i w_i 1[z_ij > 0] x_i and
+    One product P = [X | 1]^T diag(weights) 1[Z > 0]: (S, D, C), i.e. G_j = sum_i w_i 1[z_ij > 0] x_i and
     c_j = sum_i w_i 1[z_ij > 0]. Then dW_j = v_j G_j, db_j = v_j c_j and, since relu(z_ij) = 1[z_ij > 0] (w_j . x_i
     + b_j), dv_j = sum_i w_i relu(z_ij) = w_j . G_j + b_j c_j: no pass over relu(Z) for dv.
     """
     width, d = W.shape[1], W.shape[2]
-    active = torch.gt(H, 0, out=H)  # (S, n, width + 1) bf16 0/1 over H itself (spare column unused; H is not read after)
-    P = torch.bmm(XaT * weights.to(torch.bfloat16)[:, None, :], active)[:, : d + 1, :width].float()  # (S, d + 1, width)
-    G, c = P[:, :d].transpose(1, 2), P[:, d]  # (S, width, d), (S, width)
-    return G * v[:, :, None], c * v, (G * W).sum(2) + c * b
+    if H.device.type == "cpu":
+        from marginbench.models.fused_pass import weighted_mask_cpu
+
+        P = torch.bmm(XaT, weighted_mask_cpu(H, weights))  # (S, D, C) bf16
+    else:
+        P = torch.bmm(XaT * weights.to(torch.bfloat16)[:, None, :], torch.gt(H, 0, out=H))
+    Q = P.transpose(1, 2)[:, :width, : d + 1].float()  # (S, width, d + 1), rows contiguous: [G_j | c_j]
+    G, c = Q[:, :, :d], Q[:, :, d]
+    return G * v[:, :, None], c * v, torch.linalg.vecdot(G, W) + c * b

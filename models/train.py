@@ -14,7 +14,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from marginbench.models.kernels import hidden_bf16, margin_gradient_step, margin_gradient_step_bf16, outputs, outputs_bf16, preactivations, step_gflop
+from marginbench.models.kernels import (
+    hidden_bf16,
+    margin_gradient_step,
+    margin_gradient_step_bf16,
+    outputs,
+    outputs_of_hidden_bf16,
+    preactivations,
+    step_gflop,
+)
 from marginbench.models.precision import choose_precision, matmul_backend
 from marginbench.models.stopping import out_of_time, stop_reason
 from marginbench.models.train_spec import (
@@ -122,9 +130,10 @@ def _train_batch(
 
 def _full_pass(batch: Batch, spec: TrainSpec) -> dict[int, Pass]:
     """Every net on all its data: keeps relu(Z) and log(-loss'(q)) in the batch, returns each net's numbers."""
-    if batch.Xa is not None:  # precision bf16: bf16 products (H gets a spare column, see hidden_bf16)
+    batch.H = None  # the last pass's (n x width) buffer goes back before this one is made (reused, still in cache)
+    if batch.Xa is not None:  # precision bf16: bf16 products (H: relu(Z) in C >= width columns)
         batch.H = hidden_bf16(batch.Xa, batch.W, batch.b)
-        q = batch.y * outputs_bf16(batch.H, batch.v)
+        q = batch.y * outputs_of_hidden_bf16(batch.H, batch.v)
     else:
         batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
         q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
@@ -239,7 +248,7 @@ def _examples(run: Run, batch: Batch, training: dict[int, Pass]) -> Examples:
         H, s = batch.H[nets_of, rows], batch.s[nets_of, rows]
     elif Xa is not None:
         H = hidden_bf16(Xa, batch.W, batch.b)
-        s = log_neg_loss_derivative(y * outputs_bf16(H, batch.v), run.spec.loss)
+        s = log_neg_loss_derivative(y * outputs_of_hidden_bf16(H, batch.v), run.spec.loss)
     else:
         H = torch.relu(preactivations(X, batch.W, batch.b))
         s = log_neg_loss_derivative(y * outputs(H, batch.v), run.spec.loss)

@@ -27,7 +27,7 @@ from marginbench.models.two_layer import TwoLayerNet
 class Examples:
     """One step's examples of each net still training: all n of them (GD) or an SGD mini-batch of m."""
 
-    H: Tensor  # (S, m, width) hidden activations relu(Z)
+    H: Tensor  # (S, m, width) hidden activations relu(Z) (bf16: (S, m, C), see kernels.hidden_bf16)
     y: Tensor  # (S, m) labels
     s: Tensor  # (S, m) log(-loss'(q_i))
     X: Tensor  # (S, m, d) inputs
