@@ -47,9 +47,10 @@ def outputs(H: Tensor, v: Tensor) -> Tensor:
 # The bf16 products (precision bf16): bf16 inputs, float32 accumulation, on the CPU's AMX / AVX512_BF16 units
 # (oneDNN) or CUDA tensor cores. The passes over the (n x C) matrices cost as much as the products once those are
 # fast, so the layout saves passes: the bias rides in the product (a ones column of X), relu is fused into it
-# (oneDNN post-op on the CPU), the outputs and the weighted mask are one pass each over H on the CPU
+# (oneDNN post-op on the CPU), the outputs and the weighted mask are one pass over H on the CPU
 # (``fused_pass``), and dv comes out of the gradient product instead of its own pass over relu(Z).
 BF16_COLUMNS = 32  # the bf16 inputs' columns are padded to a multiple of this (one AMX tile row: 32 bf16)
+SHIFT_RANGE = 20.0  # how far softmax's shift may lag in the fused pass (e^20 against bf16's range e^{+-87})
 
 
 def _whole_tiles(columns: int) -> int:
@@ -130,9 +131,34 @@ def outputs_bf16(H: Tensor, v: Tensor) -> Tensor:
     return first[:, :, 0].float() + rest[:, :, 0].float()
 
 
-def margin_gradient_step_bf16(H: Tensor, XaT: Tensor, W: Tensor, b: Tensor, v: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``margin_gradient_step`` from bf16 products: H (S, n, C) of ``hidden_bf16``, XaT (S, D, n) of ``bf16_inputs``,
-    W, b, v, weights float32 -> dW: (S, width, d), db, dv: (S, width) in float32. H becomes weights_i 1[z_ij > 0]
+def full_pass_bf16(Xa: Tensor, W: Tensor, b: Tensor, v: Tensor, y: Tensor, last_s: Tensor | None, loss: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A full pass from bf16 products: Xa of ``bf16_inputs``, W, b, v, y (S, n) -> (H, q, shift): H (S, n, C) of
+    ``hidden_bf16``, the margins q_i = y_i N(x_i) (S, n) in float32, and shift (S,) or None.
+
+    On the CPU, given the last pass's s = log(-loss'(q)) (S, n), one pass over H (``fused_pass.margins_and_mask_cpu``)
+    gives q and turns H into the step's weighted mask y_i e^{s_i - shift} 1[z_ij > 0], with shift the last pass's
+    max_i s_i: softmax's shift, one step late (the step divides by e^{logsumexp(s) - shift} after the product).
+    Where that shift is more than SHIFT_RANGE from this pass's max, H is made again (the weights could have left bf16's
+    range, e^{+-87}); there, on the first pass and off the CPU, H stays relu(Z) and shift is None.
+    """
+    H = hidden_bf16(Xa, W, b)
+    if last_s is None or H.device.type != "cpu":
+        return H, y * outputs_of_hidden_bf16(H, v), None
+    from marginbench.models.fused_pass import margins_and_mask_cpu
+
+    shift = last_s.amax(1)
+    q, top = margins_and_mask_cpu(H, v, y, shift, loss)
+    if ((top - shift.double()).abs() <= SHIFT_RANGE).all():
+        return H, q, shift
+    return hidden_bf16(Xa, W, b), q, None
+
+
+def margin_gradient_step_bf16(
+    H: Tensor, XaT: Tensor, W: Tensor, b: Tensor, v: Tensor, s: Tensor, y: Tensor, shift: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``margin_gradient_step`` with weights softmax(s)_i y_i (s, y: (S, n)) from bf16 products: H (S, n, C) of
+    ``full_pass_bf16`` (relu(Z), or with its shift the weighted mask), XaT (S, D, n) of ``bf16_inputs``, W, b, v
+    float32 -> dW: (S, width, d), db, dv: (S, width) in float32. H becomes the weighted mask weights_i 1[z_ij > 0]
     in place (no fresh (n x C) buffer; on the CPU one pass, ``fused_pass.weighted_mask_cpu``).
 
     One product P = [X | 1]^T diag(weights) 1[Z > 0]: (S, D, C), i.e. G_j = sum_i w_i 1[z_ij > 0] x_i and
@@ -140,12 +166,17 @@ def margin_gradient_step_bf16(H: Tensor, XaT: Tensor, W: Tensor, b: Tensor, v: T
     + b_j), dv_j = sum_i w_i relu(z_ij) = w_j . G_j + b_j c_j: no pass over relu(Z) for dv.
     """
     width, d = W.shape[1], W.shape[2]
-    if H.device.type == "cpu":
+    if shift is not None:  # H holds y_i e^{s_i - shift} 1[z_ij > 0]: P is e^{logsumexp(s) - shift} times too large
+        P, scale = torch.bmm(XaT, H), torch.exp(shift - torch.logsumexp(s, 1))[:, None]
+    elif H.device.type == "cpu":
         from marginbench.models.fused_pass import weighted_mask_cpu
 
-        P = torch.bmm(XaT, weighted_mask_cpu(H, weights))  # (S, D, C) bf16
+        P, scale = torch.bmm(XaT, weighted_mask_cpu(H, torch.softmax(s, 1) * y)), None  # (S, D, C) bf16
     else:
-        P = torch.bmm(XaT * weights.to(torch.bfloat16)[:, None, :], torch.gt(H, 0, out=H))
+        weights = (torch.softmax(s, 1) * y).to(torch.bfloat16)
+        P, scale = torch.bmm(XaT * weights[:, None, :], torch.gt(H, 0, out=H)), None
     Q = P.transpose(1, 2)[:, :width, : d + 1].float()  # (S, width, d + 1), rows contiguous: [G_j | c_j]
     G, c = Q[:, :, :d], Q[:, :, d]
-    return G * v[:, :, None], c * v, torch.linalg.vecdot(G, W) + c * b
+    u = v if scale is None else v * scale  # the scale rides on width-long vectors, not on G
+    dv = torch.linalg.vecdot(G, W) + c * b
+    return G * u[:, :, None], c * u, dv if scale is None else dv * scale

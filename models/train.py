@@ -15,11 +15,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from marginbench.models.kernels import (
-    hidden_bf16,
+    full_pass_bf16,
     margin_gradient_step,
     margin_gradient_step_bf16,
     outputs,
-    outputs_of_hidden_bf16,
     preactivations,
     step_gflop,
 )
@@ -131,9 +130,9 @@ def _train_batch(
 def _full_pass(batch: Batch, spec: TrainSpec) -> dict[int, Pass]:
     """Every net on all its data: keeps relu(Z) and log(-loss'(q)) in the batch, returns each net's numbers."""
     batch.H = None  # the last pass's (n x width) buffer goes back before this one is made (reused, still in cache)
-    if batch.Xa is not None:  # precision bf16: bf16 products (H: relu(Z) in C >= width columns)
-        batch.H = hidden_bf16(batch.Xa, batch.W, batch.b)
-        q = batch.y * outputs_of_hidden_bf16(batch.H, batch.v)
+    if batch.Xa is not None:  # precision bf16: bf16 products (H: relu(Z), or the weighted mask, in C >= width columns)
+        last_s = batch.s if spec.batch_size is None else None  # GD: the mask in the same pass, softmax shifted by last_s
+        batch.H, q, batch.shift = full_pass_bf16(batch.Xa, batch.W, batch.b, batch.v, batch.y, last_s, spec.loss)
     else:
         batch.H = torch.relu(preactivations(batch.X, batch.W, batch.b))  # (S, n, width)
         q = batch.y * outputs(batch.H, batch.v)  # (S, n) margins y_i N(x_i)
@@ -174,7 +173,7 @@ def _stuck(run: Run, batch: Batch, stats: dict[int, Pass]) -> dict[int, StopReas
     if not run.watch.due(run.it):
         return {}
     assert batch.H is not None and batch.s is not None, "set by _full_pass"
-    carries = batch.H.amax(2) > 0  # (S, n): the points where some ReLU is on
+    carries = batch.H.ne(0).any(2)  # (S, n): the points where some ReLU is on (bf16: with a weight not 0)
     if run.spec.batch_size is None and run.spec.l2 == 0:  # ... and whose share softmax(s)_i of the step is not 0 in
         carries &= torch.softmax(batch.s, 1) > 0  # floating point (L2's shrinking could bring a vanished share back)
     alive = carries.any(1).tolist()  # one (S,) read-back per CHECK_EVERY iterations
@@ -210,11 +209,11 @@ def _step(run: Run, batch: Batch, training: dict[int, Pass]) -> bool:
         _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})  # the step would overflow
         if not batch.ids:
             return False
-    weights = torch.softmax(examples.s, 1) * examples.y
     if examples.XaT is not None:
-        examples.dW, examples.db, examples.dv = margin_gradient_step_bf16(examples.H, examples.XaT, batch.W, batch.b, batch.v, weights)
+        parameters = (batch.W, batch.b, batch.v, examples.s, examples.y, examples.shift)
+        examples.dW, examples.db, examples.dv = margin_gradient_step_bf16(examples.H, examples.XaT, *parameters)
     else:
-        examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, weights)
+        examples.dW, examples.db, examples.dv = margin_gradient_step(examples.H, examples.X, batch.v, torch.softmax(examples.s, 1) * examples.y)
     if spec.schedule == "arc":
         sizes = _arc_sizes(run.lr, batch, examples, spec, training)
         _stop(run, batch, {i: "nonfinite" for i in batch.ids if not sizes[i].finite})
@@ -236,7 +235,7 @@ def _examples(run: Run, batch: Batch, training: dict[int, Pass]) -> Examples:
     """This step's examples: all of them (GD), or the next mini-batch of each net's seeded shuffle (SGD)."""
     assert batch.H is not None and batch.s is not None, "set by _full_pass"
     if run.spec.batch_size is None:
-        return Examples(batch.H, batch.y, batch.s, batch.X, {i: training[i].log_scale for i in batch.ids}, XaT=batch.XaT)
+        return Examples(batch.H, batch.y, batch.s, batch.X, {i: training[i].log_scale for i in batch.ids}, XaT=batch.XaT, shift=batch.shift)
     k = run.it % run.per_epoch  # the k-th mini-batch of the epoch
     if k == 0:
         batch.order = torch.stack([torch.randperm(run.n, generator=run.shuffles[i]) for i in batch.ids])
@@ -247,8 +246,8 @@ def _examples(run: Run, batch: Batch, training: dict[int, Pass]) -> Examples:
     if k == 0:  # the first mini-batch of an epoch reuses the full pass
         H, s = batch.H[nets_of, rows], batch.s[nets_of, rows]
     elif Xa is not None:
-        H = hidden_bf16(Xa, batch.W, batch.b)
-        s = log_neg_loss_derivative(y * outputs_of_hidden_bf16(H, batch.v), run.spec.loss)
+        H, q, _ = full_pass_bf16(Xa, batch.W, batch.b, batch.v, y, None, run.spec.loss)
+        s = log_neg_loss_derivative(q, run.spec.loss)
     else:
         H = torch.relu(preactivations(X, batch.W, batch.b))
         s = log_neg_loss_derivative(y * outputs(H, batch.v), run.spec.loss)

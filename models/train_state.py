@@ -33,6 +33,7 @@ class Examples:
     X: Tensor  # (S, m, d) inputs
     log_scale: dict[int, float]  # per net: log sum_i -loss'(q_i), a mini-batch's scaled by n / m
     XaT: Tensor | None = None  # precision bf16: (S, D, m) of ``bf16_inputs`` (H is then hidden_bf16's)
+    shift: Tensor | None = None  # (S,) where H is ``kernels.full_pass_bf16``'s weighted mask, not relu(Z)
     dW: Tensor | None = None  # sum_i softmax(s)_i y_i grad N(x_i) once computed: (S, width, d) ...
     db: Tensor | None = None  # ... (S, width) ...
     dv: Tensor | None = None  # ... (S, width)
@@ -58,6 +59,7 @@ class Batch:
     examples: Examples | None = None  # the current step's
     Xa: Tensor | None = None  # precision bf16: X's bf16 copies (``bf16_inputs``), else None
     XaT: Tensor | None = None
+    shift: Tensor | None = None  # (S,) where H is the weighted mask (``kernels.full_pass_bf16``)
 
     @classmethod
     def of(cls, nets: Sequence[TwoLayerNet], X: Tensor, y: Tensor, *, bf16: bool = False) -> Batch:
