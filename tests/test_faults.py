@@ -194,11 +194,16 @@ def test_a_ctrl_c_during_an_attack_still_stops_the_run(tmp_path: Path, monkeypat
         return good
 
     monkeypatch.setitem(ATTACKS._factories, "pressed", _returns(pressed))
-    handler = signal.getsignal(signal.SIGINT)
-    out = tmp_path / "o"
-    assert run_cli(["run", *QUICK, "--models", "robust-construction", "--attacks", "pressed", "--seeds", "0,1", "--out", str(out)]) == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is handler  # put back as it was
+    # Python's own Ctrl-C handler, whoever started pytest: a shell's background job (`cmd &`, no job control) starts
+    # with SIGINT ignored, and then no Ctrl-C can reach the run at all
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        out = tmp_path / "o"
+        assert run_cli(["run", *QUICK, "--models", "robust-construction", "--attacks", "pressed", "--seeds", "0,1", "--out", str(out)]) == 130
+        assert "interrupted" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, launched_with)
 
 
 def test_attack_fails_when_a_plugin_damaged_other_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
