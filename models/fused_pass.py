@@ -13,11 +13,12 @@ with it, is imported on the first bf16 step on a CPU. They run on the calling th
 so their bits do not depend on the number of threads (numba's own thread pool next to torch's OpenMP one made
 2-thread steps slower, not faster).
 
-Measured (benchmarks/test_bf16_step.py and interleaved repeats of it, best of, 1 thread, Xeon family 6 model 207,
-AMX; this machine's times drift 2x from minute to minute, their ratios much less): the passes take ~1.2 ms of a 7.8
-ms step at d = 300, n = 5196, width 1000, where one pass and two cost the same within the noise and the step runs at
-74% of its two bare bf16 products' rate; at d = 1000, n = 31,623 (H 65 MB, out of cache) the one pass makes the step
-169 against 178 ms (median 178 against 210), i.e. as fast as the products.
+Measured (interleaved repeats of the step with one pass, with two, and of its two bare bf16 products, best of, 1
+thread, Xeon family 6 model 207, AMX; this machine's times drift 2x from minute to minute, their ratios much less):
+the passes take ~1.2 ms of a 7.8 ms step at d = 300, n = 5196, width 1000, where one pass and two cost the same
+within the noise and the step runs at 74% of its two bare products' rate; at d = 1000, n = 31,623 (H 65 MB, out of
+cache) the one pass makes the step 169 against 178 ms (median 178 against 210), i.e. as fast as the products.
+benchmarks/test_bf16_step.py times both steps against the bf16 matmul yardstick: 64-71% of it at d = 300, 1 thread.
 """
 
 from __future__ import annotations
