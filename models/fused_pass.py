@@ -18,7 +18,7 @@ thread, Xeon family 6 model 207, AMX; this machine's times drift 2x from minute 
 the passes take ~1.2 ms of a 7.8 ms step at d = 300, n = 5196, width 1000, where one pass and two cost the same
 within the noise and the step runs at 74% of its two bare products' rate; at d = 1000, n = 31,623 (H 65 MB, out of
 cache) the one pass makes the step 169 against 178 ms (median 178 against 210), i.e. as fast as the products.
-benchmarks/test_bf16_step.py times both steps against the bf16 matmul yardstick: 64-71% of it at d = 300, 1 thread.
+benchmarks/test_bf16_step.py times both steps against the bf16 matmul yardstick: 59-71% of it at d = 300, 1 thread.
 """
 
 from __future__ import annotations
